@@ -2,6 +2,7 @@
 //! which keeps installs on edge devices to a single file.
 
 mod host_cmd;
+mod wadm_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a host: join a lattice over NATS and run components and providers.
     Host(host_cmd::HostArgs),
+    /// Run the reconciler: keep deployed OAM applications in their declared state.
+    Wadm(wadm_cmd::WadmArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Host(args) => host_cmd::run(args).await,
+            Command::Wadm(args) => wadm_cmd::run(args).await,
         }
     });
     match result {
