@@ -1,0 +1,107 @@
+//! `http-hello`: a `wasi:http/proxy` component used to exercise the Trellis runtime.
+//!
+//! Routes (the query string is ignored):
+//! - `/`       200 `Hello from Trellis!\n`
+//! - `/echo`   200, streams the request body back in chunks (works for bodies of several MB)
+//! - `/trap`   panics, which traps the instance
+//! - `/loop`   spins forever (used to test execution deadlines)
+//! - `/grow`   allocates memory without bound (used to test memory limits)
+//! - `/stdout` prints a line to stdout and a line to stderr, then answers 200 `printed\n`
+//! - anything else: 404
+
+use std::io::Write as _;
+
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::StreamError;
+
+wasi::http::proxy::export!(HttpHello);
+
+/// The component's export implementation.
+struct HttpHello;
+
+/// Largest chunk read from the request body at once by `/echo`.
+const ECHO_CHUNK: u64 = 64 * 1024;
+
+impl wasi::exports::http::incoming_handler::Guest for HttpHello {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let path = path_with_query
+            .split('?')
+            .next()
+            .unwrap_or("/")
+            .to_string();
+        match path.as_str() {
+            "/" => respond(response_out, 200, b"Hello from Trellis!\n"),
+            "/echo" => echo(request, response_out),
+            "/trap" => panic!("the /trap route panics on purpose"),
+            "/loop" => spin_forever(),
+            "/grow" => grow_forever(),
+            "/stdout" => {
+                println!("hello from http-hello on stdout");
+                eprintln!("hello from http-hello on stderr");
+                respond(response_out, 200, b"printed\n");
+            }
+            _ => respond(response_out, 404, b"not found\n"),
+        }
+    }
+}
+
+/// Sends a complete response with `body`.
+fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::new();
+    let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let outgoing = response.body().expect("outgoing body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    {
+        let mut stream = outgoing.write().expect("output stream is taken once");
+        stream.write_all(body).expect("writing the response body");
+        stream.flush().expect("flushing the response body");
+    }
+    OutgoingBody::finish(outgoing, None).expect("finishing the response body");
+}
+
+/// Streams the request body back to the caller chunk by chunk.
+fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
+    let incoming = request.consume().expect("request body is consumed once");
+    let input = incoming.stream().expect("input stream is taken once");
+
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("outgoing body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    {
+        let mut output = outgoing.write().expect("output stream is taken once");
+        loop {
+            match input.blocking_read(ECHO_CHUNK) {
+                Ok(chunk) => output.write_all(&chunk).expect("writing the echoed chunk"),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(err)) => {
+                    panic!("reading the request body failed: {}", err.to_debug_string())
+                }
+            }
+        }
+        output.flush().expect("flushing the echoed body");
+    }
+    drop(input);
+    OutgoingBody::finish(outgoing, None).expect("finishing the echoed body");
+}
+
+/// Never returns: burns CPU until the host interrupts the instance.
+fn spin_forever() -> ! {
+    let mut counter: u64 = 0;
+    loop {
+        counter = std::hint::black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Never returns: allocates and touches memory until the host refuses to grow it.
+fn grow_forever() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let block = vec![1u8; 1024 * 1024];
+        hoard.push(std::hint::black_box(block));
+    }
+}
