@@ -1,10 +1,135 @@
-//! `trellis host`: run one host.
+//! `trellis host`: run one host until SIGINT, SIGTERM or a `host.stop` request.
 
-/// Flags of `trellis host`.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use trellis_host::lattice::connection::NatsOptions;
+use trellis_host::{HostConfig, HostHandle};
+
+/// Flags of `trellis host`. Each has a `TRELLIS_*` environment fallback.
 #[derive(Debug, clap::Args)]
-pub struct HostArgs {}
+#[command(after_help = "Examples:
+  trellis host --nats-url nats://127.0.0.1:4222 --allow-file-load
+  trellis host --lattice edge --label region=eu-west --label arch=arm64
+  TRELLIS_LABEL_zone=a trellis host          # labels from the environment too")]
+pub struct HostArgs {
+    /// NATS server to join.
+    #[arg(long, env = "TRELLIS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Lattice name: hosts, links and configs of one lattice never see another's.
+    #[arg(long, env = "TRELLIS_LATTICE", default_value = "default")]
+    pub lattice: String,
+    /// A label `key=value` (repeatable). `TRELLIS_LABELS=a=1,b=2` and `TRELLIS_LABEL_<key>=value`
+    /// work too; flags win.
+    #[arg(short = 'l', long = "label", env = "TRELLIS_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Allow loading components from local paths and `file://` URLs.
+    #[arg(long, env = "TRELLIS_ALLOW_FILE_LOAD")]
+    pub allow_file_load: bool,
+    /// The host's nkeys server seed (`SN...`); a fresh identity is made when absent.
+    #[arg(long, env = "TRELLIS_HOST_SEED", hide_env_values = true)]
+    pub host_seed: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "TRELLIS_HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
+    pub heartbeat_interval_ms: u64,
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long, env = "TRELLIS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS nkey user seed (`SU...`), when not using a credentials file.
+    #[arg(long, env = "TRELLIS_NATS_SEED", hide_env_values = true)]
+    pub nats_seed: Option<String>,
+    /// PEM file with CA certificates for a TLS connection to NATS.
+    #[arg(long, env = "TRELLIS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Directory for compiled components (defaults to the user's cache directory).
+    #[arg(long, env = "TRELLIS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
 
-/// Runs a host until it is told to stop.
-pub async fn run(_args: HostArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("label `{s}` must look like key=value")),
+    }
+}
+
+/// Labels from `TRELLIS_LABEL_<key>=value` variables.
+fn env_labels() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("TRELLIS_LABEL_")
+                .filter(|key| !key.is_empty())
+                .map(|key| (key.to_string(), v))
+        })
+        .collect()
+}
+
+/// Runs a host until it is told to stop, then stops it cleanly.
+pub async fn run(args: HostArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut labels = env_labels();
+    labels.extend(args.labels.iter().cloned());
+    let config = HostConfig {
+        nats: NatsOptions {
+            url: args.nats_url.clone(),
+            creds_file: args.nats_creds.clone(),
+            nkey_seed: args.nats_seed.clone(),
+            tls_ca: args.tls_ca.clone(),
+            client_name: String::new(),
+        },
+        lattice: args.lattice.clone(),
+        labels,
+        host_seed: args.host_seed.clone(),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
+        allow_file_load: args.allow_file_load,
+        cache_dir: args.cache_dir.clone(),
+    };
+    let mut handle = HostHandle::start(config)
+        .await
+        .context("the host could not start")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let timeout = tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received; stopping");
+            trellis_host::host::DEFAULT_STOP_TIMEOUT
+        }
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM received; stopping");
+            trellis_host::host::DEFAULT_STOP_TIMEOUT
+        }
+        timeout = handle.stop_requested() => {
+            tracing::info!(?timeout, "stop requested over the control interface");
+            timeout
+        }
+    };
+    handle.stop(timeout).await;
+    Ok(())
+}
+
+/// Human-readable logs on stderr; `RUST_LOG` picks the level (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(
+            parse_label("zone=a").unwrap(),
+            ("zone".to_string(), "a".to_string())
+        );
+        assert!(parse_label("novalue").is_err());
+        assert!(parse_label("=x").is_err());
+    }
 }

@@ -1,1 +1,470 @@
-//! Test support for the end-to-end tests.
+//! Test support for the end-to-end tests: a real `nats-server` per test, real `trellis`
+//! processes, and the guest components built from this repository.
+//!
+//! Everything here talks to the system from outside, the way a user or a third-party client
+//! would: NATS requests and events, HTTP over sockets, process signals.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use trellis_protocol::ctl::{CtlResponse, Host};
+use trellis_protocol::events::CloudEvent;
+use trellis_protocol::subjects::{self, CtlSubjects};
+
+/// A generous bound for anything a test waits on. Tests wait on events, not on sleeps; this
+/// only keeps a broken build from hanging CI.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+fn find_nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Path::new(p).is_file() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nats-server not found: install it with `sudo apt-get install -y nats-server`");
+}
+
+/// A `nats-server` child process with JetStream in a temporary directory; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(find_nats_server())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                // JetStream may still be starting: wait until it answers.
+                if let Ok(client) = async_nats::connect(self.url()).await {
+                    let js = async_nats::jetstream::new(client);
+                    if js.query_account().await.is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (abruptly) without restarting it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port with the same JetStream store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A client connection.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("cannot connect to test nats-server")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `trellis` binary built from this workspace.
+pub fn trellis_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TRELLIS_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("trellis"))
+        .expect("target dir");
+    assert!(
+        candidate.is_file(),
+        "{} is missing: build it first with `cargo build -p trellis-cli` (scripts/test.sh does this)",
+        candidate.display()
+    );
+    candidate
+}
+
+/// Builds the guest components once per test process and returns the directory of the
+/// `.wasm` files.
+pub fn guest_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo_root();
+            let status = Command::new("bash")
+                .arg(root.join("components/build.sh"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("cannot run components/build.sh");
+            assert!(status.success(), "building the guest components failed");
+            root.join("components/target/wasm32-wasip2/release")
+        })
+        .clone()
+}
+
+/// The path of guest component `name` (e.g. `http_hello`), built from source.
+pub fn guest(name: &str) -> PathBuf {
+    let path = guest_dir().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A `trellis host` child process; killed on drop.
+pub struct HostProcess {
+    child: Option<Child>,
+    /// The host id (from the seed the harness gave it).
+    pub id: String,
+    seed: String,
+    args: Vec<String>,
+    /// Where its logs go.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// Starts `trellis host` on `nats_url`/`lattice` with file loading allowed and `extra`
+    /// flags, and waits until it answers `host.ping`.
+    pub async fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
+        let seed = nkeys::KeyPair::new_server().seed().expect("seed");
+        Self::start_with_seed(nats_url, lattice, extra, seed, true).await
+    }
+
+    /// Like [`HostProcess::start`] with a given nkeys server seed, and file loading allowed
+    /// or not.
+    pub async fn start_with_seed(
+        nats_url: &str,
+        lattice: &str,
+        extra: &[&str],
+        seed: String,
+        allow_file_load: bool,
+    ) -> Self {
+        let id = nkeys::KeyPair::from_seed(&seed).expect("seed").public_key();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec![
+            "host".to_string(),
+            "--nats-url".into(),
+            nats_url.into(),
+            "--lattice".into(),
+            lattice.into(),
+            "--heartbeat-interval-ms".into(),
+            "500".into(),
+        ];
+        if allow_file_load {
+            args.push("--allow-file-load".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut host = Self {
+            child: None,
+            id,
+            seed,
+            args,
+            log: dir.path().join("host.log"),
+            _dir: dir,
+        };
+        host.spawn();
+        let lattice_client = Lattice::connect(nats_url, lattice).await;
+        lattice_client
+            .wait_for_host(&host.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nhost log:\n{}", host.logs()));
+        host
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(trellis_bin())
+            .args(&self.args)
+            .env("TRELLIS_HOST_SEED", &self.seed)
+            .env("TRELLIS_CACHE_DIR", self._dir.path().join("cache"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start trellis host");
+        self.child = Some(child);
+    }
+
+    /// The host's log so far (for failure messages).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (e.g. `TERM`, `KILL`) with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + WAIT;
+        let child = self.child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("host did not exit; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the process and starts it again with the same identity and flags.
+    pub async fn restart(&mut self, nats_url: &str, lattice: &str) {
+        self.kill();
+        self.spawn();
+        Lattice::connect(nats_url, lattice)
+            .await
+            .wait_for_host(&self.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nhost log:\n{}", self.logs()));
+    }
+
+    /// Kills the process (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A third-party view of one lattice: control requests and events over plain NATS.
+pub struct Lattice {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// The lattice name.
+    pub name: String,
+    /// Control subjects.
+    pub subjects: CtlSubjects,
+}
+
+impl Lattice {
+    /// Connects to `nats_url` for lattice `name`.
+    pub async fn connect(nats_url: &str, name: &str) -> Self {
+        let client = async_nats::connect(nats_url)
+            .await
+            .expect("cannot connect to NATS");
+        Self {
+            client,
+            name: name.to_string(),
+            subjects: CtlSubjects::new(name),
+        }
+    }
+
+    /// Sends raw bytes to a control subject and decodes the envelope.
+    pub async fn request_raw<T: DeserializeOwned>(
+        &self,
+        subject: String,
+        body: Vec<u8>,
+    ) -> anyhow::Result<CtlResponse<T>> {
+        let msg = tokio::time::timeout(WAIT, self.client.request(subject.clone(), body.into()))
+            .await
+            .with_context(|| format!("no reply on {subject}"))?
+            .with_context(|| format!("request on {subject} failed"))?;
+        serde_json::from_slice(&msg.payload).with_context(|| {
+            format!(
+                "reply on {subject} is not a control envelope: {}",
+                String::from_utf8_lossy(&msg.payload)
+            )
+        })
+    }
+
+    /// Sends a JSON body to a control subject.
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        subject: String,
+        body: &impl Serialize,
+    ) -> anyhow::Result<CtlResponse<T>> {
+        self.request_raw(subject, serde_json::to_vec(body)?).await
+    }
+
+    /// Every host answering `host.ping` within `window`.
+    pub async fn ping(&self, window: Duration) -> anyhow::Result<Vec<Host>> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self.client.subscribe(inbox.clone()).await?;
+        self.client
+            .publish_with_reply(self.subjects.host_ping(), inbox, Vec::new().into())
+            .await?;
+        self.client.flush().await?;
+        let mut hosts = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            let reply: CtlResponse<Host> = serde_json::from_slice(&msg.payload)?;
+            if let Some(h) = reply.response {
+                hosts.push(h);
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Waits until host `id` answers `host.ping`.
+    pub async fn wait_for_host(&self, id: &str) -> anyhow::Result<Host> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let hosts = self.ping(Duration::from_millis(200)).await.unwrap_or_default();
+            if let Some(h) = hosts.into_iter().find(|h| h.id == id) {
+                return Ok(h);
+            }
+            if Instant::now() > deadline {
+                bail!("host {id} did not answer host.ping within {WAIT:?}");
+            }
+        }
+    }
+
+    /// Starts collecting this lattice's events (subscribe before acting, then wait).
+    pub async fn events(&self) -> EventStream {
+        let sub = self
+            .client
+            .subscribe(subjects::all_events(&self.name))
+            .await
+            .expect("cannot subscribe to events");
+        self.client.flush().await.expect("flush");
+        EventStream { sub }
+    }
+}
+
+/// Events of one lattice, in arrival order.
+pub struct EventStream {
+    sub: async_nats::Subscriber,
+}
+
+impl EventStream {
+    /// Waits for the first event named `name` whose data satisfies `pred`, skipping others.
+    pub async fn wait_for(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<CloudEvent> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.sub.next())
+                .await
+                .with_context(|| format!("no {name} event within {WAIT:?}"))?
+                .context("event subscription closed")?;
+            let event: CloudEvent = serde_json::from_slice(&msg.payload).with_context(|| {
+                format!(
+                    "event on {} is not a CloudEvent: {}",
+                    msg.subject,
+                    String::from_utf8_lossy(&msg.payload)
+                )
+            })?;
+            anyhow::ensure!(
+                msg.subject.as_str().ends_with(event.name()),
+                "event subject {} does not match its type {}",
+                msg.subject,
+                event.event_type
+            );
+            if event.name() == name && pred(&event.data) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+/// Polls `f` until it yields `Some`, for state reached through several events (an inventory
+/// changing, a service answering again). Bounded by [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

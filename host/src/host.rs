@@ -1,0 +1,353 @@
+//! A host's lifecycle: join the lattice, serve the control interface, heartbeat, and stop
+//! cleanly (drain, say goodbye, exit).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use trellis_protocol::ctl::{Host as HostInfo, HostInventory};
+use trellis_protocol::events::names;
+
+use crate::components::ComponentRegistry;
+use crate::identity::{builtin_labels, human_uptime, HostIdentity};
+use crate::lattice::connection::{self, NatsOptions};
+use crate::lattice::events::EventPublisher;
+use crate::lattice::store::LatticeStore;
+use crate::lattice::{control, heartbeat};
+use crate::providers::{ProviderLauncher, ProviderRegistry};
+use crate::runtime::{Runtime, RuntimeConfig};
+
+/// The default heartbeat interval.
+///
+/// wasmCloud heartbeats every 30 s, so its reconciler needs 35 to 70 s to notice a dead host.
+/// Trellis heartbeats every 2 s: a reconciler that allows three missed beats declares a host
+/// dead after about 6 s, which leaves room inside the 10 s healing budget to reschedule. A
+/// heartbeat is one small JSON message per host, so even a thousand hosts cost NATS only a few
+/// hundred messages a second.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long in-flight invocations may drain on stop when the request gives no timeout.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to start a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// How to reach NATS.
+    pub nats: NatsOptions,
+    /// The lattice to join.
+    pub lattice: String,
+    /// User labels (the `hostcore.*` ones are added by the host).
+    pub labels: BTreeMap<String, String>,
+    /// The nkeys server seed; a fresh identity is generated when absent.
+    pub host_seed: Option<String>,
+    /// How often to publish `host_heartbeat`.
+    pub heartbeat_interval: Duration,
+    /// Whether `file://` refs and plain paths may be loaded.
+    pub allow_file_load: bool,
+    /// Where compiled code is cached (a per-user default when absent).
+    pub cache_dir: Option<PathBuf>,
+    /// Starts capability providers; without one, `provider.start` is refused.
+    pub provider_launcher: Option<Arc<dyn ProviderLauncher>>,
+}
+
+impl std::fmt::Debug for dyn ProviderLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderLauncher")
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsOptions {
+                url: "nats://127.0.0.1:4222".into(),
+                ..Default::default()
+            },
+            lattice: trellis_protocol::subjects::DEFAULT_LATTICE.into(),
+            labels: BTreeMap::new(),
+            host_seed: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            allow_file_load: false,
+            cache_dir: None,
+            provider_launcher: None,
+        }
+    }
+}
+
+/// The state every part of a running host shares.
+pub struct Host {
+    /// Who this host is.
+    pub identity: HostIdentity,
+    /// The lattice it belongs to.
+    pub lattice: String,
+    /// The NATS connection (control, events and data plane share it).
+    pub client: async_nats::Client,
+    /// Publishes this host's events.
+    pub events: EventPublisher,
+    /// Config and links, shared through KV.
+    pub store: LatticeStore,
+    /// The wasmtime runtime.
+    pub runtime: Runtime,
+    /// Running components.
+    pub components: ComponentRegistry,
+    /// Running providers.
+    pub providers: ProviderRegistry,
+    /// Starts providers, when this host can.
+    pub provider_launcher: Option<Arc<dyn ProviderLauncher>>,
+    /// Whether `file://` refs may be loaded.
+    pub allow_file_load: bool,
+    labels: RwLock<BTreeMap<String, String>>,
+    started: Instant,
+    nats_url: String,
+    stop_request: watch::Sender<Option<Duration>>,
+}
+
+impl Host {
+    /// The host's labels now.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        match self.labels.read() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets a label; `hostcore.*` labels belong to the host and are refused.
+    pub fn put_label(&self, key: &str, value: &str) -> Result<(), String> {
+        check_label_key(key)?;
+        let mut labels = match self.labels.write() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        labels.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// Removes a label; true when it was set.
+    pub fn delete_label(&self, key: &str) -> Result<bool, String> {
+        check_label_key(key)?;
+        let mut labels = match self.labels.write() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        Ok(labels.remove(key).is_some())
+    }
+
+    /// Seconds since start.
+    pub fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// This host as `host.ping` answers it.
+    pub fn info(&self) -> HostInfo {
+        let uptime = self.uptime_seconds();
+        HostInfo {
+            id: self.identity.host_id.clone(),
+            friendly_name: self.identity.friendly_name.clone(),
+            labels: self.labels(),
+            lattice: self.lattice.clone(),
+            ctl_host: Some(self.nats_url.clone()),
+            rpc_host: Some(self.nats_url.clone()),
+            js_domain: None,
+            uptime_seconds: uptime,
+            uptime_human: Some(human_uptime(uptime)),
+            version: Some(crate::VERSION.to_string()),
+        }
+    }
+
+    /// Everything this host runs.
+    pub fn inventory(&self) -> HostInventory {
+        let uptime = self.uptime_seconds();
+        HostInventory {
+            components: self.components.all().iter().map(|c| c.describe()).collect(),
+            providers: self.providers.describe(),
+            host_id: self.identity.host_id.clone(),
+            friendly_name: self.identity.friendly_name.clone(),
+            labels: self.labels(),
+            version: crate::VERSION.to_string(),
+            uptime_human: human_uptime(uptime),
+            uptime_seconds: uptime,
+        }
+    }
+
+    /// Asks the host to stop, letting in-flight work drain for `timeout`.
+    pub fn request_stop(&self, timeout: Duration) {
+        self.stop_request.send_replace(Some(timeout));
+    }
+}
+
+fn check_label_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err("field `key` must not be empty".into());
+    }
+    if key.starts_with("hostcore.") {
+        return Err(format!(
+            "label `{key}` is set by the host itself and cannot be changed"
+        ));
+    }
+    Ok(())
+}
+
+/// A started host. Dropping it stops its tasks abruptly; call [`HostHandle::stop`] to stop
+/// cleanly.
+pub struct HostHandle {
+    host: Arc<Host>,
+    stop_rx: watch::Receiver<Option<Duration>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for HostHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl HostHandle {
+    /// Joins the lattice: connects, opens the shared state, starts the runtime, the control
+    /// interface and heartbeats, and announces `host_started`.
+    pub async fn start(config: HostConfig) -> anyhow::Result<Self> {
+        if !trellis_protocol::subjects::is_valid_token(&config.lattice) {
+            anyhow::bail!(
+                "lattice name `{}` is not valid: use letters, digits, `-` or `_` (no dots, spaces or wildcards)",
+                config.lattice
+            );
+        }
+        let identity = HostIdentity::from_seed(config.host_seed.as_deref())?;
+        let mut nats = config.nats.clone();
+        if nats.client_name.is_empty() {
+            nats.client_name = format!("trellis-host {}", identity.host_id);
+        }
+        let (client, conn_events) = connection::connect(&nats).await?;
+        let store = LatticeStore::open(client.clone(), &config.lattice).await?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: config.cache_dir.clone(),
+            allow_file_load: config.allow_file_load,
+            ..Default::default()
+        })
+        .context("cannot start the WebAssembly runtime")?;
+        let mut labels = builtin_labels();
+        for (k, v) in &config.labels {
+            if k.starts_with("hostcore.") {
+                tracing::warn!(label = %k, "ignoring a user label in the reserved hostcore. namespace");
+                continue;
+            }
+            labels.insert(k.clone(), v.clone());
+        }
+        let (stop_request, stop_rx) = watch::channel(None);
+        let host = Arc::new(Host {
+            events: EventPublisher::new(client.clone(), &config.lattice, &identity.host_id),
+            identity,
+            lattice: config.lattice.clone(),
+            client,
+            store,
+            runtime,
+            components: ComponentRegistry::default(),
+            providers: ProviderRegistry::default(),
+            provider_launcher: config.provider_launcher.clone(),
+            allow_file_load: config.allow_file_load,
+            labels: RwLock::new(labels),
+            started: Instant::now(),
+            nats_url: config.nats.url.clone(),
+            stop_request,
+        });
+        let control = control::ControlServer::subscribe(host.clone()).await?;
+        let tasks = vec![
+            tokio::spawn(control.run()),
+            tokio::spawn(heartbeat::run(
+                host.clone(),
+                config.heartbeat_interval,
+                conn_events,
+            )),
+        ];
+        host.events
+            .publish(names::HOST_STARTED, host_started_data(&host))
+            .await;
+        tracing::info!(
+            host_id = %host.identity.host_id,
+            friendly_name = %host.identity.friendly_name,
+            lattice = %host.lattice,
+            "host started: {} ({}) on lattice {}",
+            host.identity.friendly_name,
+            host.identity.host_id,
+            host.lattice
+        );
+        Ok(Self {
+            host,
+            stop_rx,
+            tasks,
+        })
+    }
+
+    /// The shared host state, for subsystems (HTTP server, providers) that run beside it.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Resolves when a `host.stop` request arrives (or [`Host::request_stop`] is called),
+    /// with the drain timeout it asked for.
+    pub async fn stop_requested(&mut self) -> Duration {
+        loop {
+            if let Some(timeout) = *self.stop_rx.borrow_and_update() {
+                return timeout;
+            }
+            if self.stop_rx.changed().await.is_err() {
+                return DEFAULT_STOP_TIMEOUT;
+            }
+        }
+    }
+
+    /// Stops cleanly: no new control commands, in-flight invocations drain for at most
+    /// `timeout`, `host_stopped` is published, and the connection is flushed.
+    pub async fn stop(mut self, timeout: Duration) {
+        // Stop taking commands and heartbeating first.
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let in_flight = self.host.components.in_flight();
+            if in_flight == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(in_flight, "stop timeout reached with invocations still running");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (description, running) in self.host.providers.drain() {
+            running.stop().await;
+            self.host
+                .events
+                .publish(
+                    names::PROVIDER_STOPPED,
+                    crate::lattice::control::provider_event(&self.host, &description, "host stopping"),
+                )
+                .await;
+        }
+        self.host
+            .events
+            .publish(
+                names::HOST_STOPPED,
+                serde_json::json!({ "labels": self.host.labels() }),
+            )
+            .await;
+        self.host.events.flush().await;
+        tracing::info!(host_id = %self.host.identity.host_id, "host stopped");
+    }
+}
+
+fn host_started_data(host: &Host) -> serde_json::Value {
+    serde_json::json!({
+        "labels": host.labels(),
+        "friendly_name": host.identity.friendly_name,
+        "uptime_seconds": 0,
+        "version": crate::VERSION,
+    })
+}

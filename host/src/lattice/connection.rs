@@ -1,0 +1,88 @@
+//! The host's NATS connection: authentication, TLS, and reconnecting forever.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+/// How to reach and authenticate to NATS.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A `.creds` file (JWT plus nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// An nkey user seed (`SU...`), when not using a creds file.
+    pub nkey_seed: Option<String>,
+    /// A PEM file of CA certificates to trust for TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// The client name shown by the server.
+    pub client_name: String,
+}
+
+/// Connection state changes the host reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// (Re)connected to a server.
+    Connected,
+    /// Lost the connection; the client keeps trying.
+    Disconnected,
+}
+
+/// Connects with unlimited reconnects, so a NATS restart never kills the host. Connection state
+/// changes arrive on the returned receiver.
+pub async fn connect(
+    opts: &NatsOptions,
+) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<ConnectionEvent>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut options = match &opts.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("cannot read NATS credentials file {}", path.display()))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(seed) = &opts.nkey_seed {
+        nkeys::KeyPair::from_seed(seed.trim())
+            .context("the NATS nkey seed is not a valid nkeys seed (expected `SU...`)")?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(ca) = &opts.tls_ca {
+        if !ca.exists() {
+            anyhow::bail!("the TLS CA file {} does not exist", ca.display());
+        }
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let options = options
+        .name(&opts.client_name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+        // A short, capped back-off: a restarted NATS server is rejoined within a second or two.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(1_000))
+        })
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        let _ = tx.send(ConnectionEvent::Connected);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the NATS connection; reconnecting");
+                        let _ = tx.send(ConnectionEvent::Disconnected);
+                    }
+                    other => tracing::debug!(event = %other, "NATS client event"),
+                }
+            }
+        });
+    let client = options.connect(opts.url.as_str()).await.with_context(|| {
+        format!(
+            "cannot connect to NATS at {}: is nats-server running there? (start one with `nats-server -js`, or use `trellis up`)",
+            opts.url
+        )
+    })?;
+    Ok((client, rx))
+}

@@ -1,0 +1,55 @@
+//! Publishing lattice events (CloudEvents 1.0 JSON on `wasmbus.evt.{lattice}.{name}`).
+
+use serde::Serialize;
+use trellis_protocol::events::CloudEvent;
+use trellis_protocol::subjects;
+
+/// Publishes this host's events. Cheap to clone.
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: async_nats::Client,
+    lattice: String,
+    host_id: String,
+}
+
+impl EventPublisher {
+    /// A publisher for `host_id` in `lattice`.
+    pub fn new(client: async_nats::Client, lattice: &str, host_id: &str) -> Self {
+        Self {
+            client,
+            lattice: lattice.to_string(),
+            host_id: host_id.to_string(),
+        }
+    }
+
+    /// Publishes event `name` with `data`. Events are fire-and-forget: a failure (NATS down) is
+    /// logged, never returned, because state lives in KV and heartbeats, not in events.
+    pub async fn publish(&self, name: &str, data: impl Serialize) {
+        let data = match serde_json::to_value(data) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(event = name, error = %e, "cannot encode event data");
+                return;
+            }
+        };
+        let event = CloudEvent::new(name, &self.host_id, data);
+        let payload = match serde_json::to_vec(&event) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(event = name, error = %e, "cannot encode event");
+                return;
+            }
+        };
+        let subject = subjects::event(&self.lattice, name);
+        if let Err(e) = self.client.publish(subject, payload.into()).await {
+            tracing::warn!(event = name, error = %e, "cannot publish event");
+        }
+    }
+
+    /// Waits until published events have reached the server (used before exiting).
+    pub async fn flush(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "cannot flush events to NATS");
+        }
+    }
+}

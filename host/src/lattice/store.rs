@@ -1,0 +1,524 @@
+//! Lattice-wide state in JetStream KV: named configs (`CONFIGDATA_{lattice}`) and links
+//! (`LATTICEDATA_{lattice}`).
+//!
+//! KV is the source of truth, so every host (and a restarted one) sees the same state. Each host
+//! also keeps an in-memory copy, refreshed by watching the buckets, for the invocation path:
+//! routing a call must not cost a KV round trip.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use trellis_protocol::ctl::{Link, LinkKey};
+use trellis_protocol::subjects;
+
+/// A named config: string keys to string values.
+pub type ConfigMap = HashMap<String, String>;
+
+/// How long one KV operation may take before the request that needed it fails.
+const KV_TIMEOUT: Duration = Duration::from_secs(5);
+const LINK_KEY_PREFIX: &str = "LINKDEF_";
+
+/// A change to lattice state, as seen by this host's watchers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreChange {
+    /// The links changed (any link).
+    Links,
+    /// The named config changed or was deleted.
+    Config(String),
+}
+
+/// Why a link put was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkRefused {
+    /// The link is malformed or names a missing config.
+    #[error("{0}")]
+    Invalid(String),
+    /// KV could not be reached.
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// The in-memory copy of the lattice's links, indexed for routing.
+#[derive(Debug, Default)]
+pub struct LinkTable {
+    links: BTreeMap<LinkKey, Link>,
+}
+
+impl LinkTable {
+    /// The link a call from `source_id` to `namespace:package/interface` under `name` follows.
+    pub fn route(
+        &self,
+        source_id: &str,
+        namespace: &str,
+        package: &str,
+        interface: &str,
+        name: &str,
+    ) -> Option<&Link> {
+        let key = LinkKey {
+            source_id: source_id.to_string(),
+            wit_namespace: namespace.to_string(),
+            wit_package: package.to_string(),
+            name: name.to_string(),
+        };
+        self.links
+            .get(&key)
+            .filter(|l| l.interfaces.iter().any(|i| i == interface))
+    }
+
+    /// Every link, in key order.
+    pub fn all(&self) -> impl Iterator<Item = &Link> {
+        self.links.values()
+    }
+
+    /// Links whose target is `target_id` (e.g. an HTTP server learning which components to serve).
+    pub fn targeting<'a>(&'a self, target_id: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
+        self.links.values().filter(move |l| l.target == target_id)
+    }
+
+    /// Links whose source is `source_id`.
+    pub fn from_source<'a>(&'a self, source_id: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
+        self.links.values().filter(move |l| l.source_id == source_id)
+    }
+}
+
+#[derive(Default)]
+struct Caches {
+    links: LinkTable,
+    configs: HashMap<String, ConfigMap>,
+}
+
+/// The lattice's shared state, backed by JetStream KV and mirrored in memory.
+pub struct LatticeStore {
+    config_kv: kv::Store,
+    data_kv: kv::Store,
+    caches: Arc<RwLock<Caches>>,
+    changes: broadcast::Sender<StoreChange>,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for LatticeStore {
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_string(),
+            description: "Trellis lattice state".to_string(),
+            history: 1,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another host may have created it at the same moment.
+        Err(create_err) => js.get_key_value(bucket).await.map_err(|_| {
+            anyhow::anyhow!(
+                "cannot open or create the JetStream KV bucket {bucket}: {create_err}. \
+                 Is JetStream enabled on the NATS server (`nats-server -js`)?"
+            )
+        }),
+    }
+}
+
+impl LatticeStore {
+    /// Opens (creating when needed) the lattice's buckets and starts watching them.
+    pub async fn open(client: async_nats::Client, lattice: &str) -> anyhow::Result<Self> {
+        let js = jetstream::new(client);
+        let config_kv = tokio::time::timeout(
+            KV_TIMEOUT * 2,
+            open_bucket(&js, &subjects::config_data_bucket(lattice)),
+        )
+        .await
+        .context("timed out opening the config bucket: is JetStream enabled (`nats-server -js`)?")??;
+        let data_kv = tokio::time::timeout(
+            KV_TIMEOUT * 2,
+            open_bucket(&js, &subjects::lattice_data_bucket(lattice)),
+        )
+        .await
+        .context("timed out opening the lattice-data bucket: is JetStream enabled (`nats-server -js`)?")??;
+        let caches = Arc::new(RwLock::new(Caches::default()));
+        let (changes, _) = broadcast::channel(256);
+        let watchers = vec![
+            tokio::spawn(watch_bucket(
+                config_kv.clone(),
+                caches.clone(),
+                changes.clone(),
+                BucketKind::Config,
+            )),
+            tokio::spawn(watch_bucket(
+                data_kv.clone(),
+                caches.clone(),
+                changes.clone(),
+                BucketKind::LatticeData,
+            )),
+        ];
+        Ok(Self {
+            config_kv,
+            data_kv,
+            caches,
+            changes,
+            watchers,
+        })
+    }
+
+    /// Changes seen by the watchers, for parts of the host that react to links or config.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreChange> {
+        self.changes.subscribe()
+    }
+
+    /// Runs `f` on the in-memory link table (never blocks on the network).
+    pub fn with_links<R>(&self, f: impl FnOnce(&LinkTable) -> R) -> R {
+        match self.caches.read() {
+            Ok(c) => f(&c.links),
+            Err(poisoned) => f(&poisoned.into_inner().links),
+        }
+    }
+
+    /// The cached value of a named config, if present.
+    pub fn cached_config(&self, name: &str) -> Option<ConfigMap> {
+        match self.caches.read() {
+            Ok(c) => c.configs.get(name).cloned(),
+            Err(poisoned) => poisoned.into_inner().configs.get(name).cloned(),
+        }
+    }
+
+    /// Stores a named config.
+    pub async fn put_config(&self, name: &str, values: &ConfigMap) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(values).context("cannot encode config")?;
+        kv_call(self.config_kv.put(name, Bytes::from(bytes)))
+            .await
+            .with_context(|| format!("cannot store config {name}"))?;
+        self.apply_config(name, Some(values.clone()));
+        Ok(())
+    }
+
+    /// Reads a named config from KV (authoritative, not the cache).
+    pub async fn get_config(&self, name: &str) -> anyhow::Result<Option<ConfigMap>> {
+        let value = kv_call(self.config_kv.get(name))
+            .await
+            .with_context(|| format!("cannot read config {name}"))?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("config {name} in KV is not a JSON string map")),
+        }
+    }
+
+    /// Deletes a named config; true when it existed.
+    pub async fn delete_config(&self, name: &str) -> anyhow::Result<bool> {
+        let existed = self.get_config(name).await?.is_some();
+        if existed {
+            kv_call(self.config_kv.delete(name))
+                .await
+                .with_context(|| format!("cannot delete config {name}"))?;
+            self.apply_config(name, None);
+        }
+        Ok(existed)
+    }
+
+    /// Named configs merged left to right (later names win), as components and providers see
+    /// them. A missing name is an error that names it.
+    pub async fn merged_config(&self, names: &[String]) -> anyhow::Result<ConfigMap> {
+        let mut merged = ConfigMap::new();
+        for name in names {
+            let values = self.get_config(name).await?.with_context(|| {
+                format!("config {name} does not exist: create it with config.put first")
+            })?;
+            merged.extend(values);
+        }
+        Ok(merged)
+    }
+
+    /// Stores a link after checking that the configs it names exist and that it does not
+    /// repoint an existing (source, namespace, package, name) to another target.
+    pub async fn put_link(&self, link: &Link) -> Result<(), LinkRefused> {
+        for (field, value) in [
+            ("source_id", &link.source_id),
+            ("target", &link.target),
+            ("name", &link.name),
+            ("wit_namespace", &link.wit_namespace),
+            ("wit_package", &link.wit_package),
+        ] {
+            if value.trim().is_empty() {
+                return Err(LinkRefused::Invalid(format!("field `{field}` must not be empty")));
+            }
+        }
+        if link.interfaces.is_empty() || link.interfaces.iter().any(|i| i.trim().is_empty()) {
+            return Err(LinkRefused::Invalid(
+                "field `interfaces` must list at least one non-empty interface name".into(),
+            ));
+        }
+        for name in link.source_config.iter().chain(&link.target_config) {
+            if self.get_config(name).await?.is_none() {
+                return Err(LinkRefused::Invalid(format!(
+                    "the link names config `{name}`, which does not exist: put it with config.put first"
+                )));
+            }
+        }
+        let key = link.key().storage_key();
+        let existing = kv_call(self.data_kv.entry(key.clone()))
+            .await
+            .context("cannot read links")?;
+        let bytes = Bytes::from(serde_json::to_vec(link).context("cannot encode link")?);
+        match existing.filter(|e| e.operation == kv::Operation::Put) {
+            Some(entry) => {
+                if let Ok(old) = serde_json::from_slice::<Link>(&entry.value) {
+                    if old.target != link.target {
+                        return Err(LinkRefused::Invalid(format!(
+                            "a link from {} on {}:{} named `{}` already targets {}; delete it first or use another link name",
+                            link.source_id, link.wit_namespace, link.wit_package, link.name, old.target
+                        )));
+                    }
+                }
+                kv_call(self.data_kv.update(&key, bytes, entry.revision))
+                    .await
+                    .context("the link changed concurrently; retry")?;
+            }
+            None => {
+                kv_call(self.data_kv.put(&key, bytes))
+                    .await
+                    .context("cannot store link")?;
+            }
+        }
+        self.apply_link(link.key(), Some(link.clone()));
+        Ok(())
+    }
+
+    /// Deletes a link; true when it existed.
+    pub async fn delete_link(&self, key: &LinkKey) -> anyhow::Result<bool> {
+        let storage_key = key.storage_key();
+        let existed = kv_call(self.data_kv.get(storage_key.clone()))
+            .await
+            .context("cannot read links")?
+            .is_some();
+        if existed {
+            kv_call(self.data_kv.delete(&storage_key))
+                .await
+                .context("cannot delete link")?;
+            self.apply_link(key.clone(), None);
+        }
+        Ok(existed)
+    }
+
+    /// Every link, read from KV.
+    pub async fn list_links(&self) -> anyhow::Result<Vec<Link>> {
+        let keys = kv_call(async {
+            let keys = self.data_kv.keys().await?;
+            Ok::<Vec<String>, anyhow::Error>(
+                keys.filter_map(|k| async move { k.ok() }).collect().await,
+            )
+        })
+        .await
+        .context("cannot list links")?;
+        let mut links = Vec::new();
+        for key in keys.iter().filter(|k| k.starts_with(LINK_KEY_PREFIX)) {
+            if let Some(bytes) = kv_call(self.data_kv.get(key.clone())).await? {
+                match serde_json::from_slice::<Link>(&bytes) {
+                    Ok(link) => links.push(link),
+                    Err(e) => tracing::warn!(key, error = %e, "skipping a malformed link in KV"),
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    fn apply_link(&self, key: LinkKey, link: Option<Link>) {
+        apply(&self.caches, &self.changes, Applied::Link(key, link));
+    }
+
+    fn apply_config(&self, name: &str, values: Option<ConfigMap>) {
+        apply(
+            &self.caches,
+            &self.changes,
+            Applied::Config(name.to_string(), values),
+        );
+    }
+}
+
+async fn kv_call<T, E>(fut: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    match tokio::time::timeout(KV_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => anyhow::bail!(
+            "JetStream KV did not answer within {}s (is NATS reachable?)",
+            KV_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+enum Applied {
+    Link(LinkKey, Option<Link>),
+    Config(String, Option<ConfigMap>),
+}
+
+/// Updates the caches and tells subscribers, unless nothing changed.
+fn apply(caches: &RwLock<Caches>, changes: &broadcast::Sender<StoreChange>, applied: Applied) {
+    let mut guard = match caches.write() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let change = match applied {
+        Applied::Link(key, link) => {
+            let changed = match link {
+                Some(link) => guard.links.links.insert(key, link.clone()).as_ref() != Some(&link),
+                None => guard.links.links.remove(&key).is_some(),
+            };
+            changed.then_some(StoreChange::Links)
+        }
+        Applied::Config(name, values) => {
+            let changed = match values {
+                Some(values) => {
+                    guard.configs.insert(name.clone(), values.clone()).as_ref() != Some(&values)
+                }
+                None => guard.configs.remove(&name).is_some(),
+            };
+            changed.then_some(StoreChange::Config(name))
+        }
+    };
+    drop(guard);
+    if let Some(change) = change {
+        let _ = changes.send(change);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BucketKind {
+    Config,
+    LatticeData,
+}
+
+fn apply_entry(
+    kind: BucketKind,
+    key: &str,
+    value: Option<&[u8]>,
+    caches: &RwLock<Caches>,
+    changes: &broadcast::Sender<StoreChange>,
+) {
+    match kind {
+        BucketKind::Config => {
+            let values = value.and_then(|v| serde_json::from_slice::<ConfigMap>(v).ok());
+            apply(caches, changes, Applied::Config(key.to_string(), values));
+        }
+        BucketKind::LatticeData => {
+            if !key.starts_with(LINK_KEY_PREFIX) {
+                return;
+            }
+            match value {
+                Some(v) => match serde_json::from_slice::<Link>(v) {
+                    Ok(link) => apply(caches, changes, Applied::Link(link.key(), Some(link))),
+                    Err(e) => tracing::warn!(key, error = %e, "ignoring a malformed link in KV"),
+                },
+                None => {
+                    // The key alone cannot be decoded back; drop whichever cached link maps to it.
+                    let found = {
+                        let guard = match caches.read() {
+                            Ok(g) => g,
+                            Err(p) => p.into_inner(),
+                        };
+                        guard
+                            .links
+                            .links
+                            .keys()
+                            .find(|k| k.storage_key() == key)
+                            .cloned()
+                    };
+                    if let Some(k) = found {
+                        apply(caches, changes, Applied::Link(k, None));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the cache of one bucket in step with KV: a snapshot, then a watch from the snapshot's
+/// revision on. When the watch breaks (NATS restarted), it starts over after a short pause.
+async fn watch_bucket(
+    store: kv::Store,
+    caches: Arc<RwLock<Caches>>,
+    changes: broadcast::Sender<StoreChange>,
+    kind: BucketKind,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match watch_once(&store, &caches, &changes, kind).await {
+            Ok(()) => tracing::debug!("KV watch ended; restarting it"),
+            Err(e) => tracing::debug!(error = %e, "KV watch failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn watch_once(
+    store: &kv::Store,
+    caches: &RwLock<Caches>,
+    changes: &broadcast::Sender<StoreChange>,
+    kind: BucketKind,
+) -> anyhow::Result<()> {
+    let status = kv_call(store.status()).await?;
+    let last = status.info.state.last_sequence;
+    // Snapshot: every live key.
+    let keys: Vec<String> = kv_call(async {
+        let keys = store.keys().await?;
+        Ok::<_, anyhow::Error>(keys.filter_map(|k| async move { k.ok() }).collect().await)
+    })
+    .await?;
+    let mut live = std::collections::HashSet::new();
+    for key in &keys {
+        if let Some(value) = kv_call(store.get(key.clone())).await? {
+            apply_entry(kind, key, Some(&value), caches, changes);
+            live.insert(key.clone());
+        }
+    }
+    // Drop cached entries that vanished while we were not watching.
+    let stale: Vec<String> = {
+        let guard = match caches.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match kind {
+            BucketKind::Config => guard
+                .configs
+                .keys()
+                .filter(|k| !live.contains(*k))
+                .cloned()
+                .collect(),
+            BucketKind::LatticeData => guard
+                .links
+                .links
+                .keys()
+                .map(|k| k.storage_key())
+                .filter(|k| !live.contains(k))
+                .collect(),
+        }
+    };
+    for key in stale {
+        apply_entry(kind, &key, None, caches, changes);
+    }
+    let mut watch = kv_call(store.watch_all_from_revision(last + 1)).await?;
+    while let Some(entry) = watch.next().await {
+        let entry = entry?;
+        let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+        apply_entry(kind, &entry.key, value, caches, changes);
+    }
+    Ok(())
+}

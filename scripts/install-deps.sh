@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Trellis needs to build and test, skipping what is already there:
+# nats-server and redis-server (Debian packages), wrk for benchmarks, and the wasm32-wasip2
+# Rust target for guest components.
+set -euo pipefail
+
+need_apt=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "installing ${need_apt[*]} (Debian packages)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "installing the wasm32-wasip2 Rust target"
+  rustup target add wasm32-wasip2
+fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds the guest components and the `trellis`
+# binary the end-to-end tests drive, then runs the workspace's tests against real nats-server
+# processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+bash components/build.sh >/dev/null
+cargo build --workspace --bins
+cargo test --workspace "$@"
