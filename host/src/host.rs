@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +19,7 @@ use crate::lattice::events::EventPublisher;
 use crate::lattice::store::LatticeStore;
 use crate::lattice::{control, heartbeat};
 use crate::providers::{ProviderLauncher, ProviderRegistry};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{Capability, Runtime, RuntimeConfig};
 
 /// The default heartbeat interval.
 ///
@@ -34,7 +34,7 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything needed to start a host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostConfig {
     /// How to reach NATS.
     pub nats: NatsOptions,
@@ -52,11 +52,45 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Starts capability providers; without one, `provider.start` is refused.
     pub provider_launcher: Option<Arc<dyn ProviderLauncher>>,
+    /// Host functions (keyvalue, messaging, logging, config...) added to every component.
+    pub capabilities: Vec<Arc<dyn Capability>>,
+    /// Filled with the running host once it exists, for capabilities built before it.
+    pub host_slot: HostSlot,
 }
 
-impl std::fmt::Debug for dyn ProviderLauncher {
+/// Late access to the running host, for parts (capabilities) that must be built before the
+/// host exists but need it at call time. Holds a weak reference: it never keeps a host alive.
+#[derive(Clone, Default)]
+pub struct HostSlot(Arc<OnceLock<Weak<Host>>>);
+
+impl HostSlot {
+    /// The host, once started and while it runs.
+    pub fn get(&self) -> Option<Arc<Host>> {
+        self.0.get().and_then(Weak::upgrade)
+    }
+}
+
+impl std::fmt::Debug for HostSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProviderLauncher")
+        f.write_str("HostSlot")
+    }
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("nats_url", &self.nats.url)
+            .field("lattice", &self.lattice)
+            .field("labels", &self.labels)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("allow_file_load", &self.allow_file_load)
+            .field("cache_dir", &self.cache_dir)
+            .field("providers", &self.provider_launcher.is_some())
+            .field(
+                "capabilities",
+                &self.capabilities.iter().map(|c| c.name().to_string()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,6 +108,8 @@ impl Default for HostConfig {
             allow_file_load: false,
             cache_dir: None,
             provider_launcher: None,
+            capabilities: Vec::new(),
+            host_slot: HostSlot::default(),
         }
     }
 }
@@ -227,6 +263,7 @@ impl HostHandle {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.cache_dir.clone(),
             allow_file_load: config.allow_file_load,
+            capabilities: config.capabilities.clone(),
             ..Default::default()
         })
         .context("cannot start the WebAssembly runtime")?;
@@ -255,6 +292,7 @@ impl HostHandle {
             nats_url: config.nats.url.clone(),
             stop_request,
         });
+        let _ = config.host_slot.0.set(Arc::downgrade(&host));
         let control = control::ControlServer::subscribe(host.clone()).await?;
         let tasks = vec![
             tokio::spawn(control.run()),
