@@ -1,0 +1,430 @@
+//! A prepared (compiled, linked, pre-instantiated) component and its invocation path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use hyper::body::Body;
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinSet};
+use wasmtime::component::{InstancePre, ResourceTable};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use super::cache::CompileSource;
+use super::concurrency::{InstanceGate, InstancePermit};
+use super::guest_log::{GuestLog, GuestStream};
+use super::limits::{ComponentLimits, MemoryLimiter};
+use super::outgoing::{AllowedHosts, OutgoingHttpPolicy};
+use super::state::{Capability, Extensions, InstanceContext, InstanceState};
+
+/// Extra time, past the execution deadline, given to an invocation blocked in host I/O (where
+/// epoch interruption cannot reach it) before it is cancelled.
+const HOST_IO_GRACE: Duration = Duration::from_millis(100);
+
+/// Why an invocation failed. Only that invocation is affected: the component keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    /// Every instance is busy and the wait queue is full (HTTP 503).
+    #[error("component {component_id} is at its limit of {max_instances} concurrent instances and {queued} requests are already queued")]
+    Busy {
+        /// The component.
+        component_id: String,
+        /// Its concurrency cap.
+        max_instances: u32,
+        /// Requests waiting when this one was refused.
+        queued: usize,
+    },
+    /// The invocation ran past its execution deadline and was stopped (HTTP 504).
+    #[error("component {component_id} exceeded its execution deadline of {limit_ms} ms")]
+    DeadlineExceeded {
+        /// The component.
+        component_id: String,
+        /// The deadline (`max_execution_time_ms`).
+        limit_ms: u64,
+    },
+    /// The instance needed more memory than its limit (HTTP 500).
+    #[error("component {component_id} exceeded its memory limit of {limit_mb} MiB")]
+    MemoryExceeded {
+        /// The component.
+        component_id: String,
+        /// The limit (`max_memory_mb`).
+        limit_mb: u32,
+    },
+    /// The guest trapped (panic, unreachable, out-of-bounds access...) (HTTP 500).
+    #[error("component {component_id} trapped: {message}")]
+    Trap {
+        /// The component.
+        component_id: String,
+        /// The trap and where it happened.
+        message: String,
+    },
+    /// Anything else: instantiation failure, the guest answering with an error code or no
+    /// response at all (HTTP 500).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl InvocationError {
+    /// The HTTP status a server should answer with.
+    pub fn status_code(&self) -> http::StatusCode {
+        match self {
+            InvocationError::Busy { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            InvocationError::DeadlineExceeded { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvocationError::MemoryExceeded { .. }
+            | InvocationError::Trap { .. }
+            | InvocationError::Other(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What went wrong inside one store, recorded by the limiter and the epoch callback.
+#[derive(Debug, Default)]
+struct InvocationFlags {
+    deadline_hit: AtomicBool,
+    memory_hit: Arc<AtomicBool>,
+}
+
+/// Marker error returned by the epoch callback when the deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("execution deadline exceeded")]
+struct DeadlineReached;
+
+/// A component ready to serve: compiled, linked and pre-instantiated. Each invocation gets a
+/// fresh instance (fresh memory), so one request can never see another's state.
+///
+/// Dropping the last `Arc` aborts response bodies still being produced by its instances.
+pub struct PreparedComponent {
+    pub(crate) id: Arc<str>,
+    pub(crate) image_ref: String,
+    pub(crate) digest: String,
+    pub(crate) compile_source: CompileSource,
+    pub(crate) limits: ComponentLimits,
+    pub(crate) config: Arc<HashMap<String, String>>,
+    pub(crate) allowed_hosts: Arc<AllowedHosts>,
+    pub(crate) instance_pre: InstancePre<InstanceState>,
+    pub(crate) proxy_pre: Option<ProxyPre<InstanceState>>,
+    pub(crate) gate: Arc<InstanceGate>,
+    pub(crate) capabilities: Vec<Arc<dyn Capability>>,
+    /// Keeps the runtime (and its epoch ticker) alive while this component exists.
+    pub(crate) _runtime: Arc<dyn std::any::Any + Send + Sync>,
+    /// Invocations still running (e.g. streaming a response body after answering).
+    pub(crate) tasks: Mutex<JoinSet<()>>,
+}
+
+impl std::fmt::Debug for PreparedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedComponent")
+            .field("id", &self.id)
+            .field("image_ref", &self.image_ref)
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .field("max_instances", &self.max_instances())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedComponent {
+    /// The component id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The image reference it was loaded from.
+    pub fn image_ref(&self) -> &str {
+        &self.image_ref
+    }
+
+    /// Hex sha256 of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether the compiled code came from the disk cache or was compiled now.
+    pub fn compile_source(&self) -> CompileSource {
+        self.compile_source
+    }
+
+    /// The limits each instance runs under.
+    pub fn limits(&self) -> &ComponentLimits {
+        &self.limits
+    }
+
+    /// The component's (merged) config.
+    pub fn config(&self) -> &HashMap<String, String> {
+        &self.config
+    }
+
+    /// Current cap on concurrent instances.
+    pub fn max_instances(&self) -> u32 {
+        self.gate.max_instances()
+    }
+
+    /// Changes the cap on concurrent instances (scale). Running invocations are not
+    /// interrupted; `0` makes every new invocation fail with [`InvocationError::Busy`].
+    pub fn set_max_instances(&self, max_instances: u32) {
+        self.gate
+            .resize(max_instances, self.limits.queue_bound(max_instances));
+    }
+
+    /// Instances running now.
+    pub fn in_flight(&self) -> usize {
+        self.gate.in_flight()
+    }
+
+    /// Requests waiting for an instance now.
+    pub fn queued(&self) -> usize {
+        self.gate.queued()
+    }
+
+    /// Whether the component exports `wasi:http/incoming-handler` (can serve [`Self::handle_http`]).
+    pub fn exports_http(&self) -> bool {
+        self.proxy_pre.is_some()
+    }
+
+    /// The pre-instantiated component, for callers that invoke other exports (e.g. the data
+    /// plane forwarding lattice calls). Use [`Self::new_store`] for its store.
+    pub fn instance_pre(&self) -> &InstancePre<InstanceState> {
+        &self.instance_pre
+    }
+
+    /// A fresh store for one instance of this component, with its memory limit, WASI context
+    /// and capability state. Execution deadlines are armed by [`Self::handle_http`]; callers
+    /// of [`Self::instance_pre`] arm their own with `set_epoch_deadline`.
+    pub fn new_store(&self) -> anyhow::Result<Store<InstanceState>> {
+        let flags = InvocationFlags::default();
+        self.build_store(&flags)
+    }
+
+    fn build_store(&self, flags: &InvocationFlags) -> anyhow::Result<Store<InstanceState>> {
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog::new(self.id.clone(), GuestStream::Stdout))
+            .stderr(GuestLog::new(self.id.clone(), GuestStream::Stderr))
+            .build();
+        let context = InstanceContext {
+            component_id: self.id.clone(),
+            config: self.config.clone(),
+        };
+        let mut extensions = Extensions::default();
+        for capability in &self.capabilities {
+            capability
+                .new_instance_state(&context, &mut extensions)
+                .map_err(|error| {
+                    error.context(format!(
+                        "capability {} could not create state for component {}",
+                        capability.name(),
+                        self.id
+                    ))
+                })?;
+        }
+        let state = InstanceState {
+            component_id: self.id.clone(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            http_policy: OutgoingHttpPolicy {
+                component_id: self.id.clone(),
+                allowed: self.allowed_hosts.clone(),
+            },
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.limits.max_memory_bytes(), flags.memory_hit.clone()),
+            extensions,
+        };
+        let mut store = Store::new(self.instance_pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Without an armed deadline the first epoch tick interrupts; callers arm their own.
+        store.set_epoch_deadline(u64::MAX / 2);
+        Ok(store)
+    }
+
+    /// Handles one HTTP request in a fresh instance.
+    ///
+    /// Waits for a free instance slot (bounded queue), then returns as soon as the guest has
+    /// set the response head; the body keeps streaming from the instance afterwards, still
+    /// under the execution deadline and still holding its slot. Errors say what went wrong
+    /// and map to HTTP statuses with [`InvocationError::status_code`].
+    pub async fn handle_http<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let Some(proxy_pre) = self.proxy_pre.clone() else {
+            return Err(anyhow!(
+                "component {} does not export wasi:http/incoming-handler",
+                self.id
+            )
+            .into());
+        };
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|full| InvocationError::Busy {
+                component_id: self.id.to_string(),
+                max_instances: full.max_instances,
+                queued: full.queued,
+            })?;
+
+        let flags = Arc::new(InvocationFlags::default());
+        let mut store = self.build_store(&flags)?;
+        let limit = self.limits.max_execution_time();
+        arm_deadline(&mut store, Instant::now() + limit, flags.clone());
+
+        let request = ensure_authority(request);
+        let scheme = match request.uri().scheme_str() {
+            Some("https") => Scheme::Https,
+            _ => Scheme::Http,
+        };
+        let (response_tx, response_rx) = oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(scheme, request)
+            .map_err(|error| anyhow!(error).context("preparing the incoming request"))?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(response_tx)
+            .map_err(|error| anyhow!(error).context("preparing the response outparam"))?;
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let component_id = self.id.clone();
+        let task_flags = flags.clone();
+        let limits = self.limits.clone();
+        let invocation = async move {
+            let _permit: InstancePermit = permit;
+            let run = async {
+                let proxy = proxy_pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            };
+            let result = match tokio::time::timeout(limit + HOST_IO_GRACE, run).await {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    task_flags.deadline_hit.store(true, Ordering::SeqCst);
+                    Err(wasmtime::Error::new(DeadlineReached))
+                }
+            };
+            if let Err(unsent) = done_tx.send(result) {
+                // The response head was already sent: report failures while streaming the body.
+                if let Err(error) = unsent {
+                    let error = classify(&component_id, &limits, &task_flags, error);
+                    tracing::warn!(component_id = &*component_id, %error, "component failed after sending its response head");
+                }
+            }
+        };
+        let abort = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            while tasks.try_join_next().is_some() {}
+            AbortOnDrop(Some(tasks.spawn(invocation)))
+        };
+
+        match response_rx.await {
+            Ok(Ok(response)) => {
+                // The instance goes on producing the body, bounded by its deadline.
+                abort.disarm();
+                Ok(response)
+            }
+            Ok(Err(code)) => Err(anyhow!(
+                "component {} answered with the wasi:http error {code:?}",
+                self.id
+            )
+            .into()),
+            Err(_) => match done_rx.await {
+                Ok(Ok(())) => {
+                    Err(anyhow!("component {} returned without setting a response", self.id).into())
+                }
+                Ok(Err(error)) => Err(classify(&self.id, &self.limits, &flags, error)),
+                Err(_) => {
+                    Err(anyhow!("the invocation of component {} was cancelled", self.id).into())
+                }
+            },
+        }
+    }
+}
+
+/// Arms the epoch deadline: every tick the guest yields to the executor (so a busy guest does
+/// not starve other tasks) until `deadline`, when it traps.
+fn arm_deadline(store: &mut Store<InstanceState>, deadline: Instant, flags: Arc<InvocationFlags>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_store| {
+        if Instant::now() >= deadline {
+            flags.deadline_hit.store(true, Ordering::SeqCst);
+            Err(wasmtime::Error::new(DeadlineReached))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+/// Turns the error of a failed invocation into an [`InvocationError`].
+fn classify(
+    component_id: &str,
+    limits: &ComponentLimits,
+    flags: &InvocationFlags,
+    error: wasmtime::Error,
+) -> InvocationError {
+    if flags.deadline_hit.load(Ordering::SeqCst)
+        || error.downcast_ref::<DeadlineReached>().is_some()
+    {
+        return InvocationError::DeadlineExceeded {
+            component_id: component_id.to_string(),
+            limit_ms: limits.max_execution_time_ms,
+        };
+    }
+    if flags.memory_hit.load(Ordering::SeqCst) {
+        return InvocationError::MemoryExceeded {
+            component_id: component_id.to_string(),
+            limit_mb: limits.max_memory_mb,
+        };
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        tracing::debug!(component_id, error = ?error, "component trapped");
+        return InvocationError::Trap {
+            component_id: component_id.to_string(),
+            message: trap.to_string(),
+        };
+    }
+    InvocationError::Other(
+        anyhow::Error::from(error).context(format!("invoking component {component_id}")),
+    )
+}
+
+/// `new_incoming_request` needs an authority: use the Host header, else `localhost`.
+fn ensure_authority<B>(mut request: http::Request<B>) -> http::Request<B> {
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("localhost"),
+        );
+    }
+    request
+}
+
+/// Aborts the invocation task if the caller stops waiting before the response head.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Caps the concurrent instances of one component, with a bounded queue of waiters.
+
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// Counters protected by the gate's mutex (never held across an await).
+#[derive(Debug)]
+struct GateState {
+    max_instances: u32,
+    queue_bound: u32,
+    in_flight: usize,
+    queued: usize,
+}
+
+/// The gate refused a request: `max_instances` busy and `queued` already waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GateFull {
+    pub(crate) max_instances: u32,
+    pub(crate) queued: usize,
+}
+
+/// A resizable counting gate: at most `max_instances` permits out, at most `queue_bound` waiters.
+#[derive(Debug)]
+pub(crate) struct InstanceGate {
+    state: Mutex<GateState>,
+    freed: Notify,
+}
+
+impl InstanceGate {
+    /// A gate with the given cap and queue bound.
+    pub(crate) fn new(max_instances: u32, queue_bound: u32) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(GateState {
+                max_instances,
+                queue_bound,
+                in_flight: 0,
+                queued: 0,
+            }),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // The state is plain counters, always consistent: a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes the cap and queue bound. Raising the cap wakes waiters; lowering it lets running
+    /// instances finish and admits new ones only once fewer than the new cap are running.
+    pub(crate) fn resize(&self, max_instances: u32, queue_bound: u32) {
+        {
+            let mut state = self.lock();
+            state.max_instances = max_instances;
+            state.queue_bound = queue_bound;
+        }
+        self.freed.notify_waiters();
+    }
+
+    /// Current cap.
+    pub(crate) fn max_instances(&self) -> u32 {
+        self.lock().max_instances
+    }
+
+    /// Instances running now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Requests waiting now.
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// Waits for a permit, or fails at once if the queue is full. Cancel-safe.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<InstancePermit, GateFull> {
+        let mut waiting: Option<QueuedMarker> = None;
+        loop {
+            let mut freed = pin!(self.freed.notified());
+            // Register before checking, so a release between the check and the await wakes us.
+            freed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.in_flight < state.max_instances as usize {
+                    state.in_flight += 1;
+                    if let Some(mut marker) = waiting.take() {
+                        marker.armed = false;
+                        state.queued -= 1;
+                    }
+                    return Ok(InstancePermit { gate: self.clone() });
+                }
+                if waiting.is_none() {
+                    if state.queued >= state.queue_bound as usize {
+                        return Err(GateFull {
+                            max_instances: state.max_instances,
+                            queued: state.queued,
+                        });
+                    }
+                    state.queued += 1;
+                    waiting = Some(QueuedMarker {
+                        gate: self.clone(),
+                        armed: true,
+                    });
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Counts a waiter in the queue; un-counts it if the waiting future is dropped.
+struct QueuedMarker {
+    gate: Arc<InstanceGate>,
+    armed: bool,
+}
+
+impl Drop for QueuedMarker {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gate.lock().queued -= 1;
+            // We may have consumed a wake-up meant for someone else: pass it on.
+            self.gate.freed.notify_one();
+        }
+    }
+}
+
+/// One running instance; frees the slot when dropped.
+#[derive(Debug)]
+pub(crate) struct InstancePermit {
+    gate: Arc<InstanceGate>,
+}
+
+impl Drop for InstancePermit {
+    fn drop(&mut self) {
+        self.gate.lock().in_flight -= 1;
+        self.gate.freed.notify_one();
+    }
+}

@@ -1,0 +1,302 @@
+//! The component runtime: wasmtime with the component model, one fresh instance per invocation.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::collections::HashMap;
+//! use trellis_host::runtime::{ComponentLimits, ComponentSpec, Runtime, RuntimeConfig};
+//!
+//! let runtime = Runtime::new(RuntimeConfig { allow_file_load: true, ..Default::default() })?;
+//! let component = runtime
+//!     .prepare(ComponentSpec {
+//!         id: "hello".into(),
+//!         image_ref: "file:///path/to/http_hello.wasm".into(),
+//!         max_instances: 4,
+//!         limits: ComponentLimits::from_map(&HashMap::new())?,
+//!         config: HashMap::new(),
+//!     })
+//!     .await?;
+//! let request = http::Request::get("http://localhost/")
+//!     .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}))?;
+//! # use http_body_util::BodyExt;
+//! let response = component.handle_http(request).await?;
+//! component.set_max_instances(10); // scale
+//! # Ok(()) }
+//! ```
+//!
+//! # What it guarantees
+//!
+//! - **Isolation**: [`Runtime::prepare`] loads, compiles (or reads the disk cache) and
+//!   pre-instantiates once; every invocation then gets a fresh instance from the pooling
+//!   allocator. A trap, a deadline or running out of memory fails only that invocation
+//!   ([`InvocationError`]).
+//! - **Limits** ([`ComponentLimits`], from the `component_limits` map): `max_memory_mb`
+//!   (default 64) caps the linear memory of one instance; `max_execution_time_ms` (default
+//!   30 000) caps one invocation, enforced by epoch interruption (a ticker thread owned by the
+//!   runtime, stopped when the last clone of the runtime and of its components is dropped);
+//!   `max_queued_requests` bounds the wait queue (default 4x max instances, at most 1000).
+//! - **Concurrency**: at most `max_instances` instances of a component run at once
+//!   ([`PreparedComponent::set_max_instances`] changes it live); excess requests wait in a
+//!   bounded queue, then fail with [`InvocationError::Busy`].
+//! - **Compiled-code cache**: keyed by the sha256 of the .wasm and the engine's compatibility
+//!   fingerprint, written atomically, in [`RuntimeConfig::cache_dir`] (default
+//!   [`default_cache_dir`]). A restart does not recompile.
+//! - **WASI 0.2**: cli (guest stdout/stderr go to the host's logs, tagged with `component_id`),
+//!   clocks, random, io; filesystem without preopens, empty environment, no sockets;
+//!   `wasi:http` incoming handler, and outgoing HTTP only to the hosts in the component's
+//!   `allowed_hosts` config (`host`, `host:port`, or `*`; others get `HTTP-request-denied`).
+//! - **Linking**: a component importing an interface nobody provides fails to prepare with an
+//!   error naming the import.
+//!
+//! # Extending it
+//!
+//! - **Loading**: [`ComponentLoader`] fetches bytes for an image ref. [`DefaultLoader`] serves
+//!   `file://` refs and plain paths when [`RuntimeConfig::allow_file_load`] is set and rejects
+//!   OCI refs; an OCI loader plugs in through [`RuntimeConfig::loader`].
+//! - **Capabilities** (keyvalue, messaging, logging, config...): implement [`Capability`] and
+//!   pass it in [`RuntimeConfig::capabilities`]. `add_to_linker` registers host functions on the
+//!   shared `Linker<InstanceState>`; `new_instance_state` puts per-instance state in the
+//!   store's [`Extensions`] type map, which host functions read back with
+//!   [`InstanceState::extension_mut`]. No runtime file needs editing.
+
+mod cache;
+mod component;
+mod concurrency;
+mod engine;
+mod guest_log;
+mod limits;
+mod loader;
+mod outgoing;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use wasmtime::component::Linker;
+use wasmtime::Engine;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use cache::{default_cache_dir, CompileSource};
+pub use component::{InvocationError, PreparedComponent};
+pub use limits::{
+    ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB,
+    MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY, MAX_QUEUED_REQUESTS_KEY,
+};
+pub use loader::{classify_image_ref, ComponentLoader, DefaultLoader, ImageRefKind};
+pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
+pub use state::{Capability, Extensions, InstanceContext, InstanceState};
+/// The response body type of [`PreparedComponent::handle_http`].
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How to build a [`Runtime`].
+#[derive(Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` means [`default_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// Whether `file://` refs and plain paths may be loaded (the host's `--allow-file-load`).
+    /// Ignored when [`RuntimeConfig::loader`] is set.
+    pub allow_file_load: bool,
+    /// Concurrent instances the pooling allocator reserves room for; `None` derives it from
+    /// the machine's available memory (16 MiB per slot, between 16 and 1000 slots).
+    pub pool_slots: Option<u32>,
+    /// Loader for image refs; `None` means [`DefaultLoader`] with `allow_file_load`.
+    pub loader: Option<Arc<dyn ComponentLoader>>,
+    /// Host capabilities added to every component's linker.
+    pub capabilities: Vec<Arc<dyn Capability>>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("allow_file_load", &self.allow_file_load)
+            .field("pool_slots", &self.pool_slots)
+            .field("custom_loader", &self.loader.is_some())
+            .field(
+                "capabilities",
+                &self
+                    .capabilities
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What to run: one component as described by a scale/update command.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentSpec {
+    /// The component id.
+    pub id: String,
+    /// Where to load it from (`file:///...`, a path, or later an OCI ref).
+    pub image_ref: String,
+    /// Cap on concurrent instances (the scale command's `count`).
+    pub max_instances: u32,
+    /// Per-instance limits.
+    pub limits: ComponentLimits,
+    /// The component's merged named configs (e.g. `allowed_hosts`).
+    pub config: HashMap<String, String>,
+}
+
+/// The component runtime: one wasmtime engine, its linker, the compiled-code cache and the
+/// epoch ticker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.inner.cache_dir)
+            .field("pool_slots", &self.inner.pool_slots)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache: cache::CompiledCache,
+    cache_dir: PathBuf,
+    loader: Arc<dyn ComponentLoader>,
+    capabilities: Vec<Arc<dyn Capability>>,
+    pool_slots: Option<u32>,
+    // Dropped with the runtime: stops the epoch thread.
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized from memory, or on-demand as a fallback), the
+    /// linker with WASI 0.2, wasi:http and the configured capabilities, and starts the epoch
+    /// ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let setup = engine::build_engine(config.pool_slots)?;
+        let engine = setup.engine;
+        let mut linker = Linker::<InstanceState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("adding WASI 0.2 to the linker")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("adding wasi:http to the linker")?;
+        for capability in &config.capabilities {
+            capability.add_to_linker(&mut linker).with_context(|| {
+                format!("adding capability {} to the linker", capability.name())
+            })?;
+        }
+        let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let cache = cache::CompiledCache::new(cache_dir.clone(), &engine);
+        let loader = config.loader.clone().unwrap_or_else(|| {
+            Arc::new(DefaultLoader {
+                allow_file_load: config.allow_file_load,
+            })
+        });
+        let ticker = engine::EpochTicker::start(engine.clone())?;
+        tracing::debug!(
+            pool_slots = ?setup.pool_slots,
+            cache_dir = %cache_dir.display(),
+            "component runtime ready"
+        );
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                cache_dir,
+                loader,
+                capabilities: config.capabilities,
+                pool_slots: setup.pool_slots,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The wasmtime engine (for callers that compile or link other things against it).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Pooled instance slots, or `None` if instances are allocated on demand.
+    pub fn pool_slots(&self) -> Option<u32> {
+        self.inner.pool_slots
+    }
+
+    /// The compiled-code cache directory.
+    pub fn cache_dir(&self) -> &std::path::Path {
+        &self.inner.cache_dir
+    }
+
+    /// Loads, compiles (or reads from the disk cache), links and pre-instantiates a component.
+    /// Fails with a clear error if the ref cannot be loaded, the bytes are not a component,
+    /// or it imports something this host does not provide.
+    pub async fn prepare(&self, spec: ComponentSpec) -> anyhow::Result<Arc<PreparedComponent>> {
+        let inner = self.inner.clone();
+        let bytes =
+            inner.loader.load(&spec.image_ref).await.with_context(|| {
+                format!("loading component {} from {}", spec.id, spec.image_ref)
+            })?;
+        let digest = cache::component_digest(&bytes);
+        let (component, compile_source) = {
+            let inner = inner.clone();
+            let digest = digest.clone();
+            let id = spec.id.clone();
+            tokio::task::spawn_blocking(move || {
+                inner
+                    .cache
+                    .load_or_compile(&inner.engine, &id, &digest, &bytes)
+            })
+            .await
+            .context("the compilation task failed")??
+        };
+        let instance_pre = inner.linker.instantiate_pre(&component).map_err(|error| {
+            anyhow::Error::from(error).context(format!(
+                "component {} imports something this host does not provide",
+                spec.id
+            ))
+        })?;
+        let proxy_pre = ProxyPre::new(instance_pre.clone()).ok();
+        tracing::info!(
+            component_id = spec.id,
+            image_ref = spec.image_ref,
+            digest,
+            from_cache = compile_source == CompileSource::Cache,
+            exports_http = proxy_pre.is_some(),
+            "component prepared"
+        );
+        let id: Arc<str> = Arc::from(spec.id.as_str());
+        let allowed_hosts = Arc::new(
+            spec.config
+                .get(ALLOWED_HOSTS_KEY)
+                .map(|value| AllowedHosts::parse(value))
+                .unwrap_or_default(),
+        );
+        let gate = concurrency::InstanceGate::new(
+            spec.max_instances,
+            spec.limits.queue_bound(spec.max_instances),
+        );
+        Ok(Arc::new(PreparedComponent {
+            id,
+            image_ref: spec.image_ref,
+            digest,
+            compile_source,
+            limits: spec.limits,
+            config: Arc::new(spec.config),
+            allowed_hosts,
+            instance_pre,
+            proxy_pre,
+            gate,
+            capabilities: inner.capabilities.clone(),
+            _runtime: inner,
+            tasks: Mutex::new(JoinSet::new()),
+        }))
+    }
+}
