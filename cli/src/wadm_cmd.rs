@@ -1,10 +1,72 @@
-//! `trellis wadm`: run the reconciler.
+//! `trellis wadm`: run the reconciler until SIGINT or SIGTERM.
 
-/// Flags of `trellis wadm`.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use trellis_wadm::WadmOptions;
+
+/// Flags of `trellis wadm`. Each has a `TRELLIS_*` environment fallback.
 #[derive(Debug, clap::Args)]
-pub struct WadmArgs {}
+#[command(after_help = "Examples:
+  trellis wadm --nats-url nats://127.0.0.1:4222 --lattice default
+  TRELLIS_LATTICE=edge trellis wadm        # several may run: one leads, all serve the API")]
+pub struct WadmArgs {
+    /// NATS server of the lattice.
+    #[arg(
+        long,
+        env = "TRELLIS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Lattice to reconcile.
+    #[arg(long, env = "TRELLIS_LATTICE", default_value = "default")]
+    pub lattice: String,
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long, env = "TRELLIS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS nkey user seed (`SU...`), when not using a credentials file.
+    #[arg(long, env = "TRELLIS_NATS_SEED", hide_env_values = true)]
+    pub nats_seed: Option<String>,
+    /// NATS user JWT, used together with `--nats-seed`.
+    #[arg(long, env = "TRELLIS_NATS_JWT", hide_env_values = true)]
+    pub nats_jwt: Option<String>,
+    /// Control-interface subject prefix.
+    #[arg(long, env = "TRELLIS_CTL_PREFIX", default_value = "wasmbus.ctl")]
+    pub ctl_prefix: String,
+    /// A host silent this many milliseconds is considered gone and its work moves elsewhere
+    /// (three missed 2 s heartbeats by default).
+    #[arg(long, env = "TRELLIS_HOST_DEAD_AFTER_MS", default_value_t = 6000)]
+    pub host_dead_after_ms: u64,
+    /// Period of the reconcile tick in milliseconds.
+    #[arg(long, env = "TRELLIS_RECONCILE_TICK_MS", default_value_t = 500)]
+    pub tick_ms: u64,
+}
 
-/// Runs the reconciler until it is told to stop.
-pub async fn run(_args: WadmArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+/// Runs the reconciler until SIGINT or SIGTERM.
+pub async fn run(args: WadmArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let mut opts = WadmOptions::new(args.nats_url, args.lattice);
+    opts.nats_creds = args.nats_creds;
+    opts.nats_seed = args.nats_seed;
+    opts.nats_jwt = args.nats_jwt;
+    opts.ctl_prefix = args.ctl_prefix;
+    opts.host_dead_after = Duration::from_millis(args.host_dead_after_ms.max(100));
+    opts.tick = Duration::from_millis(args.tick_ms.max(50));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    trellis_wadm::run(opts, shutdown).await
 }

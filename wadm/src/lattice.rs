@@ -1,0 +1,543 @@
+//! What the reconciler knows of the lattice: live hosts and what they run, links, the configs it
+//! put, recent failures with their back-off, and commands in flight.
+//!
+//! Fed by lattice events and start-up queries (see [`crate::reconciler`]); read by the pure
+//! planner ([`crate::planner::plan`]). Nothing here does I/O, so tests build states directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use trellis_protocol::ctl::{HostInventory, Link, LinkKey};
+use trellis_protocol::events::{names, CloudEvent};
+
+/// Annotation marking what the reconciler started.
+pub const MANAGED_BY_ANNOTATION: &str = "wasmcloud.dev/managed-by";
+/// The value of [`MANAGED_BY_ANNOTATION`].
+pub const MANAGED_BY_VALUE: &str = "wadm";
+/// Annotation naming the application something was started for.
+pub const APPSPEC_ANNOTATION: &str = "wasmcloud.dev/appspec";
+
+/// How long a command's optimistic effect is trusted before the lattice must confirm it.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
+/// First back-off after a failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest back-off between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A component as running on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedComponent {
+    /// Where its code came from.
+    pub image_ref: String,
+    /// Max concurrent instances.
+    pub count: u32,
+    /// Annotations it was scaled with.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A provider as running on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedProvider {
+    /// The reference it was started from.
+    pub image_ref: String,
+    /// Annotations it was started with.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// True when `annotations` say the reconciler started it.
+pub fn is_managed(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(MANAGED_BY_ANNOTATION)
+        .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
+/// The application `annotations` name, for things the reconciler started.
+pub fn owning_app(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    if is_managed(annotations) {
+        annotations.get(APPSPEC_ANNOTATION).map(String::as_str)
+    } else {
+        None
+    }
+}
+
+/// A live host.
+#[derive(Debug, Clone)]
+pub struct ObservedHost {
+    /// The host id.
+    pub id: String,
+    /// The host's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Components by id.
+    pub components: BTreeMap<String, ObservedComponent>,
+    /// Providers by id.
+    pub providers: BTreeMap<String, ObservedProvider>,
+    /// When the host was last heard from.
+    pub last_seen: Instant,
+}
+
+impl ObservedHost {
+    /// An empty host seen at `now`.
+    pub fn new(id: impl Into<String>, labels: BTreeMap<String, String>, now: Instant) -> Self {
+        Self {
+            id: id.into(),
+            labels,
+            components: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            last_seen: now,
+        }
+    }
+
+    /// True when the host carries every label of `requirements`.
+    pub fn matches(&self, requirements: &BTreeMap<String, String>) -> bool {
+        requirements
+            .iter()
+            .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+
+    /// How much the host runs (components and providers), for spreading new work.
+    pub fn load(&self) -> usize {
+        self.components.len() + self.providers.len()
+    }
+}
+
+/// What a failure is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureKey {
+    /// A component or provider on a host.
+    Workload {
+        /// The host.
+        host_id: String,
+        /// The component or provider id.
+        id: String,
+    },
+    /// A link.
+    Link(LinkKey),
+    /// A named config.
+    Config(String),
+}
+
+/// A recent failure and when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The image involved (a new image retries at once); empty for links and configs.
+    pub image_ref: String,
+    /// The host's (or the reply's) own error text.
+    pub error: String,
+    /// Consecutive failures.
+    pub attempts: u32,
+    /// No retry before this.
+    pub retry_at: Instant,
+}
+
+/// Exponential back-off after `attempts` consecutive failures, capped at [`BACKOFF_MAX`].
+pub fn backoff_delay(attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
+}
+
+/// Everything the reconciler knows of the lattice.
+#[derive(Debug, Clone, Default)]
+pub struct LatticeState {
+    /// Live hosts by id.
+    pub hosts: BTreeMap<String, ObservedHost>,
+    /// Links by identity.
+    pub links: BTreeMap<LinkKey, Link>,
+    /// Configs this reconciler put, with the values it put.
+    pub applied_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Recent failures.
+    pub failures: BTreeMap<FailureKey, Failure>,
+    /// Workloads `(host, id)` changed by a command whose outcome is not confirmed yet, with the
+    /// deadline after which the optimistic view is dropped.
+    pub pending: BTreeMap<(String, String), Instant>,
+}
+
+/// Data of component events.
+#[derive(Debug, Deserialize)]
+struct ComponentEventData {
+    #[serde(default, alias = "actor_id")]
+    component_id: String,
+    #[serde(default)]
+    image_ref: String,
+    #[serde(default)]
+    host_id: String,
+    #[serde(default)]
+    max_instances: u32,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Data of provider events.
+#[derive(Debug, Deserialize)]
+struct ProviderEventData {
+    #[serde(default)]
+    provider_id: String,
+    #[serde(default, alias = "provider_ref")]
+    image_ref: Option<String>,
+    #[serde(default)]
+    host_id: String,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Data of `linkdef_deleted` / `linkdef_set_failed`.
+#[derive(Debug, Deserialize)]
+struct LinkEventData {
+    source_id: String,
+    #[serde(default = "default_name")]
+    name: String,
+    wit_namespace: String,
+    wit_package: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn default_name() -> String {
+    "default".to_string()
+}
+
+/// Data of `labels_changed`.
+#[derive(Debug, Deserialize)]
+struct LabelsEventData {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Data of `host_started`.
+#[derive(Debug, Deserialize)]
+struct HostStartedData {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl LatticeState {
+    /// The host `id`, created (empty) when first heard of.
+    fn host_mut(&mut self, id: &str, now: Instant) -> &mut ObservedHost {
+        let host = self
+            .hosts
+            .entry(id.to_string())
+            .or_insert_with(|| ObservedHost::new(id, BTreeMap::new(), now));
+        host.last_seen = now;
+        host
+    }
+
+    /// Replaces a host's view with a full inventory (from `host.get` or a heartbeat), keeping
+    /// optimistic entries of commands still in flight.
+    pub fn apply_inventory(&mut self, inv: &HostInventory, now: Instant) {
+        if inv.host_id.is_empty() {
+            return;
+        }
+        let pending: BTreeSet<String> = self
+            .pending
+            .iter()
+            .filter(|((h, _), deadline)| h == &inv.host_id && **deadline > now)
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        let host = self.host_mut(&inv.host_id, now);
+        host.labels = inv.labels.clone();
+        let mut components: BTreeMap<String, ObservedComponent> = inv
+            .components
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    ObservedComponent {
+                        image_ref: c.image_ref.clone(),
+                        count: c.max_instances,
+                        annotations: c.annotations.clone().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        let mut providers: BTreeMap<String, ObservedProvider> = inv
+            .providers
+            .iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    ObservedProvider {
+                        image_ref: p.image_ref.clone().unwrap_or_default(),
+                        annotations: p.annotations.clone().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        for id in &pending {
+            match host.components.get(id) {
+                Some(c) => {
+                    components.insert(id.clone(), c.clone());
+                }
+                None => {
+                    components.remove(id);
+                }
+            }
+            match host.providers.get(id) {
+                Some(p) => {
+                    providers.insert(id.clone(), p.clone());
+                }
+                None => {
+                    providers.remove(id);
+                }
+            }
+        }
+        host.components = components;
+        host.providers = providers;
+    }
+
+    /// Forgets hosts not heard from within `dead_after`, and drops expired pending marks.
+    /// Returns the ids of the hosts dropped.
+    pub fn expire(&mut self, now: Instant, dead_after: Duration) -> Vec<String> {
+        let dead: Vec<String> = self
+            .hosts
+            .values()
+            .filter(|h| now.saturating_duration_since(h.last_seen) > dead_after)
+            .map(|h| h.id.clone())
+            .collect();
+        for id in &dead {
+            self.remove_host(id);
+        }
+        self.pending.retain(|_, deadline| *deadline > now);
+        dead
+    }
+
+    fn remove_host(&mut self, id: &str) {
+        self.hosts.remove(id);
+        self.pending.retain(|(h, _), _| h != id);
+        self.failures.retain(|k, _| match k {
+            FailureKey::Workload { host_id, .. } => host_id != id,
+            _ => true,
+        });
+    }
+
+    /// True while a command on `(host, id)` awaits confirmation.
+    pub fn is_pending(&self, host_id: &str, id: &str, now: Instant) -> bool {
+        self.pending
+            .get(&(host_id.to_string(), id.to_string()))
+            .is_some_and(|d| *d > now)
+    }
+
+    /// Records a failure (or another one) of `key`, pushing its retry out exponentially.
+    pub fn record_failure(&mut self, key: FailureKey, image_ref: &str, error: &str, now: Instant) {
+        let attempts = match self.failures.get(&key) {
+            Some(f) if f.image_ref == image_ref => f.attempts.saturating_add(1),
+            _ => 1,
+        };
+        self.failures.insert(
+            key,
+            Failure {
+                image_ref: image_ref.to_string(),
+                error: error.to_string(),
+                attempts,
+                retry_at: now + backoff_delay(attempts),
+            },
+        );
+    }
+
+    /// Marks `(host, id)` as changed by a command in flight.
+    pub fn mark_pending(&mut self, host_id: &str, id: &str, now: Instant) {
+        self.pending
+            .insert((host_id.to_string(), id.to_string()), now + PENDING_TIMEOUT);
+    }
+
+    /// Sets a component's count on a host as a command expects it (0 removes it).
+    pub fn set_component(&mut self, host_id: &str, id: &str, c: Option<ObservedComponent>) {
+        if let Some(host) = self.hosts.get_mut(host_id) {
+            match c {
+                Some(c) if c.count > 0 => {
+                    host.components.insert(id.to_string(), c);
+                }
+                _ => {
+                    host.components.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Sets or removes a provider on a host as a command expects it.
+    pub fn set_provider(&mut self, host_id: &str, id: &str, p: Option<ObservedProvider>) {
+        if let Some(host) = self.hosts.get_mut(host_id) {
+            match p {
+                Some(p) => {
+                    host.providers.insert(id.to_string(), p);
+                }
+                None => {
+                    host.providers.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Applies one lattice event. Returns true when it may change what should be done.
+    pub fn apply_event(&mut self, event: &CloudEvent, now: Instant) -> bool {
+        let source = event.source.as_str();
+        match event.name() {
+            names::HOST_HEARTBEAT => {
+                let Ok(mut inv) = serde_json::from_value::<HostInventory>(event.data.clone())
+                else {
+                    tracing::debug!(source, "unreadable heartbeat");
+                    return false;
+                };
+                if inv.host_id.is_empty() {
+                    inv.host_id = source.to_string();
+                }
+                let known = self.hosts.contains_key(&inv.host_id);
+                let before = self
+                    .hosts
+                    .get(&inv.host_id)
+                    .map(|h| (h.labels.clone(), h.components.clone(), h.providers.clone()));
+                self.apply_inventory(&inv, now);
+                let after = self
+                    .hosts
+                    .get(&inv.host_id)
+                    .map(|h| (h.labels.clone(), h.components.clone(), h.providers.clone()));
+                !known || before != after
+            }
+            names::HOST_STARTED => {
+                if source.is_empty() {
+                    return false;
+                }
+                let labels = serde_json::from_value::<HostStartedData>(event.data.clone())
+                    .map(|d| d.labels)
+                    .unwrap_or_default();
+                let host = self.host_mut(source, now);
+                if !labels.is_empty() {
+                    host.labels = labels;
+                }
+                true
+            }
+            names::HOST_STOPPED => {
+                self.remove_host(source);
+                true
+            }
+            names::LABELS_CHANGED => {
+                if let Ok(d) = serde_json::from_value::<LabelsEventData>(event.data.clone()) {
+                    self.host_mut(source, now).labels = d.labels;
+                }
+                true
+            }
+            names::COMPONENT_SCALED | names::COMPONENT_SCALE_FAILED => {
+                let Ok(d) = serde_json::from_value::<ComponentEventData>(event.data.clone()) else {
+                    return false;
+                };
+                let host_id = if d.host_id.is_empty() {
+                    source.to_string()
+                } else {
+                    d.host_id.clone()
+                };
+                self.pending
+                    .remove(&(host_id.clone(), d.component_id.clone()));
+                let key = FailureKey::Workload {
+                    host_id: host_id.clone(),
+                    id: d.component_id.clone(),
+                };
+                if event.name() == names::COMPONENT_SCALE_FAILED {
+                    let error = d.error.unwrap_or_else(|| "scaling failed".to_string());
+                    self.record_failure(key, &d.image_ref, &error, now);
+                    // The host keeps whatever it ran before; its next heartbeat says what.
+                    self.host_mut(&host_id, now);
+                    if let Some(host) = self.hosts.get_mut(&host_id) {
+                        if host
+                            .components
+                            .get(&d.component_id)
+                            .is_some_and(|c| c.image_ref == d.image_ref)
+                        {
+                            host.components.remove(&d.component_id);
+                        }
+                    }
+                } else {
+                    self.failures.remove(&key);
+                    self.host_mut(&host_id, now);
+                    self.set_component(
+                        &host_id,
+                        &d.component_id,
+                        Some(ObservedComponent {
+                            image_ref: d.image_ref,
+                            count: d.max_instances,
+                            annotations: d.annotations.unwrap_or_default(),
+                        }),
+                    );
+                }
+                true
+            }
+            names::PROVIDER_STARTED | names::PROVIDER_STOPPED | names::PROVIDER_START_FAILED => {
+                let Ok(d) = serde_json::from_value::<ProviderEventData>(event.data.clone()) else {
+                    return false;
+                };
+                let host_id = if d.host_id.is_empty() {
+                    source.to_string()
+                } else {
+                    d.host_id.clone()
+                };
+                self.pending
+                    .remove(&(host_id.clone(), d.provider_id.clone()));
+                self.host_mut(&host_id, now);
+                let key = FailureKey::Workload {
+                    host_id: host_id.clone(),
+                    id: d.provider_id.clone(),
+                };
+                match event.name() {
+                    names::PROVIDER_STARTED => {
+                        self.failures.remove(&key);
+                        self.set_provider(
+                            &host_id,
+                            &d.provider_id,
+                            Some(ObservedProvider {
+                                image_ref: d.image_ref.unwrap_or_default(),
+                                annotations: d.annotations.unwrap_or_default(),
+                            }),
+                        );
+                    }
+                    names::PROVIDER_STOPPED => self.set_provider(&host_id, &d.provider_id, None),
+                    _ => {
+                        let error = d.error.unwrap_or_else(|| "provider failed to start".into());
+                        self.record_failure(key, d.image_ref.as_deref().unwrap_or(""), &error, now);
+                        self.set_provider(&host_id, &d.provider_id, None);
+                    }
+                }
+                true
+            }
+            names::LINKDEF_SET => {
+                if let Ok(link) = serde_json::from_value::<Link>(event.data.clone()) {
+                    self.failures.remove(&FailureKey::Link(link.key()));
+                    self.links.insert(link.key(), link);
+                }
+                true
+            }
+            names::LINKDEF_DELETED | names::LINKDEF_SET_FAILED => {
+                if let Ok(d) = serde_json::from_value::<LinkEventData>(event.data.clone()) {
+                    let key = LinkKey {
+                        source_id: d.source_id,
+                        wit_namespace: d.wit_namespace,
+                        wit_package: d.wit_package,
+                        name: d.name,
+                    };
+                    if event.name() == names::LINKDEF_SET_FAILED {
+                        let error = d
+                            .error
+                            .or(d.message)
+                            .unwrap_or_else(|| "link refused".to_string());
+                        self.record_failure(FailureKey::Link(key), "", &error, now);
+                    } else {
+                        self.links.remove(&key);
+                    }
+                }
+                true
+            }
+            names::CONFIG_SET | names::CONFIG_DELETED => true,
+            _ => {
+                if !source.is_empty() {
+                    if let Some(h) = self.hosts.get_mut(source) {
+                        h.last_seen = now;
+                    }
+                }
+                false
+            }
+        }
+    }
+}
