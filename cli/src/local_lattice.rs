@@ -1,0 +1,833 @@
+//! `trellis up` and `trellis down`: a whole lattice on this machine in one process tree.
+//!
+//! `trellis up` starts nats-server (JetStream, state in the data directory) unless told to join
+//! an existing NATS, then runs `trellis host` and `trellis wadm` as its own children. It waits
+//! until each answers on the lattice, records pids and urls in `up.json` in the data directory,
+//! and stops everything in reverse order on Ctrl-C, SIGTERM or when a child dies.
+//! `--detach` re-runs `trellis up` in a new session with its output in `logs/up.log`, and
+//! returns once it is ready; `trellis down` stops it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use crate::app_cmds::{deploy_app, DeployArgs};
+use crate::lattice_client::{ConnectArgs, LatticeClient};
+use crate::lattice_cmds::parse_key_value;
+use crate::output::{print_json, OutputFormat};
+use crate::wadm_api::model_subject;
+
+/// The NATS port `trellis up` prefers, as wasmCloud does.
+pub const DEFAULT_NATS_PORT: u16 = 4222;
+/// The state file's name in the data directory.
+const STATE_FILE: &str = "up.json";
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Flags of `trellis up`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:
+  trellis up                                   # NATS, a host and the reconciler; Ctrl-C stops all
+  trellis up --deploy manifests/hello.yaml     # ...and deploy an app once ready
+  trellis up --detach && trellis get hosts     # in the background; stop with `trellis down`
+  trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS")]
+pub struct UpArgs {
+    /// Join this NATS server instead of starting one
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Port of the NATS server to start [default: 4222, or a free port when 4222 is busy]
+    #[arg(long, value_name = "PORT", conflicts_with = "nats_url")]
+    pub nats_port: Option<u16>,
+    /// Lattice name
+    #[arg(
+        long,
+        env = "TRELLIS_LATTICE",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub lattice: String,
+    /// Label for the host (repeatable)
+    #[arg(long = "label", short = 'l', value_parser = parse_key_value, value_name = "KEY=VALUE")]
+    pub labels: Vec<(String, String)>,
+    /// Run in the background and return once ready; stop with `trellis down`
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Deploy this manifest once the lattice is ready
+    #[arg(long, value_name = "FILE")]
+    pub deploy: Option<PathBuf>,
+    /// Refuse file:// component references (allowed by default on a local lattice)
+    #[arg(long)]
+    pub no_file_load: bool,
+    /// Where state, NATS data and logs go [default: $XDG_DATA_HOME/trellis or ~/.local/share/trellis]
+    #[arg(long, env = "TRELLIS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long to wait for everything to be ready, in seconds
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub ready_secs: u64,
+    /// Output format of the summary
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Flags of `trellis down`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownArgs {
+    /// The data directory of the `trellis up` to stop
+    #[arg(long, env = "TRELLIS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What a running `trellis up` records in `up.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpState {
+    /// The supervising `trellis up` process.
+    pub pid: u32,
+    /// True once every part answered.
+    pub ready: bool,
+    /// The NATS url of the lattice.
+    pub nats_url: String,
+    /// The lattice name.
+    pub lattice: String,
+    /// The nats-server child, when `up` started one.
+    #[serde(default)]
+    pub nats_pid: Option<u32>,
+    /// The host child.
+    #[serde(default)]
+    pub host_pid: Option<u32>,
+    /// The reconciler child.
+    #[serde(default)]
+    pub wadm_pid: Option<u32>,
+    /// The host id, once it answered.
+    #[serde(default)]
+    pub host_id: String,
+    /// The host's friendly name.
+    #[serde(default)]
+    pub host_name: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where logs go.
+    pub log_dir: PathBuf,
+}
+
+/// The data directory: `$TRELLIS_DATA_DIR`, else `$XDG_DATA_HOME/trellis`, else
+/// `~/.local/share/trellis`.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    data_dir_from(
+        std::env::var_os("TRELLIS_DATA_DIR"),
+        std::env::var_os("XDG_DATA_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn data_dir_from(
+    explicit: Option<std::ffi::OsString>,
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> anyhow::Result<PathBuf> {
+    let non_empty = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = non_empty(explicit) {
+        return Ok(dir);
+    }
+    if let Some(xdg) = non_empty(xdg) {
+        return Ok(xdg.join("trellis"));
+    }
+    if let Some(home) = non_empty(home) {
+        return Ok(home.join(".local/share/trellis"));
+    }
+    bail!("cannot find a data directory: set HOME, XDG_DATA_HOME or pass --data-dir")
+}
+
+/// The state of the `trellis up` running for the default data directory, if one is alive.
+pub fn running_state() -> Option<UpState> {
+    let dir = default_data_dir().ok()?;
+    read_state(&dir).filter(|s| is_up_process(s.pid))
+}
+
+fn read_state(data_dir: &Path) -> Option<UpState> {
+    let text = std::fs::read_to_string(data_dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(state: &UpState) -> anyhow::Result<()> {
+    let path = state.data_dir.join(STATE_FILE);
+    let tmp = state.data_dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn remove_state(data_dir: &Path, pid: u32) {
+    // Only remove our own state: a later `up` may have replaced it.
+    if read_state(data_dir).is_some_and(|s| s.pid == pid) {
+        let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+    }
+}
+
+/// True when `pid` is alive.
+fn is_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// True when `pid` is alive and, where /proc tells, is a `trellis up` (not a reused pid).
+fn is_up_process(pid: u32) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => cmdline.split(|b| *b == 0).any(|arg| arg == b"up"),
+        Err(_) => true,
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: plain kill(2) on a pid we started or recorded.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// Runs `trellis up`.
+pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    if !trellis_protocol::subjects::is_valid_token(&args.lattice) {
+        bail!(
+            "invalid lattice name {:?}: no '.', '*', '>' or spaces",
+            args.lattice
+        );
+    }
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let log_dir = data_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+    let log_dir = data_dir.join("logs");
+
+    if let Some(state) = read_state(&data_dir) {
+        if is_up_process(state.pid) {
+            bail!(
+                "trellis is already up (pid {}): lattice {} at {}{}; stop it with `trellis down`",
+                state.pid,
+                state.lattice,
+                state.nats_url,
+                if state.ready { "" } else { " (still starting)" }
+            );
+        }
+        let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+    }
+
+    if args.detach {
+        return run_detached(args, data_dir, log_dir).await;
+    }
+
+    let mut state = UpState {
+        pid: std::process::id(),
+        ready: false,
+        nats_url: String::new(),
+        lattice: args.lattice.clone(),
+        nats_pid: None,
+        host_pid: None,
+        wadm_pid: None,
+        host_id: String::new(),
+        host_name: String::new(),
+        data_dir: data_dir.clone(),
+        log_dir,
+    };
+    write_state(&state)?;
+    let mut children = Children::default();
+    let outcome = tokio::select! {
+        result = bring_up_and_watch(&args, &mut state, &mut children) => result,
+        name = shutdown_signal() => {
+            eprintln!("\n{name}: stopping the lattice...");
+            Ok(())
+        }
+    };
+    children.stop_all().await;
+    remove_state(&data_dir, std::process::id());
+    if outcome.is_ok() {
+        eprintln!("stopped");
+    }
+    outcome
+}
+
+async fn bring_up_and_watch(
+    args: &UpArgs,
+    state: &mut UpState,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_secs.max(1));
+    let exe = std::env::current_exe().context("cannot find the trellis executable")?;
+
+    // NATS.
+    let (nats_url, started_nats) = match &args.nats_url {
+        Some(url) => (url.clone(), false),
+        None => {
+            let binary = find_nats_server()?;
+            let port = choose_nats_port(args.nats_port)?;
+            let store = state.data_dir.join("nats");
+            std::fs::create_dir_all(&store)
+                .with_context(|| format!("cannot create {}", store.display()))?;
+            let log = open_log(&state.log_dir.join("nats.log"))?;
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&store)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            let pid = children.spawn("nats-server", cmd)?;
+            state.nats_pid = Some(pid);
+            (format!("nats://127.0.0.1:{port}"), true)
+        }
+    };
+    state.nats_url = nats_url.clone();
+    write_state(state)?;
+    let client =
+        wait_for_nats(&nats_url, &args.lattice, deadline, children, &state.log_dir).await?;
+
+    // Host.
+    let before: Vec<String> = client
+        .ping_hosts()
+        .await?
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("host")
+        .args(["--nats-url", &nats_url, "--lattice", &args.lattice]);
+    for (k, v) in &args.labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
+    }
+    if !args.no_file_load {
+        cmd.arg("--allow-file-load");
+    }
+    cmd.stdin(Stdio::null());
+    state.host_pid = Some(children.spawn("host", cmd)?);
+    let host = loop {
+        children.check_running(&state.log_dir)?;
+        let hosts = client.ping_hosts().await?;
+        if let Some(host) = hosts.into_iter().find(|h| !before.contains(&h.id)) {
+            break host;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the host did not join lattice {} within {} s; see its output above",
+                args.lattice,
+                args.ready_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    state.host_id = host.id.clone();
+    state.host_name = host.friendly_name.clone();
+    write_state(state)?;
+
+    // Reconciler.
+    let mut cmd = Command::new(&exe);
+    cmd.arg("wadm")
+        .args(["--nats-url", &nats_url, "--lattice", &args.lattice])
+        .stdin(Stdio::null());
+    state.wadm_pid = Some(children.spawn("reconciler", cmd)?);
+    loop {
+        children.check_running(&state.log_dir)?;
+        let probe = client
+            .nats()
+            .request(model_subject(&args.lattice, "get"), Vec::new().into());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the reconciler did not answer in lattice {} within {} s; see its output above",
+                args.lattice,
+                args.ready_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    state.ready = true;
+    write_state(state)?;
+    print_summary(state, started_nats, &host.labels, args.output)?;
+    if args.output == OutputFormat::Table {
+        eprintln!("press Ctrl-C to stop everything");
+    }
+
+    if let Some(manifest) = &args.deploy {
+        deploy_manifest(&client, manifest, args.output).await;
+    }
+
+    let (name, status) = children.wait_any().await;
+    bail!("the {name} exited unexpectedly ({status}); stopping everything")
+}
+
+/// Deploys `manifest` and prints the outcome; a failure is reported but does not stop the lattice.
+async fn deploy_manifest(client: &LatticeClient, manifest: &Path, output: OutputFormat) {
+    let args = DeployArgs {
+        source: manifest.display().to_string(),
+        version: None,
+        no_wait: false,
+        wait_secs: 120,
+    };
+    match deploy_app(client, &args, output).await {
+        Ok(outcome) => {
+            if let Err(e) = outcome.print(output) {
+                eprintln!("error: {e:#}");
+            }
+        }
+        Err(e) => eprintln!("error: cannot deploy {}: {e:#}", manifest.display()),
+    }
+}
+
+fn print_summary(
+    state: &UpState,
+    started_nats: bool,
+    labels: &std::collections::BTreeMap<String, String>,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    if output == OutputFormat::Json {
+        return print_json(state);
+    }
+    let nats_note = if started_nats {
+        format!(
+            " (started here, JetStream data in {})",
+            state.data_dir.join("nats").display()
+        )
+    } else {
+        " (joined)".to_string()
+    };
+    let labels = crate::output::user_labels(labels);
+    println!("trellis is up");
+    println!("  NATS        {}{nats_note}", state.nats_url);
+    println!("  lattice     {}", state.lattice);
+    println!(
+        "  host        {} ({}){}",
+        state.host_id,
+        state.host_name,
+        if labels.is_empty() {
+            String::new()
+        } else {
+            format!(", labels {labels}")
+        }
+    );
+    println!(
+        "  reconciler  answering on wadm.api.{}.model.*",
+        state.lattice
+    );
+    println!("  logs        {}", state.log_dir.display());
+    println!("HTTP endpoints appear when an app with an http-server link is deployed (`trellis app deploy FILE`).");
+    Ok(())
+}
+
+async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the trellis executable")?;
+    let log_path = log_dir.join("up.log");
+    let log = open_log(&log_path)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("up")
+        .arg("--lattice")
+        .arg(&args.lattice)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--ready-secs")
+        .arg(args.ready_secs.to_string());
+    if let Some(url) = &args.nats_url {
+        cmd.arg("--nats-url").arg(url);
+    }
+    if let Some(port) = args.nats_port {
+        cmd.arg("--nats-port").arg(port.to_string());
+    }
+    for (k, v) in &args.labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
+    }
+    if args.no_file_load {
+        cmd.arg("--no-file-load");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches no memory of this process; it puts
+        // the child in its own session so closing the terminal does not stop it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .context("cannot start trellis up in the background")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_secs.max(1) + 10);
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("cannot watch the background trellis up")?
+        {
+            bail!(
+                "trellis up stopped while starting ({status}):\n{}",
+                log_tail(&log_path, 20)
+            );
+        }
+        if let Some(state) = read_state(&data_dir) {
+            if state.ready && state.pid == child.id() {
+                print_summary(
+                    &state,
+                    state.nats_pid.is_some(),
+                    &Default::default(),
+                    args.output,
+                )?;
+                if args.output == OutputFormat::Table {
+                    eprintln!(
+                        "running in the background (logs in {}); stop it with `trellis down`",
+                        log_path.display()
+                    );
+                }
+                if let Some(manifest) = &args.deploy {
+                    let connect = ConnectArgs {
+                        nats_url: Some(state.nats_url.clone()),
+                        lattice: Some(state.lattice.clone()),
+                        timeout_ms: 5000,
+                        output: args.output,
+                        ..Default::default()
+                    };
+                    let client = LatticeClient::connect(&connect).await?;
+                    deploy_manifest(&client, manifest, args.output).await;
+                }
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            signal(child.id(), libc::SIGTERM);
+            bail!(
+                "trellis up was not ready in time:\n{}",
+                log_tail(&log_path, 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `trellis down`.
+pub async fn run_down(args: DownArgs) -> anyhow::Result<()> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let Some(state) = read_state(&data_dir) else {
+        println!(
+            "trellis is not up (no {} in {})",
+            STATE_FILE,
+            data_dir.display()
+        );
+        return Ok(());
+    };
+    if !is_up_process(state.pid) {
+        let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+        // The supervisor is gone; make sure no child outlived it.
+        for pid in [state.wadm_pid, state.host_pid, state.nats_pid]
+            .into_iter()
+            .flatten()
+        {
+            if is_alive(pid) {
+                signal(pid, libc::SIGTERM);
+            }
+        }
+        println!("trellis was not running (removed a stale state file)");
+        return Ok(());
+    }
+    signal(state.pid, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + STOP_GRACE * 3;
+    while is_alive(state.pid) {
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "trellis up (pid {}) did not stop in time; killing it",
+                state.pid
+            );
+            for pid in [
+                Some(state.pid),
+                state.wadm_pid,
+                state.host_pid,
+                state.nats_pid,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                signal(pid, libc::SIGKILL);
+            }
+            let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("stopped lattice {} ({})", state.lattice, state.nats_url);
+    Ok(())
+}
+
+/// The children of `trellis up`, in start order.
+#[derive(Default)]
+struct Children {
+    running: Vec<(&'static str, Child)>,
+}
+
+impl Children {
+    /// Starts `cmd` in its own process group (so Ctrl-C reaches only `trellis up`, which then
+    /// stops the children in order) and returns its pid.
+    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<u32> {
+        cmd.process_group(0).kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("the {name} exited at once"))?;
+        self.running.push((name, child));
+        Ok(pid)
+    }
+
+    /// Fails when a child has exited.
+    fn check_running(&mut self, log_dir: &Path) -> anyhow::Result<()> {
+        for (name, child) in &mut self.running {
+            if let Some(status) = child
+                .try_wait()
+                .with_context(|| format!("cannot watch the {name}"))?
+            {
+                let hint = if *name == "nats-server" {
+                    format!(":\n{}", log_tail(&log_dir.join("nats.log"), 10))
+                } else {
+                    "; see its output above".to_string()
+                };
+                bail!("the {name} exited ({status}){hint}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until any child exits and says which.
+    async fn wait_any(&mut self) -> (&'static str, String) {
+        if self.running.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self.running.iter_mut().map(|(name, child)| {
+            Box::pin(async move {
+                let status = match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                (*name, status)
+            })
+        });
+        futures::future::select_all(waits).await.0
+    }
+
+    /// Stops the children newest first: SIGTERM, a grace period, then SIGKILL.
+    async fn stop_all(&mut self) {
+        while let Some((name, mut child)) = self.running.pop() {
+            if let Ok(Some(_)) = child.try_wait() {
+                continue;
+            }
+            if let Some(pid) = child.id() {
+                signal(pid, libc::SIGTERM);
+            }
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!(
+                        "the {name} did not stop within {} s; killing it",
+                        STOP_GRACE.as_secs()
+                    );
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for whichever shutdown signal comes first and names it.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+        _ = hup.recv() => "hang-up",
+    }
+}
+
+async fn wait_for_nats(
+    url: &str,
+    lattice: &str,
+    deadline: tokio::time::Instant,
+    children: &mut Children,
+    log_dir: &Path,
+) -> anyhow::Result<LatticeClient> {
+    let connect = ConnectArgs {
+        nats_url: Some(url.to_string()),
+        lattice: Some(lattice.to_string()),
+        timeout_ms: 1000,
+        ..Default::default()
+    };
+    loop {
+        children.check_running(log_dir)?;
+        match LatticeClient::connect(&connect).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Finds nats-server on PATH or in the Debian package's place, or says how to install it.
+fn find_nats_server() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([
+            PathBuf::from("/usr/sbin/nats-server"),
+            PathBuf::from("/usr/local/bin/nats-server"),
+        ])
+        .find(|p| p.is_file())
+        .context(
+            "nats-server is not installed: install it with `sudo apt-get install -y nats-server` \
+             (Debian/Ubuntu) or from https://github.com/nats-io/nats-server/releases, \
+             or join a running NATS with `trellis up --nats-url nats://HOST:4222`",
+        )
+}
+
+/// The port to start NATS on: the one asked for (it must be free), else 4222, else any free port.
+fn choose_nats_port(requested: Option<u16>) -> anyhow::Result<u16> {
+    if let Some(port) = requested {
+        if !port_is_free(port) {
+            bail!(
+                "port {port} is busy: pick another with --nats-port, or join the NATS there with \
+                 --nats-url nats://127.0.0.1:{port}"
+            );
+        }
+        return Ok(port);
+    }
+    if port_is_free(DEFAULT_NATS_PORT) {
+        return Ok(DEFAULT_NATS_PORT);
+    }
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free port")?;
+    let port = listener.local_addr()?.port();
+    eprintln!(
+        "port {DEFAULT_NATS_PORT} is busy; starting NATS on {port} (other trellis commands find it through the state file)"
+    );
+    Ok(port)
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log {}", path.display()))
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            format!(
+                "{} (from {}):\n{}",
+                "last lines",
+                path.display(),
+                all[start..].join("\n")
+            )
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_prefers_explicit_then_xdg_then_home() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            data_dir_from(os("/d"), os("/x"), os("/h")).unwrap(),
+            PathBuf::from("/d")
+        );
+        assert_eq!(
+            data_dir_from(None, os("/x"), os("/h")).unwrap(),
+            PathBuf::from("/x/trellis")
+        );
+        assert_eq!(
+            data_dir_from(os(""), os(""), os("/h")).unwrap(),
+            PathBuf::from("/h/.local/share/trellis")
+        );
+        assert!(data_dir_from(None, None, None).is_err());
+    }
+
+    #[test]
+    fn state_round_trips_and_stale_pid_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = UpState {
+            pid: u32::MAX - 1,
+            ready: true,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            lattice: "default".into(),
+            nats_pid: None,
+            host_pid: Some(1),
+            wadm_pid: None,
+            host_id: "N1".into(),
+            host_name: "x".into(),
+            data_dir: dir.path().to_path_buf(),
+            log_dir: dir.path().join("logs"),
+        };
+        write_state(&state).unwrap();
+        assert_eq!(read_state(dir.path()), Some(state.clone()));
+        assert!(!is_up_process(state.pid));
+        assert!(is_alive(std::process::id()));
+        remove_state(dir.path(), state.pid);
+        assert_eq!(read_state(dir.path()), None);
+    }
+
+    #[test]
+    fn busy_port_is_refused_when_asked_for() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = choose_nats_port(Some(port)).unwrap_err().to_string();
+        assert!(err.contains("--nats-port"), "{err}");
+    }
+}
