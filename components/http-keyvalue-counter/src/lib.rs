@@ -1,0 +1,99 @@
+//! `http-keyvalue-counter`: each HTTP request increments the counter named by its path in the
+//! `wasi:keyvalue` bucket `default` (through `atomics.increment`) and answers `200` with the
+//! new count as text, e.g. `GET /visits` -> `3`.
+//!
+//! - The key is the path without its leading `/` (`counter` for `/`), with characters outside
+//!   `A-Za-z0-9-_=.` replaced by `_` so every backend accepts it. The query string is ignored.
+//! - `GET /get/<key>` answers the stored value without changing it (`0` when unset).
+//! - A storage error (for example a missing `wasi:keyvalue` link) answers `500` with the error.
+
+mod keyvalue {
+    wit_bindgen::generate!({
+        path: "../../wit/deps/wasi-keyvalue-0.2.0-draft",
+        world: "wasi:keyvalue/imports",
+    });
+}
+
+use keyvalue::wasi::keyvalue::{atomics, store};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasi::http::proxy::export!(Counter);
+
+/// The component's export implementation.
+struct Counter;
+
+/// The bucket every count lives in.
+const BUCKET: &str = "default";
+
+impl wasi::exports::http::incoming_handler::Guest for Counter {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let path = path_with_query.split('?').next().unwrap_or("/");
+        let result = match path.strip_prefix("/get/") {
+            Some(key) => read(&key_for(key)),
+            None => increment(&key_for(path.trim_start_matches('/'))),
+        };
+        match result {
+            Ok(count) => respond(response_out, 200, count.to_string().as_bytes()),
+            Err(message) => respond(response_out, 500, format!("{message}\n").as_bytes()),
+        }
+    }
+}
+
+/// The storage key for a path: `counter` when empty, unsupported characters as `_`.
+fn key_for(path: &str) -> String {
+    if path.is_empty() {
+        return "counter".to_string();
+    }
+    path.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn describe(error: store::Error) -> String {
+    match error {
+        store::Error::NoSuchStore => "keyvalue error: no such store".to_string(),
+        store::Error::AccessDenied => "keyvalue error: access denied".to_string(),
+        store::Error::Other(message) => format!("keyvalue error: {message}"),
+    }
+}
+
+fn increment(key: &str) -> Result<u64, String> {
+    let bucket = store::open(BUCKET).map_err(describe)?;
+    atomics::increment(&bucket, key, 1).map_err(describe)
+}
+
+fn read(key: &str) -> Result<u64, String> {
+    let bucket = store::open(BUCKET).map_err(describe)?;
+    match bucket.get(key).map_err(describe)? {
+        None => Ok(0),
+        Some(bytes) => String::from_utf8_lossy(&bytes)
+            .trim()
+            .parse()
+            .map_err(|_| format!("the value of `{key}` is not a number")),
+    }
+}
+
+fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::new();
+    let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(stream) = outgoing.write() {
+        let _ = stream.blocking_write_and_flush(body);
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}

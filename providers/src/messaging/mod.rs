@@ -1,0 +1,492 @@
+//! `wasmcloud:messaging@0.2.0`: components publish and make requests on NATS subjects
+//! (`consumer`, served in-process by the host on its own lattice connection), and receive
+//! messages through their `handler` export, delivered by a messaging provider.
+//!
+//! # The provider
+//!
+//! [`start`] (for `ghcr.io/wasmcloud/messaging-nats:*` and `trellis+builtin://messaging`)
+//! watches the links whose source is the provider id, namespace `wasmcloud`, package
+//! `messaging`. For each link it reads `subscriptions` (comma-separated NATS subjects,
+//! wildcards allowed) and the optional `queue_group` from the link's source configs (merged
+//! over the provider's own config), subscribes, and calls the target component's exported
+//! `handle-message` for every message, in a fresh instance under the component's limits.
+//! Link puts and deletes take effect without a restart: the provider re-reads its links
+//! whenever they change (and every [`RECONCILE_INTERVAL`] to notice components that started
+//! or stopped on this host).
+//!
+//! Messages are delivered to components running on the provider's host. Subscriptions use a
+//! NATS queue group (default `{provider id}.{component id}`), so several hosts running the
+//! same provider and component share the load and each message is handled once.
+//!
+//! # The consumer
+//!
+//! `publish` and `request` use the host's lattice connection. Subjects starting with `$`
+//! (JetStream, KV, system) or `wasmbus.ctl.` (the control interface) are refused, so a
+//! component cannot change the lattice through its messaging import.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::UpdateDeadline;
+
+use trellis_host::providers::{ProviderSpec, RunningProvider};
+use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceState};
+use trellis_host::Host;
+use trellis_protocol::ctl::Link;
+
+use crate::native::HostBinding;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/deps/wasmcloud-messaging-0.2.0",
+        world: "wasmcloud:messaging/messaging",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::wasmcloud::messaging::consumer;
+pub use bindings::wasmcloud::messaging::types::BrokerMessage;
+
+/// How often the provider re-checks its links even without a change notification.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Longest a `request` may wait, whatever timeout the guest asks for.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Config key on a link's source config: comma-separated subjects to subscribe to.
+pub const SUBSCRIPTIONS_KEY: &str = "subscriptions";
+
+/// Config key on a link's source config: the NATS queue group to subscribe in.
+pub const QUEUE_GROUP_KEY: &str = "queue_group";
+
+/// Extra time past a component's execution deadline before a handler call blocked in host
+/// I/O is cancelled.
+const HOST_IO_GRACE: Duration = Duration::from_millis(100);
+
+/// Serves `wasmcloud:messaging/consumer@0.2.0` to every component.
+pub struct MessagingCapability {
+    binding: HostBinding,
+}
+
+impl std::fmt::Debug for MessagingCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingCapability")
+            .field("binding", &self.binding)
+            .finish()
+    }
+}
+
+impl MessagingCapability {
+    /// A capability that publishes through the host `binding` will be bound to.
+    pub fn new(binding: HostBinding) -> Self {
+        Self { binding }
+    }
+}
+
+/// Per-instance state.
+struct MessagingInstance {
+    component_id: Arc<str>,
+    binding: HostBinding,
+}
+
+impl Capability for MessagingCapability {
+    fn name(&self) -> &str {
+        "wasmcloud:messaging"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        consumer::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
+        Ok(())
+    }
+
+    fn new_instance_state(
+        &self,
+        ctx: &InstanceContext,
+        extensions: &mut Extensions,
+    ) -> anyhow::Result<()> {
+        extensions.insert(MessagingInstance {
+            component_id: ctx.component_id.clone(),
+            binding: self.binding.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// Checks a subject a guest wants to send to.
+fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty()
+        || subject.chars().any(|c| c.is_whitespace())
+        || subject.starts_with('.')
+        || subject.ends_with('.')
+        || subject.contains("..")
+    {
+        return Err(format!("`{subject}` is not a valid NATS subject"));
+    }
+    if subject.contains('*') || subject.contains('>') {
+        return Err(format!(
+            "cannot send to `{subject}`: wildcards are for subscriptions"
+        ));
+    }
+    if subject.starts_with('$') || subject.starts_with("wasmbus.ctl.") {
+        return Err(format!(
+            "subject `{subject}` is reserved for the lattice and NATS; components cannot send to it"
+        ));
+    }
+    Ok(())
+}
+
+fn instance_parts(state: &InstanceState) -> Result<(Arc<str>, Arc<Host>), String> {
+    let instance = state
+        .extension::<MessagingInstance>()
+        .ok_or_else(|| "wasmcloud:messaging is not set up for this instance".to_string())?;
+    let host = instance.binding.host().map_err(|e| format!("{e:#}"))?;
+    Ok((instance.component_id.clone(), host))
+}
+
+impl consumer::Host for InstanceState {
+    async fn request(
+        &mut self,
+        subject: String,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<BrokerMessage, String> {
+        check_subject(&subject)?;
+        let (component_id, host) = instance_parts(self)?;
+        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
+        tracing::debug!(component_id = &*component_id, subject, "messaging request");
+        let reply =
+            tokio::time::timeout(timeout, host.client.request(subject.clone(), body.into()))
+                .await
+                .map_err(|_| format!("no reply on `{subject}` within {} ms", timeout.as_millis()))?
+                .map_err(|e| format!("request on `{subject}` failed: {e}"))?;
+        Ok(BrokerMessage {
+            subject: reply.subject.to_string(),
+            body: reply.payload.to_vec(),
+            reply_to: reply.reply.map(|r| r.to_string()),
+        })
+    }
+
+    async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
+        check_subject(&msg.subject)?;
+        let (component_id, host) = instance_parts(self)?;
+        tracing::debug!(
+            component_id = &*component_id,
+            subject = msg.subject,
+            "messaging publish"
+        );
+        let result = match msg.reply_to {
+            Some(reply) => {
+                check_subject(&reply)?;
+                host.client
+                    .publish_with_reply(msg.subject.clone(), reply, msg.body.into())
+                    .await
+            }
+            None => {
+                host.client
+                    .publish(msg.subject.clone(), msg.body.into())
+                    .await
+            }
+        };
+        result.map_err(|e| format!("publishing on `{}` failed: {e}", msg.subject))
+    }
+}
+
+/// Calls `handle-message` of component `component_id` running on `host`, in a fresh
+/// instance, under the component's execution deadline.
+pub async fn deliver(host: &Host, component_id: &str, msg: BrokerMessage) -> anyhow::Result<()> {
+    let running = host
+        .components
+        .get(component_id)
+        .with_context(|| format!("component {component_id} does not run on this host"))?;
+    let prepared = running.prepared.clone();
+    let pre = bindings::MessagingPre::new(prepared.instance_pre().clone())
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!("component {component_id} does not export wasmcloud:messaging/handler@0.2.0")
+        })?;
+    let mut store = prepared.new_store()?;
+    let limit = prepared.limits().max_execution_time();
+    let deadline = Instant::now() + limit;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::msg("execution deadline exceeded"))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .wasmcloud_messaging_handler()
+            .call_handle_message(&mut store, &msg)
+            .await
+    };
+    let outcome = tokio::time::timeout(limit + HOST_IO_GRACE, call)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "component {component_id} exceeded its execution deadline of {} ms",
+                limit.as_millis()
+            )
+        })?
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component {component_id} failed handling a message"))?;
+    outcome.map_err(|message| {
+        anyhow::anyhow!("component {component_id} rejected the message: {message}")
+    })
+}
+
+/// What one handler link asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Subscription {
+    component_id: String,
+    subjects: Vec<String>,
+    queue_group: String,
+}
+
+/// The subscriptions the provider's links ask for now, for components running on this host.
+fn desired_subscriptions(
+    host: &Host,
+    provider_id: &str,
+    provider_config: &HashMap<String, String>,
+) -> HashMap<String, Subscription> {
+    let links: Vec<Link> = host.store.with_links(|table| {
+        table
+            .from_source(provider_id)
+            .filter(|l| {
+                l.wit_namespace == "wasmcloud"
+                    && l.wit_package == "messaging"
+                    && l.interfaces.iter().any(|i| i == "handler")
+            })
+            .cloned()
+            .collect()
+    });
+    let mut desired = HashMap::new();
+    for link in links {
+        if host.components.get(&link.target).is_none() {
+            continue;
+        }
+        let mut settings = provider_config.clone();
+        for name in &link.source_config {
+            match host.store.cached_config(name) {
+                Some(values) => settings.extend(values),
+                None => tracing::warn!(
+                    provider_id,
+                    config = name,
+                    "a messaging link names a config this host has not seen"
+                ),
+            }
+        }
+        let subjects: Vec<String> = settings
+            .get(SUBSCRIPTIONS_KEY)
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if subjects.is_empty() {
+            tracing::warn!(
+                provider_id,
+                component_id = link.target,
+                "messaging link has no `subscriptions` in its source config; nothing to deliver"
+            );
+            continue;
+        }
+        let queue_group = settings
+            .get(QUEUE_GROUP_KEY)
+            .cloned()
+            .unwrap_or_else(|| format!("{provider_id}.{}", link.target));
+        let key = format!("{}/{}", link.target, link.name);
+        desired.insert(
+            key,
+            Subscription {
+                component_id: link.target.clone(),
+                subjects,
+                queue_group,
+            },
+        );
+    }
+    desired
+}
+
+/// One active subscription set for one link; dropping it stops delivery.
+struct ActiveSubscription {
+    wanted: Subscription,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ActiveSubscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Receives messages on every subject of `wanted` and delivers each to the component,
+/// at most `max_instances` at a time.
+async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
+    let mut subscribers = Vec::new();
+    for subject in &wanted.subjects {
+        match host
+            .client
+            .queue_subscribe(subject.clone(), wanted.queue_group.clone())
+            .await
+        {
+            Ok(s) => subscribers.push(s),
+            Err(e) => tracing::warn!(subject, error = %e, "messaging provider cannot subscribe"),
+        }
+    }
+    tracing::info!(
+        component_id = wanted.component_id,
+        subjects = ?wanted.subjects,
+        "messaging subscriptions active"
+    );
+    let parallel = host
+        .components
+        .get(&wanted.component_id)
+        .map(|c| c.prepared.max_instances().max(1))
+        .unwrap_or(1);
+    let permits = Arc::new(Semaphore::new(parallel as usize));
+    let mut messages = futures::stream::select_all(subscribers);
+    let mut handlers = JoinSet::new();
+    while let Some(message) = messages.next().await {
+        while handlers.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let host = host.clone();
+        let component_id = wanted.component_id.clone();
+        handlers.spawn(async move {
+            let _permit = permit;
+            let msg = BrokerMessage {
+                subject: message.subject.to_string(),
+                body: message.payload.to_vec(),
+                reply_to: message.reply.map(|r| r.to_string()),
+            };
+            if let Err(error) = deliver(&host, &component_id, msg).await {
+                tracing::warn!(
+                    component_id,
+                    error = format!("{error:#}"),
+                    "message not handled"
+                );
+            }
+        });
+    }
+}
+
+/// Keeps the provider's subscriptions equal to what its links ask for.
+async fn reconcile_links(
+    host: Arc<Host>,
+    provider_id: String,
+    provider_config: HashMap<String, String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = host.store.subscribe();
+    let mut active: HashMap<String, ActiveSubscription> = HashMap::new();
+    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        let desired = desired_subscriptions(&host, &provider_id, &provider_config);
+        active.retain(|key, current| desired.get(key) == Some(&current.wanted));
+        for (key, wanted) in desired {
+            if active.contains_key(&key) {
+                continue;
+            }
+            let task = tokio::spawn(run_subscription(host.clone(), wanted.clone()));
+            active.insert(key, ActiveSubscription { wanted, task });
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+            change = changes.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(provider_id, "messaging provider stopped delivering");
+}
+
+/// A running messaging provider; stopping it drops every subscription.
+struct MessagingProvider {
+    name: String,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for MessagingProvider {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl RunningProvider for MessagingProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stop(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        let _ = self.stop.send(true);
+        let task = self.task.take();
+        Box::pin(async move {
+            if let Some(task) = task {
+                // The reconcile loop drops its subscriptions (aborting them) as it returns.
+                if tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("messaging provider did not stop within 5 s");
+                }
+            }
+        })
+    }
+}
+
+/// Starts a messaging provider (`ghcr.io/wasmcloud/messaging-nats:*`,
+/// `trellis+builtin://messaging`) that delivers messages on its links' subscriptions to the
+/// linked components' `handle-message` export (see the module docs).
+pub fn start(host: Arc<Host>, spec: ProviderSpec) -> anyhow::Result<Box<dyn RunningProvider>> {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(reconcile_links(
+        host,
+        spec.id.clone(),
+        spec.config.clone(),
+        stop_rx,
+    ));
+    tracing::info!(provider_id = %spec.id, image_ref = %spec.image_ref, "messaging provider started");
+    Ok(Box::new(MessagingProvider {
+        name: "messaging-nats".to_string(),
+        stop,
+        task: Some(task),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_subject;
+
+    #[test]
+    fn guests_cannot_send_to_reserved_or_invalid_subjects() {
+        assert!(check_subject("orders.new").is_ok());
+        assert!(check_subject("_INBOX.abc").is_ok());
+        assert!(check_subject("$JS.API.STREAM.DELETE.KV_x").is_err());
+        assert!(check_subject("wasmbus.ctl.v1.default.host.stop").is_err());
+        assert!(check_subject("a..b").is_err());
+        assert!(check_subject("a b").is_err());
+        assert!(check_subject("orders.*").is_err());
+        assert!(check_subject("").is_err());
+    }
+}
