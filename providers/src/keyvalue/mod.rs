@@ -41,8 +41,9 @@ use trellis_host::providers::{ProviderSpec, RunningProvider};
 use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceState};
 use trellis_host::Host;
 
-use crate::native::HostBinding;
+use crate::native::running_host;
 use backend::{kind_from_image_ref, resolve_target, timed, BackendPool, OpenBucket, StorageError};
+use trellis_host::HostSlot;
 
 /// The link name a component's keyvalue calls follow.
 pub const DEFAULT_LINK_NAME: &str = "default";
@@ -77,23 +78,23 @@ impl std::fmt::Debug for BucketHandle {
 
 /// Serves `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft` to every component.
 pub struct KeyValueCapability {
-    binding: HostBinding,
+    slot: HostSlot,
     pool: Arc<BackendPool>,
 }
 
 impl std::fmt::Debug for KeyValueCapability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyValueCapability")
-            .field("binding", &self.binding)
+            .field("slot", &self.slot)
             .finish_non_exhaustive()
     }
 }
 
 impl KeyValueCapability {
-    /// A capability that resolves links through the host `binding` will be bound to.
-    pub fn new(binding: HostBinding) -> Self {
+    /// A capability that resolves links through the host `slot` will hold.
+    pub fn new(slot: HostSlot) -> Self {
         Self {
-            binding,
+            slot,
             pool: Arc::new(BackendPool::default()),
         }
     }
@@ -102,7 +103,7 @@ impl KeyValueCapability {
 /// Per-instance state: who is calling, and where to find the host and the shared pool.
 struct KeyValueInstance {
     component_id: Arc<str>,
-    binding: HostBinding,
+    slot: HostSlot,
     pool: Arc<BackendPool>,
 }
 
@@ -125,7 +126,7 @@ impl Capability for KeyValueCapability {
     ) -> anyhow::Result<()> {
         extensions.insert(KeyValueInstance {
             component_id: ctx.component_id.clone(),
-            binding: self.binding.clone(),
+            slot: self.slot.clone(),
             pool: self.pool.clone(),
         });
         Ok(())
@@ -228,10 +229,10 @@ async fn resolve_bucket(
 /// What host functions need from the instance, cloned so no borrow lives across an await.
 fn instance_parts(
     state: &InstanceState,
-) -> Result<(Arc<str>, HostBinding, Arc<BackendPool>), StorageError> {
+) -> Result<(Arc<str>, HostSlot, Arc<BackendPool>), StorageError> {
     state
         .extension::<KeyValueInstance>()
-        .map(|k| (k.component_id.clone(), k.binding.clone(), k.pool.clone()))
+        .map(|k| (k.component_id.clone(), k.slot.clone(), k.pool.clone()))
         .ok_or_else(|| StorageError::Other("wasi:keyvalue is not set up for this instance".into()))
 }
 
@@ -249,10 +250,8 @@ fn bucket_of(
 
 impl store::Host for InstanceState {
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
-        let (component_id, binding, pool) = instance_parts(self)?;
-        let host = binding
-            .host()
-            .map_err(|e| StorageError::Other(format!("{e:#}")))?;
+        let (component_id, slot, pool) = instance_parts(self)?;
+        let host = running_host(&slot).map_err(|e| StorageError::Other(format!("{e:#}")))?;
         let target = resolve_bucket(&host, &component_id, &identifier).await?;
         let bucket = pool.open(&host.client, &target).await?;
         tracing::debug!(component_id = &*component_id, bucket = %target.bucket, backend = ?target.kind, "wasi:keyvalue bucket opened");

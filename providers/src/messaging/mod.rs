@@ -41,7 +41,8 @@ use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceSta
 use trellis_host::Host;
 use trellis_protocol::ctl::Link;
 
-use crate::native::HostBinding;
+use crate::native::running_host;
+use trellis_host::HostSlot;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -73,28 +74,28 @@ const HOST_IO_GRACE: Duration = Duration::from_millis(100);
 
 /// Serves `wasmcloud:messaging/consumer@0.2.0` to every component.
 pub struct MessagingCapability {
-    binding: HostBinding,
+    slot: HostSlot,
 }
 
 impl std::fmt::Debug for MessagingCapability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessagingCapability")
-            .field("binding", &self.binding)
+            .field("slot", &self.slot)
             .finish()
     }
 }
 
 impl MessagingCapability {
-    /// A capability that publishes through the host `binding` will be bound to.
-    pub fn new(binding: HostBinding) -> Self {
-        Self { binding }
+    /// A capability that publishes through the host `slot` will hold.
+    pub fn new(slot: HostSlot) -> Self {
+        Self { slot }
     }
 }
 
 /// Per-instance state.
 struct MessagingInstance {
     component_id: Arc<str>,
-    binding: HostBinding,
+    slot: HostSlot,
 }
 
 impl Capability for MessagingCapability {
@@ -114,7 +115,7 @@ impl Capability for MessagingCapability {
     ) -> anyhow::Result<()> {
         extensions.insert(MessagingInstance {
             component_id: ctx.component_id.clone(),
-            binding: self.binding.clone(),
+            slot: self.slot.clone(),
         });
         Ok(())
     }
@@ -147,7 +148,7 @@ fn instance_parts(state: &InstanceState) -> Result<(Arc<str>, Arc<Host>), String
     let instance = state
         .extension::<MessagingInstance>()
         .ok_or_else(|| "wasmcloud:messaging is not set up for this instance".to_string())?;
-    let host = instance.binding.host().map_err(|e| format!("{e:#}"))?;
+    let host = running_host(&instance.slot).map_err(|e| format!("{e:#}"))?;
     Ok((instance.component_id.clone(), host))
 }
 
