@@ -18,3 +18,6 @@ pub mod store;
 pub mod validation;
 
 pub use reconciler::{run, WadmOptions};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+use crate::model::parse_manifest;
+use crate::validation::{is_valid_label_key, Severity};
+
+/// A manifest with `name`, extra metadata lines, and `components` (indented list items).
+fn manifest(name: &str, metadata_extra: &str, components: &str, policies: &str) -> String {
+    format!(
+        "apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata:\n  name: {name}\n{metadata_extra}spec:\n{policies}  components:\n{components}"
+    )
+}
+
+const COMP_A: &str =
+    "    - name: a\n      type: component\n      properties:\n        image: file:///a.wasm\n";
+
+/// Asserts the manifest is rejected with an error whose path and message contain the given
+/// fragments.
+fn rejected(yaml: &str, path: &str, message: &str) {
+    let err = match parse_manifest(yaml.as_bytes()) {
+        Ok(_) => panic!("accepted but should fail on {path}: {message}\n{yaml}"),
+        Err(e) => e,
+    };
+    assert!(
+        err.diagnostics.iter().any(|d| d.severity == Severity::Error
+            && d.path.contains(path)
+            && d.message.contains(message)),
+        "no error at `{path}` containing `{message}`: {err}"
+    );
+}
+
+#[test]
+fn bad_name() {
+    rejected(
+        &manifest("\"bad name!\"", "", COMP_A, ""),
+        "metadata.name",
+        "not a valid name",
+    );
+}
+
+#[test]
+fn version_latest() {
+    rejected(
+        &manifest("x", "  annotations:\n    version: latest\n", COMP_A, ""),
+        "metadata.annotations.version",
+        "reserved",
+    );
+}
+
+#[test]
+fn bad_label_and_annotation_keys() {
+    rejected(
+        &manifest("x", "  labels:\n    \"-bad\": v\n", COMP_A, ""),
+        "metadata.labels.-bad",
+        "not a valid label key",
+    );
+    rejected(
+        &manifest(
+            "x",
+            "  annotations:\n    \"Bad_Prefix/ok\": v\n",
+            COMP_A,
+            "",
+        ),
+        "metadata.annotations.Bad_Prefix/ok",
+        "not a valid annotation key",
+    );
+    assert!(is_valid_label_key("experimental.wasmcloud.dev/shared"));
+    assert!(is_valid_label_key("version"));
+    assert!(!is_valid_label_key(&"a".repeat(64)));
+}
+
+#[test]
+fn duplicate_component_name() {
+    let comps = format!("{COMP_A}{COMP_A}");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[1].name",
+        "duplicate component name `a`",
+    );
+}
+
+#[test]
+fn duplicate_id() {
+    let comps = "    - name: a\n      type: component\n      properties:\n        image: x\n        id: same\n    - name: b\n      type: component\n      properties:\n        image: y\n        id: same\n";
+    rejected(
+        &manifest("x", "", comps, ""),
+        "spec.components[1].properties.id",
+        "duplicate component id `same`",
+    );
+}
+
+#[test]
+fn link_target_not_in_manifest() {
+    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: http\n            interfaces: [outgoing-handler]\n            target: {{name: nowhere}}\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[0].properties.target.name",
+        "`nowhere` is not a component",
+    );
+}
+
+#[test]
+fn duplicate_link_on_same_interface() {
+    let link = "        - type: link\n          properties:\n            namespace: wasi\n            package: keyvalue\n            interfaces: [store]\n            target: {name: a}\n";
+    let comps = format!("{COMP_A}      traits:\n{link}{link}");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[1].properties.interfaces",
+        "duplicate link from `a` on wasi:keyvalue/store",
+    );
+}
+
+#[test]
+fn duplicate_link_config_names() {
+    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: keyvalue\n            interfaces: [store]\n            target: {{name: a}}\n            source:\n              config:\n                - name: c\n                  properties: {{k: v}}\n                - name: c\n                  properties: {{k: w}}\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[0].properties.source.config[1].name",
+        "duplicate config name `c`",
+    );
+}
+
+#[test]
+fn config_defined_twice_differently() {
+    let comps = "    - name: a\n      type: component\n      properties:\n        image: x\n        config:\n          - name: shared\n            properties: {k: 1}\n    - name: b\n      type: component\n      properties:\n        image: y\n        config:\n          - name: shared\n            properties: {k: 2}\n";
+    rejected(
+        &manifest("x", "", comps, ""),
+        "spec.components[1].properties.config",
+        "defined twice",
+    );
+}
+
+#[test]
+fn both_or_neither_image_and_application() {
+    let both = "    - name: a\n      type: component\n      properties:\n        image: x\n        application: {name: shared, component: c}\n";
+    rejected(
+        &manifest("x", "", both, ""),
+        "spec.components[0].properties",
+        "not both",
+    );
+    let neither = "    - name: a\n      type: component\n      properties:\n        id: foo\n";
+    rejected(
+        &manifest("x", "", neither, ""),
+        "spec.components[0].properties",
+        "neither is set",
+    );
+}
+
+#[test]
+fn secret_with_unknown_or_wrong_policy() {
+    let comps = "    - name: a\n      type: component\n      properties:\n        image: x\n        secrets:\n          - name: s\n            properties: {policy: missing, key: k}\n";
+    rejected(
+        &manifest("x", "", comps, ""),
+        "spec.components[0].properties.secrets[0].properties.policy",
+        "not in spec.policies",
+    );
+    let policies =
+        "  policies:\n    - name: p\n      type: policy.other/v1\n      properties: {}\n";
+    let comps = "    - name: a\n      type: component\n      properties:\n        image: x\n        secrets:\n          - name: s\n            properties: {policy: p, key: k}\n";
+    rejected(
+        &manifest("x", "", comps, policies),
+        "secrets[0].properties.policy",
+        "not a secret policy",
+    );
+    let policies = "  policies:\n    - name: p\n      type: policy.secret.wasmcloud.dev/v1alpha1\n      properties: {}\n";
+    rejected(
+        &manifest("x", "", COMP_A, policies),
+        "spec.policies[0].properties",
+        "needs a `backend`",
+    );
+}
+
+#[test]
+fn unknown_trait_type_and_bad_trait_fields() {
+    let comps = format!("{COMP_A}      traits:\n        - type: autoscaler\n          properties: {{instances: 1}}\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[0]",
+        "autoscaler",
+    );
+    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            interfaces: [store]\n            target: a\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[0].properties",
+        "package",
+    );
+}
+
+#[test]
+fn two_scalers_and_zero_weights() {
+    let comps = format!("{COMP_A}      traits:\n        - type: spreadscaler\n          properties: {{instances: 1}}\n        - type: daemonscaler\n          properties: {{instances: 1}}\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[1]",
+        "more than one scaler",
+    );
+    let comps = format!("{COMP_A}      traits:\n        - type: spreadscaler\n          properties:\n            instances: 1\n            spread:\n              - name: s\n                weight: 0\n");
+    rejected(
+        &manifest("x", "", &comps, ""),
+        "spec.components[0].traits[0].properties.spread",
+        "weights are 0",
+    );
+}
+
+#[test]
+fn wrong_api_version_and_kind() {
+    let yaml = manifest("x", "", COMP_A, "")
+        .replace("core.oam.dev/v1beta1", "v2")
+        .replace("Application", "Deployment");
+    rejected(&yaml, "apiVersion", "unsupported apiVersion");
+    rejected(&yaml, "kind", "unsupported kind");
+}
+
+#[test]
+fn unknown_interface_is_a_warning_not_an_error() {
+    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: http\n            interfaces: [foo]\n            target: a\n");
+    let parsed = parse_manifest(manifest("x", "", &comps, "").as_bytes()).expect("accepted");
+    assert!(parsed
+        .warnings
+        .iter()
+        .any(|w| w.severity == Severity::Warning
+            && w.message.contains("unknown interface `wasi:http/foo`")));
+}
