@@ -43,6 +43,8 @@ pub mod subject;
 pub mod wire;
 
 #[cfg(test)]
+mod callee_tests;
+#[cfg(test)]
 mod fixture_types;
 #[cfg(test)]
 mod nats_tests;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::*;
 
 /// A `nats-server` child on a free loopback port, killed on drop.
-struct NatsServer {
+pub(super) struct NatsServer {
     child: Child,
     url: String,
     _store: tempfile::TempDir,
@@ -18,7 +18,7 @@ struct NatsServer {
 impl NatsServer {
     /// Starts the server (with `max_payload` bytes per message if given) and waits until it
     /// accepts NATS connections.
-    async fn start(max_payload: Option<usize>) -> Self {
+    pub(super) async fn start(max_payload: Option<usize>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -57,7 +57,7 @@ impl NatsServer {
         server
     }
 
-    async fn connect(&self) -> async_nats::Client {
+    pub(super) async fn connect(&self) -> async_nats::Client {
         async_nats::connect(&self.url).await.expect("connect")
     }
 }
