@@ -92,8 +92,9 @@ impl InstanceGate {
                     }
                     return Ok(InstancePermit { gate: self.clone() });
                 }
-                if waiting.is_none() {
-                    if state.queued >= state.queue_bound as usize {
+                // With a cap of zero no slot will free up until a scale-up: refuse, don't queue.
+                if waiting.is_none() || state.max_instances == 0 {
+                    if state.max_instances == 0 || state.queued >= state.queue_bound as usize {
                         return Err(GateFull {
                             max_instances: state.max_instances,
                             queued: state.queued,

@@ -1,1 +1,593 @@
-// tests come next
+//! Runtime tests against the real `http-hello` component built from `components/`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use super::*;
+
+/// Generous bound for any single step of a test.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the guest components once per test process; `None` (with a message) only when the
+/// wasm32-wasip2 target is not installed and cannot be installed.
+fn hello_wasm() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
+            let installed = std::process::Command::new("rustup")
+                .args(["target", "list", "--installed"])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "wasm32-wasip2"))
+                .unwrap_or(false);
+            if !installed {
+                let added = std::process::Command::new("rustup")
+                    .args(["target", "add", "wasm32-wasip2"])
+                    .status()
+                    .map(|status| status.success())
+                    .unwrap_or(false);
+                if !added {
+                    eprintln!("SKIPPING runtime component tests: the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed");
+                    return None;
+                }
+            }
+            let output = std::process::Command::new("bash")
+                .arg(components.join("build.sh"))
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .expect("running components/build.sh");
+            assert!(
+                output.status.success(),
+                "components/build.sh failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let wasm = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .find(|path| path.ends_with("http_hello.wasm"))
+                .expect("build.sh printed the path of http_hello.wasm");
+            Some(wasm)
+        })
+        .clone()
+}
+
+fn test_runtime(cache_dir: &Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir.to_path_buf()),
+        allow_file_load: true,
+        pool_slots: Some(8),
+        ..Default::default()
+    })
+    .expect("creating the runtime")
+}
+
+fn spec(id: &str, wasm: &Path, max_instances: u32, limits: &[(&str, &str)]) -> ComponentSpec {
+    let limits: HashMap<String, String> = limits
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ComponentSpec {
+        id: id.to_string(),
+        image_ref: format!("file://{}", wasm.display()),
+        max_instances,
+        limits: ComponentLimits::from_map(&limits).expect("valid limits"),
+        config: HashMap::new(),
+    }
+}
+
+type TestBody = BoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+fn request(path: &str, body: impl Into<Bytes>) -> http::Request<TestBody> {
+    http::Request::post(format!("http://localhost{path}"))
+        .body(
+            Full::new(body.into())
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .expect("building a request")
+}
+
+/// Sends `path` and returns (status, body), or the invocation error.
+async fn call(
+    component: &PreparedComponent,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Result<(u16, Bytes), InvocationError> {
+    let response = tokio::time::timeout(STEP_TIMEOUT, component.handle_http(request(path, body)))
+        .await
+        .expect("the invocation finished in time")?;
+    let status = response.status().as_u16();
+    let body = tokio::time::timeout(STEP_TIMEOUT, response.into_body().collect())
+        .await
+        .expect("the body finished in time")
+        .expect("reading the response body")
+        .to_bytes();
+    Ok((status, body))
+}
+
+async fn assert_hello(component: &PreparedComponent) {
+    let (status, body) = call(component, "/", "").await.expect("hello succeeds");
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"Hello from Trellis!\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_answers_and_a_trap_fails_only_its_request() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec("hello", &wasm, 4, &[]))
+        .await
+        .expect("prepare");
+    assert!(component.exports_http());
+    assert_eq!(component.id(), "hello");
+    assert_eq!(component.max_instances(), 4);
+
+    assert_hello(&component).await;
+    let (status, body) = call(&component, "/stdout", "").await.expect("stdout route");
+    assert_eq!((status, &body[..]), (200, &b"printed\n"[..]));
+    let (status, _) = call(&component, "/nope", "").await.expect("404 route");
+    assert_eq!(status, 404);
+
+    let error = call(&component, "/trap", "")
+        .await
+        .expect_err("/trap must fail");
+    assert!(
+        matches!(error, InvocationError::Trap { .. }),
+        "got {error:?}"
+    );
+    assert_eq!(error.status_code(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        error.to_string().contains("component hello trapped"),
+        "{error}"
+    );
+    assert_hello(&component).await;
+    assert_eq!(component.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_streams_a_multi_megabyte_body_back() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec("echo", &wasm, 2, &[]))
+        .await
+        .expect("prepare");
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (status, body) = call(&component, "/echo", payload.clone())
+        .await
+        .expect("echo");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), payload.len());
+    assert!(body[..] == payload[..], "echoed body differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_hits_the_deadline_and_the_next_request_succeeds() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec(
+            "looper",
+            &wasm,
+            2,
+            &[(MAX_EXECUTION_TIME_MS_KEY, "200")],
+        ))
+        .await
+        .expect("prepare");
+    let started = std::time::Instant::now();
+    let error = call(&component, "/loop", "")
+        .await
+        .expect_err("/loop must fail");
+    assert!(
+        matches!(
+            error,
+            InvocationError::DeadlineExceeded { limit_ms: 200, .. }
+        ),
+        "got {error:?}"
+    );
+    assert_eq!(error.status_code(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_hello(&component).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_allocation_hits_the_memory_limit() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec("grower", &wasm, 2, &[(MAX_MEMORY_MB_KEY, "16")]))
+        .await
+        .expect("prepare");
+    let error = call(&component, "/grow", "")
+        .await
+        .expect_err("/grow must fail");
+    assert!(
+        matches!(error, InvocationError::MemoryExceeded { limit_mb: 16, .. }),
+        "got {error:?}"
+    );
+    assert_hello(&component).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_rejects_with_busy_and_scaling_up_admits_more() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec(
+            "busy",
+            &wasm,
+            1,
+            &[
+                (MAX_EXECUTION_TIME_MS_KEY, "3000"),
+                (MAX_QUEUED_REQUESTS_KEY, "1"),
+            ],
+        ))
+        .await
+        .expect("prepare");
+
+    // Occupy the only instance with a request that spins until its deadline.
+    let looping = tokio::spawn({
+        let component = component.clone();
+        async move { call(&component, "/loop", "").await }
+    });
+    wait_until(|| component.in_flight() == 1).await;
+
+    // One request may wait in the queue...
+    let queued = tokio::spawn({
+        let component = component.clone();
+        async move { call(&component, "/", "").await }
+    });
+    wait_until(|| component.queued() == 1).await;
+
+    // ...the next one is refused at once.
+    let error = call(&component, "/", "")
+        .await
+        .expect_err("must be refused");
+    assert!(
+        matches!(
+            error,
+            InvocationError::Busy {
+                max_instances: 1,
+                queued: 1,
+                ..
+            }
+        ),
+        "got {error:?}"
+    );
+    assert_eq!(error.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        error.to_string(),
+        "component busy is at its limit of 1 concurrent instances and 1 requests are already queued"
+    );
+
+    // Scaling up lets the queued request run while the loop still holds its instance.
+    component.set_max_instances(2);
+    let (status, _) = tokio::time::timeout(STEP_TIMEOUT, queued)
+        .await
+        .expect("queued request finished")
+        .expect("task joined")
+        .expect("queued request succeeded after scaling up");
+    assert_eq!(status, 200);
+    assert_eq!(component.max_instances(), 2);
+
+    let looped = tokio::time::timeout(STEP_TIMEOUT, looping)
+        .await
+        .expect("loop finished")
+        .expect("task joined");
+    assert!(matches!(
+        looped,
+        Err(InvocationError::DeadlineExceeded { .. })
+    ));
+    wait_until(|| component.in_flight() == 0).await;
+
+    component.set_max_instances(0);
+    let error = call(&component, "/", "").await.expect_err("scaled to zero");
+    assert!(
+        matches!(error, InvocationError::Busy { .. }),
+        "got {error:?}"
+    );
+}
+
+/// Polls `condition` every few ms until it holds (fails after [`STEP_TIMEOUT`]).
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_code_is_cached_on_disk_and_never_served_for_other_bytes() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let workdir = tempfile::tempdir().expect("tempdir");
+    let path = workdir.path().join("component.wasm");
+    std::fs::copy(&wasm, &path).expect("copy the component");
+
+    let first = test_runtime(cache.path())
+        .prepare(spec("cached", &path, 1, &[]))
+        .await
+        .expect("first prepare");
+    assert_eq!(first.compile_source(), CompileSource::Compiled);
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("cache dir exists")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one cache entry, no temp files: {entries:?}"
+    );
+    assert!(entries[0].starts_with(first.digest()), "{entries:?}");
+
+    // A new runtime (a restart) loads the compiled code from disk, and it works.
+    let second = test_runtime(cache.path())
+        .prepare(spec("cached", &path, 1, &[]))
+        .await
+        .expect("second prepare");
+    assert_eq!(second.compile_source(), CompileSource::Cache);
+    assert_hello(&second).await;
+
+    // Different bytes at the same path: recompiled, never the cached hello.
+    std::fs::write(&path, "(component)").expect("overwrite the component");
+    let third = test_runtime(cache.path())
+        .prepare(spec("cached", &path, 1, &[]))
+        .await
+        .expect("third prepare");
+    assert_eq!(third.compile_source(), CompileSource::Compiled);
+    assert_ne!(third.digest(), first.digest());
+    assert!(!third.exports_http());
+    let error = third
+        .handle_http(request("/", ""))
+        .await
+        .expect_err("not an http component");
+    assert!(
+        error
+            .to_string()
+            .contains("does not export wasi:http/incoming-handler"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_errors_are_clear() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+
+    let missing_import = cache.path().join("needs-import.wat");
+    std::fs::write(
+        &missing_import,
+        r#"(component (import "trellis:nope/thing@0.1.0" (instance (export "call" (func)))))"#,
+    )
+    .expect("write wat");
+    let error = runtime
+        .prepare(ComponentSpec {
+            id: "needy".into(),
+            image_ref: missing_import.display().to_string(),
+            max_instances: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unserved import");
+    let message = format!("{error:#}");
+    assert!(message.contains("trellis:nope/thing@0.1.0"), "{message}");
+    assert!(message.contains("does not provide"), "{message}");
+
+    let no_files = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        allow_file_load: false,
+        pool_slots: Some(1),
+        ..Default::default()
+    })
+    .expect("runtime");
+    let error = no_files
+        .prepare(ComponentSpec {
+            id: "x".into(),
+            image_ref: "file:///tmp/x.wasm".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("file loading disabled");
+    assert!(
+        format!("{error:#}").contains("--allow-file-load"),
+        "{error:#}"
+    );
+
+    let error = runtime
+        .prepare(ComponentSpec {
+            id: "oci".into(),
+            image_ref: "ghcr.io/wasmcloud/components/http-hello-world-rust:0.1.0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("OCI refs unsupported");
+    assert!(
+        format!("{error:#}").contains("OCI references are not supported yet: use a file:// path"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn image_refs_are_classified() {
+    assert_eq!(
+        classify_image_ref("file:///a/b.wasm"),
+        ImageRefKind::File("/a/b.wasm".into())
+    );
+    assert_eq!(
+        classify_image_ref("./b.wasm"),
+        ImageRefKind::File("./b.wasm".into())
+    );
+    assert!(matches!(
+        classify_image_ref("oci://ghcr.io/a/b:1"),
+        ImageRefKind::Oci(_)
+    ));
+    assert!(matches!(
+        classify_image_ref("localhost:5000/a/b:1"),
+        ImageRefKind::Oci(_)
+    ));
+    assert!(matches!(
+        classify_image_ref("https://example.com/a.wasm"),
+        ImageRefKind::UnsupportedScheme(_)
+    ));
+}
+
+#[test]
+fn limits_parse_and_round_trip() {
+    let defaults = ComponentLimits::from_map(&HashMap::new()).expect("defaults");
+    assert_eq!(defaults, ComponentLimits::default());
+    assert_eq!(defaults.max_memory_mb, DEFAULT_MAX_MEMORY_MB);
+    assert_eq!(
+        defaults.max_execution_time_ms,
+        DEFAULT_MAX_EXECUTION_TIME_MS
+    );
+    assert_eq!(defaults.queue_bound(3), 12);
+    assert_eq!(defaults.queue_bound(10_000), 1000);
+
+    let map: HashMap<String, String> = [
+        (MAX_MEMORY_MB_KEY, "128"),
+        (MAX_EXECUTION_TIME_MS_KEY, "1500"),
+        (MAX_QUEUED_REQUESTS_KEY, "7"),
+        ("unknown_key", "ignored"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let limits = ComponentLimits::from_map(&map).expect("valid");
+    assert_eq!(limits.max_memory_mb, 128);
+    assert_eq!(limits.max_execution_time_ms, 1500);
+    assert_eq!(limits.queue_bound(3), 7);
+    assert_eq!(
+        ComponentLimits::from_map(&limits.to_map()).expect("round trip"),
+        limits
+    );
+
+    for bad in ["0", "-1", "lots", ""] {
+        let map = HashMap::from([(MAX_MEMORY_MB_KEY.to_string(), bad.to_string())]);
+        let error = ComponentLimits::from_map(&map).expect_err("invalid");
+        assert!(error.to_string().contains(MAX_MEMORY_MB_KEY), "{error}");
+    }
+}
+
+#[test]
+fn allowed_hosts_match_host_and_port() {
+    let allowed = AllowedHosts::parse("api.example.com, localhost:8080,https://Other.org/");
+    assert!(allowed.allows("api.example.com", 443));
+    assert!(allowed.allows("API.example.com", 80));
+    assert!(allowed.allows("localhost", 8080));
+    assert!(!allowed.allows("localhost", 8081));
+    assert!(allowed.allows("other.org", 443));
+    assert!(!allowed.allows("evil.example.com", 443));
+    assert!(!AllowedHosts::parse("").allows("anything", 80));
+    assert!(AllowedHosts::parse("*").allows("anything", 80));
+}
+
+#[test]
+fn pool_is_sized_from_memory() {
+    assert_eq!(engine::pool_slots_for_memory(None), 16);
+    assert_eq!(engine::pool_slots_for_memory(Some(400)), 25);
+    assert_eq!(engine::pool_slots_for_memory(Some(24 * 1024)), 1000);
+    assert_eq!(engine::pool_slots_for_memory(Some(64)), 16);
+}
+
+/// A capability plugged in from outside: a host function reading per-instance state.
+struct CountingCapability;
+
+struct CountingState(u32);
+
+impl Capability for CountingCapability {
+    fn name(&self) -> &str {
+        "test:counting"
+    }
+    fn add_to_linker(
+        &self,
+        linker: &mut wasmtime::component::Linker<InstanceState>,
+    ) -> anyhow::Result<()> {
+        linker.instance("test:counting/counter@0.1.0")?.func_wrap(
+            "next",
+            |mut store: wasmtime::StoreContextMut<'_, InstanceState>, (): ()| {
+                let state = store
+                    .data_mut()
+                    .extension_mut::<CountingState>()
+                    .ok_or_else(|| wasmtime::Error::msg("no counting state"))?;
+                state.0 += 1;
+                Ok((state.0,))
+            },
+        )?;
+        Ok(())
+    }
+    fn new_instance_state(
+        &self,
+        _ctx: &InstanceContext,
+        extensions: &mut Extensions,
+    ) -> anyhow::Result<()> {
+        extensions.insert(CountingState(41));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_add_imports_and_instance_state() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        allow_file_load: true,
+        pool_slots: Some(2),
+        capabilities: vec![Arc::new(CountingCapability)],
+        ..Default::default()
+    })
+    .expect("runtime");
+    let path = cache.path().join("uses-counter.wat");
+    std::fs::write(
+        &path,
+        r#"(component
+             (import "test:counting/counter@0.1.0" (instance
+               (export "next" (func (result u32)))))
+           )"#,
+    )
+    .expect("write wat");
+    let component = runtime
+        .prepare(ComponentSpec {
+            id: "counter-user".into(),
+            image_ref: path.display().to_string(),
+            max_instances: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("the capability serves the import");
+    let mut store = component.new_store().expect("store");
+    assert_eq!(store.data().component_id(), "counter-user");
+    assert_eq!(
+        store
+            .data_mut()
+            .extension_mut::<CountingState>()
+            .map(|s| s.0),
+        Some(41)
+    );
+}
