@@ -230,9 +230,6 @@ impl InvocationClient {
                     "no reply from {what} within {} ms",
                     timeout.as_millis()
                 )),
-                (RequestErrorKind::InvalidSubject, _) => {
-                    InvocationError::bad_request(format!("invalid subject for {what}: {error}"))
-                }
                 (_, _) => InvocationError::transport(format!("request to {what} failed: {error}")),
             })
     }
