@@ -7,12 +7,17 @@
 //! - `/loop`   spins forever (used to test execution deadlines)
 //! - `/grow`   allocates memory without bound (used to test memory limits)
 //! - `/stdout` prints a line to stdout and a line to stderr, then answers 200 `printed\n`
+//! - `/fetch?target=HOST:PORT/PATH` makes an outgoing `GET http://HOST:PORT/PATH` and answers
+//!   200 `upstream status N\n`, or 502 `outgoing request failed: ERROR\n` (e.g. when the host
+//!   denies the destination)
 //! - anything else: 404
 
 use std::io::Write as _;
 
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
 };
 use wasi::io::streams::StreamError;
 
@@ -42,6 +47,24 @@ impl wasi::exports::http::incoming_handler::Guest for HttpHello {
                 println!("hello from http-hello on stdout");
                 eprintln!("hello from http-hello on stderr");
                 respond(response_out, 200, b"printed\n");
+            }
+            "/fetch" => {
+                let target = path_with_query
+                    .split_once("?target=")
+                    .map(|(_, target)| target.to_string())
+                    .unwrap_or_default();
+                match fetch(&target) {
+                    Ok(status) => respond(
+                        response_out,
+                        200,
+                        format!("upstream status {status}\n").as_bytes(),
+                    ),
+                    Err(error) => respond(
+                        response_out,
+                        502,
+                        format!("outgoing request failed: {error}\n").as_bytes(),
+                    ),
+                }
             }
             _ => respond(response_out, 404, b"not found\n"),
         }
@@ -87,6 +110,32 @@ fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
     }
     drop(input);
     OutgoingBody::finish(outgoing, None).expect("finishing the echoed body");
+}
+
+/// Sends `GET http://{target}` and returns the response status.
+fn fetch(target: &str) -> Result<u16, String> {
+    let (authority, path) = match target.split_once('/') {
+        Some((authority, path)) => (authority.to_string(), format!("/{path}")),
+        None => (target.to_string(), "/".to_string()),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "invalid scheme".to_string())?;
+    request
+        .set_authority(Some(&authority))
+        .map_err(|()| format!("invalid authority {authority:?}"))?;
+    request
+        .set_path_with_query(Some(&path))
+        .map_err(|()| format!("invalid path {path:?}"))?;
+    let pending = outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))?;
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => Ok(response.status()),
+        Some(Ok(Err(code))) => Err(format!("{code:?}")),
+        Some(Err(())) => Err("response already taken".to_string()),
+        None => Err("response not ready".to_string()),
+    }
 }
 
 /// Never returns: burns CPU until the host interrupts the instance.

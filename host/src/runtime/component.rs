@@ -316,12 +316,11 @@ impl PreparedComponent {
                     Err(wasmtime::Error::new(DeadlineReached))
                 }
             };
-            if let Err(unsent) = done_tx.send(result) {
-                // The response head was already sent: report failures while streaming the body.
-                if let Err(error) = unsent {
-                    let error = classify(&component_id, &limits, &task_flags, error);
-                    tracing::warn!(component_id = &*component_id, %error, "component failed after sending its response head");
-                }
+            // If nobody waits for the result, the response head was already sent: report
+            // failures that happened while streaming the body.
+            if let Err(Err(error)) = done_tx.send(result) {
+                let error = classify(&component_id, &limits, &task_flags, error);
+                tracing::warn!(component_id = &*component_id, %error, "component failed after sending its response head");
             }
         };
         let abort = {

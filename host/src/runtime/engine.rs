@@ -117,11 +117,10 @@ impl EpochTicker {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("trellis-epoch".to_string())
-            .spawn(move || loop {
-                match stopped.recv_timeout(EPOCH_TICK) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => engine.increment_epoch(),
-                    // A message or a dropped sender both mean stop.
-                    _ => break,
+            .spawn(move || {
+                // A message or a dropped sender both mean stop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
                 }
             })
             .context("starting the epoch ticker thread")?;
