@@ -529,7 +529,19 @@ impl LatticeState {
                 }
                 true
             }
-            names::CONFIG_SET | names::CONFIG_DELETED => true,
+            names::CONFIG_DELETED => {
+                // Someone deleted a config this reconciler put: put it again.
+                let name = event
+                    .data
+                    .get("config_name")
+                    .or_else(|| event.data.get("name"))
+                    .and_then(|v| v.as_str());
+                if let Some(name) = name {
+                    self.applied_configs.remove(name);
+                }
+                true
+            }
+            names::CONFIG_SET => true,
             _ => {
                 if !source.is_empty() {
                     if let Some(h) = self.hosts.get_mut(source) {

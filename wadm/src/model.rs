@@ -606,11 +606,12 @@ pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
             let path = display_path(e.path());
             let inner = e.inner();
             let location = inner.location();
+            let message = strip_yaml_position(&inner.to_string(), &path);
             ManifestError::single(
                 path,
                 location.as_ref().map(|l| l.line()),
                 location.as_ref().map(|l| l.column()),
-                strip_yaml_position(&inner.to_string()),
+                message,
             )
         })
     }
@@ -634,11 +635,15 @@ fn strip_json_position(msg: &str) -> String {
     }
 }
 
-/// serde_norway prefixes "path: " and appends " at line L column C"; we report those separately.
-fn strip_yaml_position(msg: &str) -> String {
+/// serde_norway prefixes the path (or its parent) and appends " at line L column C"; we report
+/// those separately.
+fn strip_yaml_position(msg: &str, path: &str) -> String {
     let without_pos = match msg.rfind(" at line ") {
         Some(i) => &msg[..i],
         None => msg,
     };
-    without_pos.to_string()
+    match without_pos.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
+        _ => without_pos.to_string(),
+    }
 }

@@ -23,6 +23,9 @@ use crate::model::{
     Spread, Trait,
 };
 
+/// Why configs and links wait: hosts answer `config.put` and `link.put`.
+const NO_HOSTS: &str = "no host in the lattice yet to store it";
+
 /// One application as the planner sees it.
 #[derive(Debug, Clone)]
 pub struct AppView {
@@ -446,7 +449,9 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                 StatusInfo::new(StatusType::Deployed, "")
             } else {
                 changed_configs.insert(name.clone());
-                if failure.is_some_and(|f| f.retry_at > now) {
+                if lattice.hosts.is_empty() {
+                    StatusInfo::new(StatusType::Waiting, NO_HOSTS)
+                } else if failure.is_some_and(|f| f.retry_at > now) {
                     StatusInfo::new(
                         StatusType::Failed,
                         failure.map(|f| f.error.clone()).unwrap_or_default(),
@@ -602,6 +607,8 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                         .filter(|f| f.retry_at > now);
                     let status = if ok {
                         StatusInfo::new(StatusType::Deployed, "")
+                    } else if lattice.hosts.is_empty() {
+                        StatusInfo::new(StatusType::Waiting, NO_HOSTS)
                     } else if let Some(f) = failure {
                         StatusInfo::new(StatusType::Failed, f.error.clone())
                     } else {

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::types::Status;
 use crate::model::Manifest;
 
+const BUCKET_DESCRIPTION: &str = "Trellis reconciler: models, statuses, leader lease";
+
 /// Key prefix of models.
 pub const MODEL_PREFIX: &str = "model.";
 /// Key prefix of statuses.
@@ -127,18 +129,42 @@ impl Store {
     /// Opens (creating if needed) the bucket of `lattice`.
     pub async fn open(js: &jetstream::Context, lattice: &str) -> Result<Self> {
         let bucket = bucket_name(lattice);
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Trellis reconciler: models, statuses, leader lease".into(),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("creating the KV bucket {bucket}"))?,
+        if let Ok(kv) = js.get_key_value(&bucket).await {
+            return Ok(Self { kv });
+        }
+        let created = js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: BUCKET_DESCRIPTION.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await;
+        if let Ok(kv) = created {
+            return Ok(Self { kv });
+        }
+        // `create_key_value` first reads the account info, which async-nats 0.51 cannot parse
+        // from nats-server 2.9 (Debian's): it lacks `reserved_memory`. Creating the backing
+        // stream with the KV settings directly works on every 2.9+ server.
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(BUCKET_DESCRIPTION.into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
         };
+        if let Err(e) = js.create_stream(stream).await {
+            tracing::debug!(error = %e, "creating the KV stream (another reconciler may have)");
+        }
+        let kv = js
+            .get_key_value(&bucket)
+            .await
+            .with_context(|| format!("opening the KV bucket {bucket}"))?;
         Ok(Self { kv })
     }
 
