@@ -85,6 +85,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
         allow_file_load: args.allow_file_load,
         cache_dir: args.cache_dir.clone(),
+        ..HostConfig::default()
     };
     let mut handle = HostHandle::start(config)
         .await

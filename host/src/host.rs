@@ -88,7 +88,11 @@ impl std::fmt::Debug for HostConfig {
             .field("providers", &self.provider_launcher.is_some())
             .field(
                 "capabilities",
-                &self.capabilities.iter().map(|c| c.name().to_string()).collect::<Vec<_>>(),
+                &self
+                    .capabilities
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -354,7 +358,10 @@ impl HostHandle {
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(in_flight, "stop timeout reached with invocations still running");
+                tracing::warn!(
+                    in_flight,
+                    "stop timeout reached with invocations still running"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -365,7 +372,11 @@ impl HostHandle {
                 .events
                 .publish(
                     names::PROVIDER_STOPPED,
-                    crate::lattice::control::provider_event(&self.host, &description, "host stopping"),
+                    crate::lattice::control::provider_event(
+                        &self.host,
+                        &description,
+                        "host stopping",
+                    ),
                 )
                 .await;
         }

@@ -87,9 +87,7 @@ impl ProviderRegistry {
 
     /// Removes provider `id`, returning what is needed to stop it.
     pub fn remove(&self, id: &str) -> Option<(ProviderDescription, Box<dyn RunningProvider>)> {
-        self.lock()
-            .remove(id)
-            .map(|e| (e.description, e.running))
+        self.lock().remove(id).map(|e| (e.description, e.running))
     }
 
     /// Removes every provider (on host stop).

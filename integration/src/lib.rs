@@ -78,7 +78,14 @@ impl NatsServer {
 
     async fn spawn(&mut self) {
         let child = Command::new(find_nats_server())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -380,6 +387,10 @@ impl Lattice {
         let mut hosts = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            if msg.status.is_some() || msg.payload.is_empty() {
+                // "No responders": nobody is in this lattice.
+                continue;
+            }
             let reply: CtlResponse<Host> = serde_json::from_slice(&msg.payload)?;
             if let Some(h) = reply.response {
                 hosts.push(h);
@@ -392,7 +403,10 @@ impl Lattice {
     pub async fn wait_for_host(&self, id: &str) -> anyhow::Result<Host> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let hosts = self.ping(Duration::from_millis(200)).await.unwrap_or_default();
+            let hosts = self
+                .ping(Duration::from_millis(200))
+                .await
+                .unwrap_or_default();
             if let Some(h) = hosts.into_iter().find(|h| h.id == id) {
                 return Ok(h);
             }

@@ -35,7 +35,11 @@ async fn two_hosts_answer_ping_and_other_lattices_see_none() {
     assert!(host_a.version.is_some());
 
     let beta = Lattice::connect(&nats.url(), "beta").await;
-    assert!(beta.ping(Duration::from_millis(500)).await.unwrap().is_empty());
+    assert!(beta
+        .ping(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +77,11 @@ async fn scale_component_up_down_and_failure_events() {
     assert_eq!(c.max_instances, 3);
     assert_eq!(c.image_ref, image);
     assert_eq!(
-        c.annotations.as_ref().unwrap().get("owner").map(String::as_str),
+        c.annotations
+            .as_ref()
+            .unwrap()
+            .get("owner")
+            .map(String::as_str),
         Some("test")
     );
 
@@ -119,7 +127,10 @@ async fn scale_component_up_down_and_failure_events() {
         )
         .await
         .unwrap();
-    assert!(ack.success, "scale is acknowledged first; the outcome is an event");
+    assert!(
+        ack.success,
+        "scale is acknowledged first; the outcome is an event"
+    );
     let failed = events
         .wait_for("component_scale_failed", |d| d["component_id"] == "ghost")
         .await
@@ -174,10 +185,16 @@ async fn labels_change_inventory_and_emit_events() {
         .unwrap()
         .response
         .unwrap();
-    assert_eq!(inv.labels.get("region").map(String::as_str), Some("eu-west"));
+    assert_eq!(
+        inv.labels.get("region").map(String::as_str),
+        Some("eu-west")
+    );
 
     let del = lattice
-        .request::<()>(lattice.subjects.label_del(&host.id), &json!({"key": "region"}))
+        .request::<()>(
+            lattice.subjects.label_del(&host.id),
+            &json!({"key": "region"}),
+        )
         .await
         .unwrap();
     assert!(del.success);
@@ -192,7 +209,11 @@ async fn labels_change_inventory_and_emit_events() {
         .await
         .unwrap();
     assert!(!builtin.success);
-    assert!(builtin.message.contains("hostcore.os"), "{}", builtin.message);
+    assert!(
+        builtin.message.contains("hostcore.os"),
+        "{}",
+        builtin.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,7 +277,11 @@ async fn config_and_links_are_shared_and_survive_restart() {
         .await
         .unwrap();
     assert!(!conflict.success);
-    assert!(conflict.message.contains("already targets hello"), "{}", conflict.message);
+    assert!(
+        conflict.message.contains("already targets hello"),
+        "{}",
+        conflict.message
+    );
 
     // A second host reads the same state; so does the first after a restart.
     let b = HostProcess::start(&nats.url(), "default", &[]).await;
@@ -408,7 +433,10 @@ async fn host_survives_a_nats_restart() {
         .unwrap()
         .response
         .unwrap();
-    assert!(inv.components.iter().any(|c| c.id == "hello"), "components kept running");
+    assert!(
+        inv.components.iter().any(|c| c.id == "hello"),
+        "components kept running"
+    );
     // Shared state still works after the restart.
     let put = lattice
         .request::<()>(

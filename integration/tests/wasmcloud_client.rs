@@ -10,7 +10,7 @@ use trellis_integration::{guest, HostProcess, Lattice, NatsServer};
 async fn wasmcloud_control_interface_client_drives_a_trellis_host() {
     let nats = NatsServer::start().await;
     let host = HostProcess::start(&nats.url(), "default", &["--label", "zone=a"]).await;
-    let nc = async_nats_wasmcloud::connect(nats.url()).await.unwrap();
+    let nc = async_nats::connect(nats.url()).await.unwrap();
     let client = wasmcloud_control_interface::ClientBuilder::new(nc)
         .lattice("default")
         .timeout(Duration::from_secs(10))
@@ -23,7 +23,10 @@ async fn wasmcloud_control_interface_client_drives_a_trellis_host() {
     assert_eq!(h.id(), host.id);
     assert_eq!(h.labels().get("zone").map(String::as_str), Some("a"));
 
-    let mut events = Lattice::connect(&nats.url(), "default").await.events().await;
+    let mut events = Lattice::connect(&nats.url(), "default")
+        .await
+        .events()
+        .await;
     let image = format!("file://{}", guest("http_hello").display());
     let ack = client
         .scale_component(&host.id, &image, "hello", 2, None, vec![], false)
@@ -48,11 +51,15 @@ async fn wasmcloud_control_interface_client_drives_a_trellis_host() {
         .unwrap();
     assert!(ack.succeeded(), "{}", ack.message());
     let cfg = client.get_config("cfg").await.unwrap();
-    assert_eq!(cfg.data().and_then(|m| m.get("a")).map(String::as_str), Some("b"));
+    assert_eq!(
+        cfg.data().and_then(|m| m.get("a")).map(String::as_str),
+        Some("b")
+    );
 
     let link = wasmcloud_control_interface::Link::builder()
         .source_id("httpserver")
         .target("hello")
+        .name("default")
         .wit_namespace("wasi")
         .wit_package("http")
         .interfaces(vec!["incoming-handler".to_string()])
@@ -64,12 +71,20 @@ async fn wasmcloud_control_interface_client_drives_a_trellis_host() {
     assert_eq!(links.data().map(Vec::len), Some(1));
 
     let bids = client
-        .perform_component_auction(&image, "other", HashMap::from([("zone".to_string(), "a".to_string())]))
+        .perform_component_auction(
+            &image,
+            "other",
+            std::collections::BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        )
         .await
         .unwrap();
     assert_eq!(bids.len(), 1);
     let no_bids = client
-        .perform_component_auction(&image, "other", HashMap::from([("zone".to_string(), "b".to_string())]))
+        .perform_component_auction(
+            &image,
+            "other",
+            std::collections::BTreeMap::from([("zone".to_string(), "b".to_string())]),
+        )
         .await
         .unwrap();
     assert!(no_bids.is_empty());

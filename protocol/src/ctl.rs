@@ -15,8 +15,8 @@ pub struct CtlResponse<T> {
     /// A human-readable message; says what was wrong when `success` is false.
     #[serde(default)]
     pub message: String,
-    /// The payload, when the operation returns one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The payload, when the operation returns one (a missing field reads as `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<T>,
 }
 

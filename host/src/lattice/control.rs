@@ -172,7 +172,9 @@ async fn handle(host: &Arc<Host>, op: &str, msg: async_nats::Message) {
 /// Parses a JSON body into `T`, naming the offending field on failure.
 fn parse<T: DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, String> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(format!("{op}: the request body is empty; expected a JSON object"));
+        return Err(format!(
+            "{op}: the request body is empty; expected a JSON object"
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -385,7 +387,9 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
 
 async fn config_op(host: &Arc<Host>, verb: &str, name: &str, body: &[u8]) -> Outcome {
     if !subjects::is_valid_token(name) {
-        return Outcome::error(format!("config.{verb}: `{name}` is not a valid config name"));
+        return Outcome::error(format!(
+            "config.{verb}: `{name}` is not a valid config name"
+        ));
     }
     match verb {
         "put" => {
@@ -393,7 +397,10 @@ async fn config_op(host: &Arc<Host>, verb: &str, name: &str, body: &[u8]) -> Out
             match host.store.put_config(name, &values).await {
                 Ok(()) => {
                     host.events
-                        .publish(names::CONFIG_SET, serde_json::json!({ "config_name": name }))
+                        .publish(
+                            names::CONFIG_SET,
+                            serde_json::json!({ "config_name": name }),
+                        )
                         .await;
                     Outcome::reply(CtlResponse::success(""))
                 }

@@ -84,7 +84,9 @@ impl LinkTable {
 
     /// Links whose source is `source_id`.
     pub fn from_source<'a>(&'a self, source_id: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
-        self.links.values().filter(move |l| l.source_id == source_id)
+        self.links
+            .values()
+            .filter(move |l| l.source_id == source_id)
     }
 }
 
@@ -144,13 +146,17 @@ impl LatticeStore {
             open_bucket(&js, &subjects::config_data_bucket(lattice)),
         )
         .await
-        .context("timed out opening the config bucket: is JetStream enabled (`nats-server -js`)?")??;
+        .context(
+            "timed out opening the config bucket: is JetStream enabled (`nats-server -js`)?",
+        )??;
         let data_kv = tokio::time::timeout(
             KV_TIMEOUT * 2,
             open_bucket(&js, &subjects::lattice_data_bucket(lattice)),
         )
         .await
-        .context("timed out opening the lattice-data bucket: is JetStream enabled (`nats-server -js`)?")??;
+        .context(
+            "timed out opening the lattice-data bucket: is JetStream enabled (`nats-server -js`)?",
+        )??;
         let caches = Arc::new(RwLock::new(Caches::default()));
         let (changes, _) = broadcast::channel(256);
         let watchers = vec![
@@ -256,7 +262,9 @@ impl LatticeStore {
             ("wit_package", &link.wit_package),
         ] {
             if value.trim().is_empty() {
-                return Err(LinkRefused::Invalid(format!("field `{field}` must not be empty")));
+                return Err(LinkRefused::Invalid(format!(
+                    "field `{field}` must not be empty"
+                )));
             }
         }
         if link.interfaces.is_empty() || link.interfaces.iter().any(|i| i.trim().is_empty()) {
