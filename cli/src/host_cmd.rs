@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,7 +72,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     init_logging();
     let mut labels = env_labels();
     labels.extend(args.labels.iter().cloned());
-    let config = HostConfig {
+    let mut config = HostConfig {
         nats: NatsOptions {
             url: args.nats_url.clone(),
             creds_file: args.nats_creds.clone(),
@@ -87,9 +88,17 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir.clone(),
         ..HostConfig::default()
     };
+    // Built-in capabilities (logging, config, keyvalue, messaging) and providers.
+    config.capabilities = trellis_providers::native::capabilities(&config.host_slot);
+    config.provider_launcher = Some(Arc::new(trellis_providers::Launcher::new()));
     let mut handle = HostHandle::start(config)
         .await
         .context("the host could not start")?;
+    // Components on this host answer HTTP requests forwarded over the lattice; the task stops
+    // with the host (aborted before the clean stop below).
+    let lattice_http = tokio::spawn(trellis_providers::serve_components_over_lattice(
+        handle.host().clone(),
+    ));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     let timeout = tokio::select! {
@@ -106,6 +115,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
             timeout
         }
     };
+    lattice_http.abort();
     handle.stop(timeout).await;
     Ok(())
 }

@@ -38,15 +38,36 @@ impl RunningComponent {
 
 /// The host's running components. Lookups are lock-cheap: the invocation path reads it on
 /// every call.
-#[derive(Default)]
 pub struct ComponentRegistry {
     running: RwLock<HashMap<String, Arc<RunningComponent>>>,
+    /// Bumped on every insert or removal, for parts that follow the set of components.
+    generation: tokio::sync::watch::Sender<u64>,
     /// One lock per component id, so scale and update commands for one id apply in order while
     /// different ids proceed in parallel.
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl Default for ComponentRegistry {
+    fn default() -> Self {
+        Self {
+            running: RwLock::default(),
+            generation: tokio::sync::watch::channel(0).0,
+            op_locks: Mutex::default(),
+        }
+    }
+}
+
 impl ComponentRegistry {
+    /// A receiver that changes whenever a component starts, stops or is replaced; call
+    /// [`ComponentRegistry::all`] after each change.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     /// The running component `id`, if any.
     pub fn get(&self, id: &str) -> Option<Arc<RunningComponent>> {
         self.read().get(id).cloned()
@@ -57,12 +78,17 @@ impl ComponentRegistry {
         let component = Arc::new(component);
         self.write()
             .insert(component.prepared.id().to_string(), component.clone());
+        self.bump();
         component
     }
 
     /// Removes component `id`, returning it when it was running.
     pub fn remove(&self, id: &str) -> Option<Arc<RunningComponent>> {
-        self.write().remove(id)
+        let removed = self.write().remove(id);
+        if removed.is_some() {
+            self.bump();
+        }
+        removed
     }
 
     /// Every running component, sorted by id.
