@@ -195,12 +195,56 @@ impl PreparedComponent {
         &self.instance_pre
     }
 
-    /// A fresh store for one instance of this component, with its memory limit, WASI context
-    /// and capability state. Execution deadlines are armed by [`Self::handle_http`]; callers
-    /// of [`Self::instance_pre`] arm their own with `set_epoch_deadline`.
+    /// A fresh store for one instance of this component, with its memory limit, WASI context,
+    /// capability state and execution deadline (counted from now). Prefer
+    /// [`Self::instantiate`], which also respects the concurrency cap and classifies errors.
     pub fn new_store(&self) -> anyhow::Result<Store<InstanceState>> {
-        let flags = InvocationFlags::default();
-        self.build_store(&flags)
+        let flags = Arc::new(InvocationFlags::default());
+        let mut store = self.build_store(&flags)?;
+        arm_deadline(
+            &mut store,
+            Instant::now() + self.limits.max_execution_time(),
+            flags,
+        );
+        Ok(store)
+    }
+
+    /// Instantiates the component for one non-HTTP invocation (e.g. a call forwarded over the
+    /// lattice): waits for a slot like [`Self::handle_http`], and returns the store and
+    /// instance with the memory limit and the execution deadline armed. Look exports up on
+    /// [`Invocation::instance`], call them with [`Invocation::store`], and turn their errors
+    /// into [`InvocationError`]s with [`Invocation::error`]. The slot is freed on drop.
+    /// Time spent awaiting host I/O is not interrupted by the deadline: wrap calls in
+    /// `tokio::time::timeout(component.limits().max_execution_time(), ...)`.
+    pub async fn instantiate(&self) -> Result<Invocation, InvocationError> {
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|full| InvocationError::Busy {
+                component_id: self.id.to_string(),
+                max_instances: full.max_instances,
+                queued: full.queued,
+            })?;
+        let flags = Arc::new(InvocationFlags::default());
+        let mut store = self.build_store(&flags)?;
+        arm_deadline(
+            &mut store,
+            Instant::now() + self.limits.max_execution_time(),
+            flags.clone(),
+        );
+        let instance = match self.instance_pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(error) => return Err(classify(&self.id, &self.limits, &flags, error)),
+        };
+        Ok(Invocation {
+            store,
+            instance,
+            component_id: self.id.clone(),
+            limits: self.limits.clone(),
+            flags,
+            _permit: permit,
+        })
     }
 
     fn build_store(&self, flags: &InvocationFlags) -> anyhow::Result<Store<InstanceState>> {
@@ -238,7 +282,7 @@ impl PreparedComponent {
         };
         let mut store = Store::new(self.instance_pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        // Without an armed deadline the first epoch tick interrupts; callers arm their own.
+        // Epoch interruption needs a deadline; the real one is armed by `arm_deadline`.
         store.set_epoch_deadline(u64::MAX / 2);
         Ok(store)
     }
@@ -350,6 +394,25 @@ impl PreparedComponent {
                 }
             },
         }
+    }
+}
+
+/// One instance of a component, for a non-HTTP invocation (see [`PreparedComponent::instantiate`]).
+pub struct Invocation {
+    /// The instance's store (holds its memory, WASI and capability state).
+    pub store: Store<InstanceState>,
+    /// The instance: look exports up here.
+    pub instance: wasmtime::component::Instance,
+    component_id: Arc<str>,
+    limits: ComponentLimits,
+    flags: Arc<InvocationFlags>,
+    _permit: InstancePermit,
+}
+
+impl Invocation {
+    /// Classifies an error returned by a call into this instance (deadline, memory, trap...).
+    pub fn error(&self, error: wasmtime::Error) -> InvocationError {
+        classify(&self.component_id, &self.limits, &self.flags, error)
     }
 }
 

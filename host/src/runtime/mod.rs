@@ -84,7 +84,7 @@ use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{default_cache_dir, CompileSource};
-pub use component::{InvocationError, PreparedComponent};
+pub use component::{Invocation, InvocationError, PreparedComponent};
 pub use limits::{
     ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB,
     MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY, MAX_QUEUED_REQUESTS_KEY,
