@@ -189,6 +189,20 @@ async fn first_answer(addr: &str, path: &str, host: &HostProcess) -> (u16, Strin
     }
 }
 
+/// GETs `path`, expecting 200, and returns the body.
+async fn text(addr: &str, path: &str, host: &HostProcess) -> String {
+    let (status, body) = http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nhost log:\n{}", host.logs()));
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {body}\nhost log:\n{}",
+        host.logs()
+    );
+    body
+}
+
 async fn count(addr: &str, path: &str, host: &HostProcess) -> u64 {
     let (status, body) = http_get(addr, path)
         .await
@@ -238,6 +252,13 @@ async fn nats_counter_survives_a_host_restart() {
         count(&addr, "/get/visits", &host).await,
         3,
         "get does not count"
+    );
+    let batch = "batch-a=1,batch-b=2,batch-missing=-;exists-after-delete=false";
+    assert_eq!(text(&addr, "/batch", &host).await, batch);
+    assert_eq!(
+        text(&addr, "/keys", &host).await,
+        "other\nvisits",
+        "list-keys after batch deletes"
     );
 
     // The data lives in a JetStream KV bucket named after the bucket the component opened.
@@ -420,6 +441,10 @@ async fn redis_counter_counts_in_redis() {
         js.get_key_value("default").await.is_err(),
         "nothing went to NATS KV"
     );
+
+    let batch = "batch-a=1,batch-b=2,batch-missing=-;exists-after-delete=false";
+    assert_eq!(text(&addr, "/batch", &host).await, batch);
+    assert_eq!(text(&addr, "/keys", &host).await, "hits");
 
     // A value set in Redis directly is what the component sees next.
     redis

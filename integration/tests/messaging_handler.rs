@@ -149,6 +149,13 @@ async fn handler_component_answers_requests_and_follows_link_changes() {
         seen.push(String::from_utf8_lossy(&msg.payload).into_owned());
     }
     assert!(seen.iter().any(|s| s == "HELLO"), "{seen:?}");
+    // The component's wasi:logging lines reach the host's log, tagged with its id.
+    let logs = host.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("received 5 bytes on demo.echo") && l.contains("handler")),
+        "no wasi:logging line in the host log:\n{logs}"
+    );
 
     // Deleting the link stops delivery; a new link with other subscriptions starts it again,
     // all without restarting anything.

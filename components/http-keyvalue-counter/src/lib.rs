@@ -5,6 +5,11 @@
 //! - The key is the path without its leading `/` (`counter` for `/`), with characters outside
 //!   `A-Za-z0-9-_=.` replaced by `_` so every backend accepts it. The query string is ignored.
 //! - `GET /get/<key>` answers the stored value without changing it (`0` when unset).
+//! - `GET /keys` answers every key of the bucket, one per line, sorted (`list-keys`, following
+//!   the cursor through every page).
+//! - `GET /batch` exercises `batch`: sets `batch-a`=`1` and `batch-b`=`2` with `set-many`,
+//!   reads them and `batch-missing` with `get-many`, deletes both with `delete-many`, and
+//!   answers `batch-a=1,batch-b=2,batch-missing=-;exists-after-delete=false`.
 //! - A storage error (for example a missing `wasi:keyvalue` link) answers `500` with the error.
 
 mod keyvalue {
@@ -14,7 +19,7 @@ mod keyvalue {
     });
 }
 
-use keyvalue::wasi::keyvalue::{atomics, store};
+use keyvalue::wasi::keyvalue::{atomics, batch, store};
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -31,12 +36,14 @@ impl wasi::exports::http::incoming_handler::Guest for Counter {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let path = path_with_query.split('?').next().unwrap_or("/");
-        let result = match path.strip_prefix("/get/") {
-            Some(key) => read(&key_for(key)),
-            None => increment(&key_for(path.trim_start_matches('/'))),
+        let result = match (path, path.strip_prefix("/get/")) {
+            ("/keys", _) => list_keys(),
+            ("/batch", _) => exercise_batch(),
+            (_, Some(key)) => read(&key_for(key)).map(|n| n.to_string()),
+            (_, None) => increment(&key_for(path.trim_start_matches('/'))).map(|n| n.to_string()),
         };
         match result {
-            Ok(count) => respond(response_out, 200, count.to_string().as_bytes()),
+            Ok(text) => respond(response_out, 200, text.as_bytes()),
             Err(message) => respond(response_out, 500, format!("{message}\n").as_bytes()),
         }
     }
@@ -80,6 +87,47 @@ fn read(key: &str) -> Result<u64, String> {
             .parse()
             .map_err(|_| format!("the value of `{key}` is not a number")),
     }
+}
+
+fn list_keys() -> Result<String, String> {
+    let bucket = store::open(BUCKET).map_err(describe)?;
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.list_keys(cursor).map_err(describe)?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    Ok(keys.join("\n"))
+}
+
+fn exercise_batch() -> Result<String, String> {
+    let bucket = store::open(BUCKET).map_err(describe)?;
+    batch::set_many(
+        &bucket,
+        &[
+            ("batch-a".to_string(), b"1".to_vec()),
+            ("batch-b".to_string(), b"2".to_vec()),
+        ],
+    )
+    .map_err(describe)?;
+    let wanted = ["batch-a", "batch-b", "batch-missing"].map(str::to_string);
+    let values = batch::get_many(&bucket, &wanted).map_err(describe)?;
+    let shown: Vec<String> = wanted
+        .iter()
+        .zip(values)
+        .map(|(key, value)| match value {
+            Some((_, bytes)) => format!("{key}={}", String::from_utf8_lossy(&bytes)),
+            None => format!("{key}=-"),
+        })
+        .collect();
+    batch::delete_many(&bucket, &wanted[..2]).map_err(describe)?;
+    let exists = bucket.exists("batch-a").map_err(describe)?;
+    Ok(format!("{};exists-after-delete={exists}", shown.join(",")))
 }
 
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
