@@ -51,13 +51,23 @@ mod raw_http {
             })
         }
 
-        pub async fn send(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+        pub async fn send(
+            &mut self,
+            method: &str,
+            path: &str,
+            body: &[u8],
+        ) -> anyhow::Result<Reply> {
             tokio::time::timeout(Duration::from_secs(30), self.send_inner(method, path, body))
                 .await
                 .context("no response within 30 s")?
         }
 
-        async fn send_inner(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+        async fn send_inner(
+            &mut self,
+            method: &str,
+            path: &str,
+            body: &[u8],
+        ) -> anyhow::Result<Reply> {
             let head = format!(
                 "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
                 self.host,
@@ -103,7 +113,8 @@ mod raw_http {
                 loop {
                     let mut size = String::new();
                     self.stream.read_line(&mut size).await?;
-                    let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)?;
+                    let size =
+                        usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)?;
                     if size == 0 {
                         let mut end = String::new();
                         self.stream.read_line(&mut end).await?;
@@ -127,7 +138,12 @@ mod raw_http {
     }
 
     /// One request on a fresh connection.
-    pub async fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+    pub async fn request(
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
         Connection::open(addr).await?.send(method, path, body).await
     }
 }
@@ -166,6 +182,7 @@ async fn start_provider(
     config: &[&str],
 ) {
     let mut events = lattice.events().await;
+    let mut failures = lattice.events().await;
     ok::<()>(
         lattice,
         lattice.subjects.provider_start(&host.id),
@@ -176,14 +193,20 @@ async fn start_provider(
         started = events.wait_for("provider_started", |d| d["provider_id"] == provider_id) => {
             started.unwrap_or_else(|e| panic!("{e:#}\nhost log:\n{}", host.logs()));
         }
-        failed = events.wait_for("provider_start_failed", |d| d["provider_id"] == provider_id) => {
+        failed = failures.wait_for("provider_start_failed", |d| d["provider_id"] == provider_id) => {
             let failed = failed.unwrap_or_else(|e| panic!("{e:#}"));
             panic!("provider start failed: {}\nhost log:\n{}", failed.data["error"], host.logs());
         }
     }
 }
 
-async fn scale(lattice: &Lattice, host: &HostProcess, component_id: &str, count: u32, limits: serde_json::Value) {
+async fn scale(
+    lattice: &Lattice,
+    host: &HostProcess,
+    component_id: &str,
+    count: u32,
+    limits: serde_json::Value,
+) {
     let mut events = lattice.events().await;
     ok::<()>(
         lattice,
@@ -242,18 +265,30 @@ async fn check_routes(addr: &str) {
     let mut conn = raw_http::Connection::open(addr).await.unwrap();
     for _ in 0..3 {
         let reply = conn.send("GET", "/", b"").await.unwrap();
-        assert_eq!((reply.status, reply.text().as_str()), (200, "Hello from Trellis!\n"));
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, "Hello from Trellis!\n")
+        );
     }
 
     let body = big_body();
     let reply = request(addr, "POST", "/echo", &body).await.unwrap();
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body[..reply.body.len().min(500)]));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body[..reply.body.len().min(500)])
+    );
     assert_eq!(reply.body.len(), body.len(), "the echo was truncated");
     assert!(reply.body == body, "the echo came back different");
 
     let reply = request(addr, "GET", "/trap", b"").await.unwrap();
     assert_eq!(reply.status, 500, "{}", reply.text());
-    assert!(reply.text().contains("trap"), "no message: {}", reply.text());
+    assert!(
+        reply.text().contains("trap"),
+        "no message: {}",
+        reply.text()
+    );
     let reply = request(addr, "GET", "/", b"").await.unwrap();
     assert_eq!(reply.status, 200);
 
@@ -265,8 +300,15 @@ async fn check_routes(addr: &str) {
         reply.status,
         reply.text()
     );
-    assert!(!reply.text().trim().is_empty(), "no message with {}", reply.status);
-    assert!(started.elapsed() < Duration::from_secs(10), "the deadline was not enforced");
+    assert!(
+        !reply.text().trim().is_empty(),
+        "no message with {}",
+        reply.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the deadline was not enforced"
+    );
     let reply = request(addr, "GET", "/", b"").await.unwrap();
     assert_eq!(reply.status, 200);
 }
@@ -279,8 +321,22 @@ async fn colocated_provider_serves_the_component() {
     let addr = format!("127.0.0.1:{}", free_port());
 
     put_config(&lattice, "http-addr", &[("address", &addr)]).await;
-    start_provider(&lattice, &host, "http-server", "ghcr.io/wasmcloud/http-server:0.23.0", &[]).await;
-    scale(&lattice, &host, "hello", 4, json!({"max_execution_time_ms": "500"})).await;
+    start_provider(
+        &lattice,
+        &host,
+        "http-server",
+        "ghcr.io/wasmcloud/http-server:0.23.0",
+        &[],
+    )
+    .await;
+    scale(
+        &lattice,
+        &host,
+        "hello",
+        4,
+        json!({"max_execution_time_ms": "500"}),
+    )
+    .await;
     link(&lattice, "http-server", "hello", &["http-addr"]).await;
 
     wait_for_hello(&addr, &host).await;
@@ -292,6 +348,14 @@ async fn colocated_provider_serves_the_component() {
     let reply = request(&addr, "GET", "/", b"").await.unwrap();
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(reply.text().contains("hello"), "{}", reply.text());
+    assert!(
+        reply
+            .headers
+            .iter()
+            .any(|(name, value)| name == "content-type" && value.starts_with("text/plain")),
+        "{:?}",
+        reply.headers
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // Deleting the link closes the listener; a new link on another address opens one.
@@ -321,8 +385,22 @@ async fn requests_reach_a_component_on_another_host() {
     let addr = format!("127.0.0.1:{}", free_port());
 
     put_config(&lattice, "http-addr", &[("address", &addr)]).await;
-    start_provider(&lattice, &front, "http-server", "wasmcloud+builtin://http-server", &[]).await;
-    scale(&lattice, &back, "hello", 4, json!({"max_execution_time_ms": "500"})).await;
+    start_provider(
+        &lattice,
+        &front,
+        "http-server",
+        "wasmcloud+builtin://http-server",
+        &[],
+    )
+    .await;
+    scale(
+        &lattice,
+        &back,
+        "hello",
+        4,
+        json!({"max_execution_time_ms": "500"}),
+    )
+    .await;
     link(&lattice, "http-server", "hello", &["http-addr"]).await;
 
     wait_for_hello(&addr, &front).await;
@@ -347,7 +425,12 @@ async fn provider_runs_as_a_supervised_process() {
     let addr = format!("127.0.0.1:{}", free_port());
 
     put_config(&lattice, "http-addr", &[("address", &addr)]).await;
-    put_config(&lattice, "http-process", &[("process", "true"), ("timeout_ms", "5000")]).await;
+    put_config(
+        &lattice,
+        "http-process",
+        &[("process", "true"), ("timeout_ms", "5000")],
+    )
+    .await;
     start_provider(
         &lattice,
         &host,
@@ -356,7 +439,14 @@ async fn provider_runs_as_a_supervised_process() {
         &["http-process"],
     )
     .await;
-    scale(&lattice, &host, "hello", 2, json!({"max_execution_time_ms": "500"})).await;
+    scale(
+        &lattice,
+        &host,
+        "hello",
+        2,
+        json!({"max_execution_time_ms": "500"}),
+    )
+    .await;
     link(&lattice, "http-proc", "hello", &["http-addr"]).await;
     wait_for_hello(&addr, &host).await;
     check_routes(&addr).await;
@@ -410,5 +500,8 @@ async fn unknown_provider_refs_fail_with_the_supported_list() {
         .await
         .unwrap();
     let error = failed.data["error"].as_str().unwrap_or_default();
-    assert!(error.contains("not supported") && error.contains("http-server"), "{error}");
+    assert!(
+        error.contains("not supported") && error.contains("http-server"),
+        "{error}"
+    );
 }

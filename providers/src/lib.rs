@@ -154,16 +154,38 @@ mod tests {
 
     #[test]
     fn resolves_builtin_schemes_and_images() {
-        assert_eq!(builtin("trellis+builtin://http-server"), Some(Builtin::HttpServer));
-        assert_eq!(builtin("wasmcloud+builtin://messaging-nats"), Some(Builtin::Messaging));
-        assert_eq!(builtin("ghcr.io/wasmcloud/http-server:0.23.0"), Some(Builtin::HttpServer));
-        assert_eq!(builtin("wasmcloud/http-server"), Some(Builtin::HttpServer));
-        assert_eq!(builtin("ghcr.io/wasmcloud/keyvalue-redis:0.28"), Some(Builtin::Keyvalue));
-        assert_eq!(builtin("ghcr.io/wasmcloud/keyvalue-nats@sha256:abc"), Some(Builtin::Keyvalue));
-        assert_eq!(builtin("localhost:5000/wasmcloud/messaging-nats:1"), Some(Builtin::Messaging));
-        assert!(resolve_ref("trellis+process://http-server").unwrap().process);
-        assert_eq!(builtin("ghcr.io/wasmcloud/blobstore-fs:0.1"), None);
-        assert_eq!(builtin("ghcr.io/other/http-server:1"), None);
-        assert_eq!(builtin("file:///x.par.gz"), None);
+        let cases = [
+            ("trellis+builtin://http-server", Some(Builtin::HttpServer)),
+            (
+                "wasmcloud+builtin://messaging-nats",
+                Some(Builtin::Messaging),
+            ),
+            (
+                "ghcr.io/wasmcloud/http-server:0.23.0",
+                Some(Builtin::HttpServer),
+            ),
+            ("wasmcloud/http-server", Some(Builtin::HttpServer)),
+            (
+                "ghcr.io/wasmcloud/keyvalue-redis:0.28",
+                Some(Builtin::Keyvalue),
+            ),
+            (
+                "ghcr.io/wasmcloud/keyvalue-nats@sha256:ab",
+                Some(Builtin::Keyvalue),
+            ),
+            (
+                "localhost:5000/wasmcloud/messaging-nats:1",
+                Some(Builtin::Messaging),
+            ),
+            ("trellis+process://http-server", Some(Builtin::HttpServer)),
+            ("ghcr.io/wasmcloud/blobstore-fs:0.1", None),
+            ("ghcr.io/other/http-server:1", None),
+            ("file:///x.par.gz", None),
+        ];
+        for (image_ref, expected) in cases {
+            assert_eq!(builtin(image_ref), expected, "{image_ref}");
+        }
+        assert!(resolve_ref("trellis+process://http-server").is_some_and(|r| r.process));
+        assert!(resolve_ref("trellis+builtin://http-server").is_some_and(|r| !r.process));
     }
 }

@@ -23,7 +23,10 @@ use super::Shared;
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
 
 /// A plain-text response (errors and refusals), always with a message saying why.
-pub(crate) fn text_response(status: StatusCode, message: impl Into<String>) -> Response<ResponseBody> {
+pub(crate) fn text_response(
+    status: StatusCode,
+    message: impl Into<String>,
+) -> Response<ResponseBody> {
     let mut message = message.into();
     message.push('\n');
     let mut response = Response::new(
@@ -108,7 +111,11 @@ fn too_large(limit: u64) -> Response<ResponseBody> {
 }
 
 /// Serves `request` with component `target`.
-pub(crate) async fn dispatch<B>(shared: &Shared, target: &str, request: Request<B>) -> Response<ResponseBody>
+pub(crate) async fn dispatch<B>(
+    shared: &Shared,
+    target: &str,
+    request: Request<B>,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BodyError>,
@@ -133,7 +140,14 @@ where
         Some(prepared) => call_component(&prepared, request, shared.settings.timeout).await,
         None => {
             let timeout = shared.settings.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT);
-            forward(&shared.env.client, &shared.env.lattice, target, request, timeout).await
+            forward(
+                &shared.env.client,
+                &shared.env.lattice,
+                target,
+                request,
+                timeout,
+            )
+            .await
         }
     };
     if exceeded.load(Ordering::SeqCst) {

@@ -20,8 +20,8 @@ use trellis_host::Host;
 
 use super::dispatch::{call_component, text_response, ResponseBody};
 use super::wire::{
-    http_subject, inline_budget, offer_body, serve_body_pulls, BodyError, BodyReader,
-    LatticeBody, RequestHead, ResponseHead, INLINE_WINDOW, PULL_IDLE_TIMEOUT,
+    http_subject, inline_budget, offer_body, serve_body_pulls, BodyError, BodyReader, LatticeBody,
+    RequestHead, ResponseHead, INLINE_WINDOW, PULL_IDLE_TIMEOUT,
 };
 
 /// Extra time the forwarding side waits past the request's timeout, so the serving host's
@@ -133,7 +133,9 @@ where
             return match error.kind() {
                 RequestErrorKind::NoResponders => text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("component {component_id} is not running on any host of lattice {lattice}"),
+                    format!(
+                        "component {component_id} is not running on any host of lattice {lattice}"
+                    ),
                 ),
                 RequestErrorKind::TimedOut => text_response(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -154,7 +156,9 @@ where
         Err(error) => {
             return text_response(
                 StatusCode::BAD_GATEWAY,
-                format!("the host running component {component_id} sent a malformed response: {error:#}"),
+                format!(
+                "the host running component {component_id} sent a malformed response: {error:#}"
+            ),
             )
         }
     };
@@ -290,7 +294,9 @@ async fn run_request(
         );
     };
     let body = match head.pull_subject {
-        Some(subject) => LatticeBody::pulled(host.client.clone(), first, subject, PULL_IDLE_TIMEOUT),
+        Some(subject) => {
+            LatticeBody::pulled(host.client.clone(), first, subject, PULL_IDLE_TIMEOUT)
+        }
         None => LatticeBody::full(first),
     };
     let mut request = Request::new(body);
@@ -358,8 +364,10 @@ async fn send_response(
                 .publish(
                     reply,
                     head.to_message(
-                        format!("the component failed while producing the response body: {error}\n")
-                            .as_bytes(),
+                        format!(
+                            "the component failed while producing the response body: {error}\n"
+                        )
+                        .as_bytes(),
                     ),
                 )
                 .await

@@ -35,7 +35,11 @@ impl Drop for Listener {
 
 impl Listener {
     /// Binds `addr` and starts serving with `routes`.
-    pub async fn bind(addr: SocketAddr, routes: RouteTable, shared: Arc<Shared>) -> anyhow::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        routes: RouteTable,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
         let tcp = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

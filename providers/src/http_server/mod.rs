@@ -127,7 +127,10 @@ impl RunningProvider for HttpServer {
 }
 
 /// Starts the provider inside `host` (co-location fast path on unless disabled).
-pub async fn start(host: Arc<Host>, spec: ProviderSpec) -> anyhow::Result<Box<dyn RunningProvider>> {
+pub async fn start(
+    host: Arc<Host>,
+    spec: ProviderSpec,
+) -> anyhow::Result<Box<dyn RunningProvider>> {
     let settings = Settings::from_config(&spec.config)?;
     let env = LatticeEnv {
         client: host.client.clone(),

@@ -84,9 +84,12 @@ impl ProviderHostData {
         let json = base64::engine::general_purpose::STANDARD
             .decode(line.trim())
             .context("the host data on stdin is not base64")?;
-        let data: Self =
-            serde_json::from_slice(&json).context("the host data on stdin is not the expected JSON")?;
-        if data.lattice_rpc_url.is_empty() || data.lattice_rpc_prefix.is_empty() || data.provider_key.is_empty() {
+        let data: Self = serde_json::from_slice(&json)
+            .context("the host data on stdin is not the expected JSON")?;
+        if data.lattice_rpc_url.is_empty()
+            || data.lattice_rpc_prefix.is_empty()
+            || data.provider_key.is_empty()
+        {
             bail!("the host data must name `lattice_rpc_url`, `lattice_rpc_prefix` and `provider_key`");
         }
         Ok(data)
@@ -137,7 +140,8 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .subscribe(shutdown_subject(&lattice, &provider_id))
         .await
         .context("subscribing to shutdown requests")?;
-    let server = super::start_standalone(client.clone(), &lattice, &provider_id, &data.config).await?;
+    let server =
+        super::start_standalone(client.clone(), &lattice, &provider_id, &data.config).await?;
     client.flush().await.context("flushing subscriptions")?;
     tracing::info!(provider_id, lattice, "http-server provider process ready");
 
@@ -231,7 +235,10 @@ impl RunningProvider for SupervisedProcess {
                 let _ = stop.send(());
             }
             let task = &mut self.task;
-            if tokio::time::timeout(Duration::from_secs(6), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(6), task)
+                .await
+                .is_err()
+            {
                 self.task.abort();
             }
         })
@@ -266,7 +273,8 @@ impl Supervisor {
     async fn spawn(&self) -> anyhow::Result<ChildProcess> {
         let exe = match std::env::var_os(PROVIDER_EXE_ENV) {
             Some(exe) => exe.into(),
-            None => std::env::current_exe().context("cannot find this executable to start the provider process")?,
+            None => std::env::current_exe()
+                .context("cannot find this executable to start the provider process")?,
         };
         let mut child = Command::new(&exe)
             .args(["provider", &self.provider_name])
@@ -275,13 +283,25 @@ impl Supervisor {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start `{} provider {}`", exe.display(), self.provider_name))?;
-        let mut stdin = child.stdin.take().context("the provider process has no stdin")?;
+            .with_context(|| {
+                format!(
+                    "cannot start `{} provider {}`",
+                    exe.display(),
+                    self.provider_name
+                )
+            })?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .context("the provider process has no stdin")?;
         stdin
             .write_all(self.data_line()?.as_bytes())
             .await
             .context("writing the host data to the provider process")?;
-        stdin.flush().await.context("writing the host data to the provider process")?;
+        stdin
+            .flush()
+            .await
+            .context("writing the host data to the provider process")?;
         Ok(ChildProcess {
             child,
             _stdin: stdin,
@@ -302,7 +322,11 @@ impl Supervisor {
     async fn wait_healthy(&self, process: &mut ChildProcess) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = process.child.try_wait().context("checking the provider process")? {
+            if let Some(status) = process
+                .child
+                .try_wait()
+                .context("checking the provider process")?
+            {
                 bail!("the provider process exited during start-up ({status})");
             }
             if self.check_health().await {
@@ -444,7 +468,9 @@ pub async fn start_supervised(
     provider_name: &str,
 ) -> anyhow::Result<Box<dyn RunningProvider>> {
     if !is_http_server_name(provider_name) {
-        bail!("provider `{provider_name}` cannot run as a separate process; only `http-server` can");
+        bail!(
+            "provider `{provider_name}` cannot run as a separate process; only `http-server` can"
+        );
     }
     let supervisor = Supervisor {
         host,
@@ -481,7 +507,10 @@ mod tests {
         let line = data.encode_line().unwrap();
         let back = ProviderHostData::decode_line(&line).unwrap();
         assert_eq!(back.provider_key, "http");
-        assert_eq!(back.config.get("routing_mode").map(String::as_str), Some("path"));
+        assert_eq!(
+            back.config.get("routing_mode").map(String::as_str),
+            Some("path")
+        );
         assert!(ProviderHostData::decode_line("not base64!").is_err());
         assert!(ProviderHostData::decode_line("e30=").is_err()); // {}
     }

@@ -65,9 +65,9 @@ impl RouteTable {
                     .ok_or_else(|| {
                         NoRoute(format!("the request has no `{header}` header to route by"))
                     })?;
-                hosts.get(&value).ok_or_else(|| {
-                    NoRoute(format!("no component is linked for host `{value}`"))
-                })
+                hosts
+                    .get(&value)
+                    .ok_or_else(|| NoRoute(format!("no component is linked for host `{value}`")))
             }
         }
     }
@@ -96,7 +96,11 @@ fn normalize_host(host: &str) -> String {
     let host = host.trim().to_ascii_lowercase();
     if host.starts_with('[') {
         // [::1]:80
-        return host.split(']').next().map(|h| format!("{h}]")).unwrap_or(host);
+        return host
+            .split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or(host);
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
@@ -201,7 +205,9 @@ pub(crate) fn desired_listeners(
                     tracing::warn!(link = %l.link.name, target = %l.link.target, "host routing: the link's source config has no `host`; ignoring it");
                     continue;
                 };
-                hosts.entry(normalize_host(host)).or_insert_with(|| route(l));
+                hosts
+                    .entry(normalize_host(host))
+                    .or_insert_with(|| route(l));
             }
             if !hosts.is_empty() {
                 desired.insert(

@@ -94,8 +94,9 @@ impl Settings {
                 ),
             },
         };
-        let default_address = parse_address(get_ci(config, "default_address").unwrap_or(DEFAULT_ADDRESS))
-            .context("config `default_address`")?;
+        let default_address =
+            parse_address(get_ci(config, "default_address").unwrap_or(DEFAULT_ADDRESS))
+                .context("config `default_address`")?;
         let host_header = get_ci(config, "header")
             .filter(|h| !h.is_empty())
             .unwrap_or("host")
@@ -114,8 +115,7 @@ impl Settings {
             .filter(|d| !d.is_zero()),
         };
         let disable_keepalive = get_ci(config, "disable_keepalive").is_some_and(is_truthy);
-        let colocation_env =
-            std::env::var(DISABLE_COLOCATION_ENV).is_ok_and(|v| is_truthy(&v));
+        let colocation_env = std::env::var(DISABLE_COLOCATION_ENV).is_ok_and(|v| is_truthy(&v));
         let colocation_config = get_ci(config, "disable_colocation").is_some_and(is_truthy);
         Ok(Self {
             routing_mode,
@@ -195,7 +195,10 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(parse_address("8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            parse_address("8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
         assert_eq!(
             parse_address("localhost:81").unwrap(),
             "127.0.0.1:81".parse().unwrap()

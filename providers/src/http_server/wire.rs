@@ -114,7 +114,11 @@ impl RequestHead {
     fn encode(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(64 + self.uri.len() + self.headers.len() * 32);
         out.put_u8(WIRE_VERSION);
-        out.put_u8(if self.pull_subject.is_some() { FLAG_MORE } else { 0 });
+        out.put_u8(if self.pull_subject.is_some() {
+            FLAG_MORE
+        } else {
+            0
+        });
         out.put_u32_le(self.timeout_ms);
         put_bytes(&mut out, self.method.as_str().as_bytes());
         put_bytes(&mut out, self.uri.as_bytes());
@@ -161,7 +165,11 @@ impl ResponseHead {
     fn encode(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(64 + self.headers.len() * 32);
         out.put_u8(WIRE_VERSION);
-        out.put_u8(if self.pull_subject.is_some() { FLAG_MORE } else { 0 });
+        out.put_u8(if self.pull_subject.is_some() {
+            FLAG_MORE
+        } else {
+            0
+        });
         out.put_u16_le(self.status.as_u16());
         if let Some(pull) = &self.pull_subject {
             put_bytes(&mut out, pull.as_bytes());
@@ -489,9 +497,9 @@ async fn pull_chunks(
                 RequestErrorKind::TimedOut => {
                     BodyError::InternalError(Some("timed out pulling a body chunk".into()))
                 }
-                RequestErrorKind::NoResponders => BodyError::InternalError(Some(
-                    "the sender of the body went away".into(),
-                )),
+                RequestErrorKind::NoResponders => {
+                    BodyError::InternalError(Some("the sender of the body went away".into()))
+                }
                 _ => BodyError::InternalError(Some(format!("pulling a body chunk: {error}"))),
             }),
             Ok(message) => {
