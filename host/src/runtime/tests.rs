@@ -832,3 +832,39 @@ async fn non_http_invocations_get_the_same_limits() {
         .expect("answer");
     assert_eq!(value, 42);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreservable_pool_falls_back_to_on_demand_allocation() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    // A million slots of 4 GiB memories cannot fit in any address space.
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        allow_file_load: true,
+        pool_slots: Some(1_000_000),
+        ..Default::default()
+    })
+    .expect("the runtime starts anyway");
+    assert_eq!(runtime.pool_slots(), None);
+    let component = runtime
+        .prepare(spec("on-demand", &wasm, 1, &[]))
+        .await
+        .expect("prepare");
+    assert_hello(&component).await;
+}
+
+#[test]
+fn the_default_pool_is_sized_from_this_machine() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    })
+    .expect("runtime");
+    let expected = engine::pool_slots_for_memory(engine::available_memory_mb());
+    // Pooling may legitimately be unavailable (tight ulimit -v); then it falls back.
+    if let Some(slots) = runtime.pool_slots() {
+        assert_eq!(slots, expected);
+    }
+    eprintln!("default pool: {:?} slots", runtime.pool_slots());
+}
