@@ -11,40 +11,64 @@ use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, Linker, ResourceTable, Val};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::nats_tests::NatsServer;
 use super::*;
 
 const IFACE: &str = "trellis:demo/inventory@0.1.0";
 
-/// Builds the guest workspace once per test process and returns demo_callee.wasm.
-fn callee_wasm() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
-            let output = std::process::Command::new("bash")
-                .arg(components.join("build.sh"))
-                .env_remove("CARGO_TARGET_DIR")
-                .output()
-                .expect("running components/build.sh");
-            assert!(
-                output.status.success(),
-                "components/build.sh failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(PathBuf::from)
-                .find(|path| path.ends_with("demo_callee.wasm"))
-                .expect("build.sh printed the path of demo_callee.wasm")
-        })
+/// Path of a guest component built from `components/` (the build runs once per process).
+fn guest_wasm(file: &str) -> PathBuf {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
+        let output = std::process::Command::new("bash")
+            .arg(components.join("build.sh"))
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("running components/build.sh");
+        assert!(
+            output.status.success(),
+            "components/build.sh failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    });
+    built
+        .iter()
+        .find(|path| path.ends_with(file))
+        .unwrap_or_else(|| panic!("build.sh did not print the path of {file}"))
         .clone()
 }
 
 struct GuestState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
     table: ResourceTable,
+}
+
+impl GuestState {
+    fn new() -> Self {
+        Self {
+            wasi: WasiCtxBuilder::new().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -68,7 +92,8 @@ impl Callee {
         let mut config = Config::new();
         config.wasm_component_model(true);
         let engine = Engine::new(&config).expect("engine");
-        let component = Component::from_file(&engine, callee_wasm()).expect("compile callee");
+        let component =
+            Component::from_file(&engine, guest_wasm("demo_callee.wasm")).expect("compile callee");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
         Self {
@@ -94,13 +119,7 @@ impl Callee {
 
     /// Serves one call: fresh instance, decode params, call, encode results.
     async fn handle(&self, call: IncomingCall) -> Result<Bytes, InvocationError> {
-        let mut store = Store::new(
-            &self.engine,
-            GuestState {
-                wasi: WasiCtxBuilder::new().build(),
-                table: ResourceTable::new(),
-            },
-        );
+        let mut store = Store::new(&self.engine, GuestState::new());
         let instance = self
             .linker
             .instantiate_async(&mut store, &self.component)
@@ -158,13 +177,11 @@ async fn call_json(
     Ok(json::results_to_json(&results, &result_types).expect("results to json"))
 }
 
-#[tokio::test]
-async fn demo_callee_answers_every_function_over_the_lattice() {
-    let nats_server = NatsServer::start(None).await;
-    let callee = Arc::new(Callee::load());
+/// Serves demo-callee as target `demo-callee` in lattice `test`.
+async fn serve_callee(nats: async_nats::Client, callee: &Arc<Callee>) -> InvocationServer {
     let serving = callee.clone();
-    let _server = InvocationServer::serve(
-        nats_server.connect().await,
+    InvocationServer::serve(
+        nats,
         "test",
         "demo-callee",
         ServerOptions::default(),
@@ -174,7 +191,14 @@ async fn demo_callee_answers_every_function_over_the_lattice() {
         },
     )
     .await
-    .expect("serve");
+    .expect("serve")
+}
+
+#[tokio::test]
+async fn demo_callee_answers_every_function_over_the_lattice() {
+    let nats_server = NatsServer::start(None).await;
+    let callee = Arc::new(Callee::load());
+    let _server = serve_callee(nats_server.connect().await, &callee).await;
     let client = InvocationClient::new(nats_server.connect().await, "test");
 
     let item = json!({
@@ -361,5 +385,160 @@ async fn demo_callee_answers_every_function_over_the_lattice() {
     assert!(
         matches!(error, InvocationError::BadRequest { .. }),
         "{error}"
+    );
+}
+
+/// demo-caller (wasi:http) with its inventory import forwarded to the lattice.
+struct Caller {
+    engine: Engine,
+    component: Component,
+    linker: Linker<GuestState>,
+}
+
+impl Caller {
+    fn load(client: InvocationClient) -> Self {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).expect("engine");
+        let component =
+            Component::from_file(&engine, guest_wasm("demo_caller.wasm")).expect("compile caller");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
+        let imports = linking::imported_interfaces(&engine, &component);
+        let (interface, functions) = imports
+            .iter()
+            .find(|(name, _)| name == IFACE)
+            .expect("demo-caller imports the inventory");
+        assert_eq!(functions.len(), 11, "{functions:?}");
+        let router: linking::Router<GuestState> = Arc::new(move |_, _, _| {
+            Ok(linking::Route {
+                client: client.clone(),
+                target_id: "demo-callee".to_owned(),
+                context: CallContext {
+                    source_id: Some("demo-caller".to_owned()),
+                    link_name: Some("default".to_owned()),
+                    ..CallContext::default()
+                },
+            })
+        });
+        linking::forward_interface(&mut linker, interface, functions, router).expect("forward");
+        Self {
+            engine,
+            component,
+            linker,
+        }
+    }
+
+    /// Sends `GET path` to the component, returns (status, body).
+    async fn get(&self, path: &str) -> (u16, String) {
+        let (handled, response) = self.try_get(path).await;
+        handled.expect("handle");
+        response.expect("a response")
+    }
+
+    /// Sends `GET path`: the handler's result and the response (if one was sent).
+    async fn try_get(&self, path: &str) -> (wasmtime::Result<()>, Option<(u16, String)>) {
+        use http_body_util::BodyExt as _;
+        use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+        let mut store = Store::new(&self.engine, GuestState::new());
+        let body = http_body_util::Empty::<Bytes>::new().map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        );
+        let request = hyper::Request::builder()
+            .uri(format!("http://localhost{path}"))
+            .body(body)
+            .expect("request");
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .expect("incoming request");
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .expect("outparam");
+        let proxy = wasmtime_wasi_http::p2::bindings::Proxy::instantiate_async(
+            &mut store,
+            &self.component,
+            &self.linker,
+        )
+        .await
+        .expect("instantiate caller");
+        // The store owns the response outparam: drop it as soon as the handler returns so a
+        // guest that trapped before responding closes the response channel.
+        let call = async move {
+            let result = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await;
+            drop(store);
+            result
+        };
+        let exchange = async {
+            tokio::join!(call, async {
+                let response = receiver.await.ok()?.ok()?;
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                Some((status, String::from_utf8_lossy(&body).into_owned()))
+            })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(120), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} did not finish within 120 s"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_caller_calls_every_function_through_the_lattice() {
+    let nats_server = NatsServer::start(None).await;
+    let callee = Arc::new(Callee::load());
+    let _server = serve_callee(nats_server.connect().await, &callee).await;
+    let caller = Caller::load(InvocationClient::new(nats_server.connect().await, "test"));
+
+    assert_eq!(
+        caller.get("/").await,
+        (200, "ok: 17 calls checked\n".to_owned())
+    );
+    let (status, values) = caller.get("/values").await;
+    assert_eq!(status, 200);
+    assert!(
+        values.contains("toggle = Tags(HEAVY | HAZARDOUS)"),
+        "{values}"
+    );
+    assert!(
+        values.contains("integers = (-128, 0, -1, 8, -2147483647, 42, 0, 0)"),
+        "{values}"
+    );
+    assert!(
+        values.contains("maybe-fail = Err(\"asked to fail\")"),
+        "{values}"
+    );
+    assert_eq!(
+        caller.get("/bench?n=50").await,
+        (200, "ok: 50 calls\n".to_owned())
+    );
+    // 3 MB each way through chunking.
+    let (status, body) = caller.get("/blob?len=3000000").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ok: 3000000 bytes"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_callee_traps_the_caller_with_no_responders() {
+    let nats_server = NatsServer::start(None).await;
+    let caller = Caller::load(InvocationClient::new(nats_server.connect().await, "test"));
+    let (handled, response) = caller.try_get("/").await;
+    assert_eq!(response, None);
+    let error = handled.unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<InvocationError>(),
+        Some(&InvocationError::NoResponders {
+            target_id: "demo-callee".into()
+        }),
+        "{error:?}"
     );
 }

@@ -38,6 +38,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod json;
+pub mod linking;
 pub mod server;
 pub mod subject;
 pub mod wire;

@@ -493,3 +493,48 @@ async fn concurrency_is_bounded_but_calls_all_complete() {
     });
     futures::future::join_all(calls).await;
 }
+
+/// Latency of the small-payload path across two connections on loopback. Ignored by default
+/// (timing depends on the machine); run with
+/// `cargo test -p trellis-host --lib small_call_latency -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures timing; run explicitly"]
+async fn small_call_latency() {
+    let server = NatsServer::start(None).await;
+    let nats = server.connect().await;
+    let _callee = serve(&nats, "callee", ServerOptions::default()).await;
+    let client = InvocationClient::new(server.connect().await, "test");
+    let params = Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    for _ in 0..200 {
+        client
+            .invoke(
+                "callee",
+                IFACE,
+                "echo",
+                params.clone(),
+                CallContext::default(),
+            )
+            .await
+            .expect("warm-up call");
+    }
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let started = Instant::now();
+        client
+            .invoke(
+                "callee",
+                IFACE,
+                "echo",
+                params.clone(),
+                CallContext::default(),
+            )
+            .await
+            .expect("call");
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let p50 = samples[samples.len() / 2];
+    let p99 = samples[samples.len() * 99 / 100];
+    println!("small call latency over loopback: p50 {p50:?}, p99 {p99:?}");
+    assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
+}
