@@ -1,0 +1,185 @@
+//! `trellis up --detach --deploy`, `trellis app ...` and `trellis down`: a whole local lattice
+//! started and stopped the way a user does it.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_integration::{eventually, free_port, guest, trellis_bin};
+
+async fn trellis(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(trellis_bin())
+        .args(args)
+        .env("TRELLIS_DATA_DIR", data_dir)
+        .env_remove("TRELLIS_NATS_URL")
+        .env_remove("TRELLIS_LATTICE")
+        .output()
+        .await
+        .expect("cannot run trellis");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn log_of(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("logs/up.log")).unwrap_or_default()
+}
+
+async fn http_get(address: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// Stops whatever `trellis up` left running in `dir` when the test ends, even on failure.
+struct StopOnDrop<'a>(&'a Path);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.0.join("up.json")) else {
+            return;
+        };
+        let Ok(state) = serde_json::from_str::<Value>(&text) else {
+            return;
+        };
+        let Some(pid) = state["pid"].as_u64() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while is_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+fn is_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn up_deploy_status_and_down() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let _stop = StopOnDrop(dir);
+    let http_port = free_port();
+    let nats_port = free_port();
+    let manifest = dir.join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: cli-hello
+spec:
+  components:
+    - name: hello
+      type: component
+      properties:
+        image: file://{wasm}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+    - name: httpserver
+      type: capability
+      properties:
+        image: ghcr.io/wasmcloud/http-server:0.23.0
+      traits:
+        - type: link
+          properties:
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            target:
+              name: hello
+            source:
+              config:
+                - name: listen
+                  properties:
+                    address: 0.0.0.0:{http_port}
+"#,
+            wasm = guest("http_hello").display()
+        ),
+    )
+    .unwrap();
+
+    let port = nats_port.to_string();
+    let manifest_arg = manifest.display().to_string();
+    let (ok, out, err) = trellis(
+        dir,
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &port,
+            "--lattice",
+            "cli-up",
+            "--label",
+            "role=test",
+            "--deploy",
+            &manifest_arg,
+        ],
+    )
+    .await;
+    assert!(ok, "up failed:\n{err}\nlog:\n{}", log_of(dir));
+    assert!(out.contains("trellis is up"), "{out}");
+    assert!(
+        out.contains(&format!("nats://127.0.0.1:{nats_port}")),
+        "{out}"
+    );
+    assert!(out.contains("lattice     cli-up"), "{out}");
+    let url = format!("http://127.0.0.1:{http_port}/");
+    assert!(out.contains("app cli-hello"), "{out}\n{err}");
+    assert!(out.contains(&url), "the URL is printed: {out}");
+
+    // The app answers on the printed URL.
+    let address = format!("127.0.0.1:{http_port}");
+    let response = eventually("the app to answer over HTTP", || http_get(&address)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // Other commands find the lattice through the state file, with no flags.
+    let (ok, out, err) = trellis(dir, &["app", "list", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let apps: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(apps[0]["name"], "cli-hello", "{apps}");
+    let (ok, out, err) = trellis(dir, &["app", "status", "cli-hello"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("cli-hello: deployed"), "{out}");
+    let (ok, out, _) = trellis(dir, &["get", "hosts"]).await;
+    assert!(ok && out.contains("role=test"), "{out}");
+
+    // A second `up` refuses.
+    let (ok, _, err) = trellis(dir, &["up", "--nats-port", &port]).await;
+    assert!(!ok);
+    assert!(err.contains("already up"), "{err}");
+
+    // `down` stops every process and removes the state.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let pids: Vec<u64> = ["pid", "nats_pid", "host_pid", "wadm_pid"]
+        .iter()
+        .filter_map(|k| state[k].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 4, "{state}");
+    let (ok, out, err) = trellis(dir, &["down"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("stopped lattice cli-up"), "{out}");
+    assert!(!dir.join("up.json").exists());
+    for pid in pids {
+        assert!(!is_alive(pid), "process {pid} outlived `trellis down`");
+    }
+    let (ok, out, _) = trellis(dir, &["down"]).await;
+    assert!(ok && out.contains("not up"), "{out}");
+}
