@@ -319,24 +319,59 @@ fn nats_key_error(key: &str) -> StorageError {
 }
 
 /// Parses a stored counter (decimal text; an empty value counts as 0).
-fn parse_counter(key: &str, value: &[u8]) -> Result<u64, StorageError> {
+fn parse_counter(key: &str, value: &[u8]) -> Result<i128, StorageError> {
     let text = std::str::from_utf8(value)
         .map_err(|_| StorageError::Other(format!("the value of `{key}` is not a number")))?
         .trim();
     if text.is_empty() {
         return Ok(0);
     }
-    text.parse::<u64>().map_err(|_| {
-        StorageError::Other(format!(
-            "the value of `{key}` is not an unsigned number: `{text}`"
-        ))
+    text.parse::<i128>().map_err(|_| {
+        StorageError::Other(format!("the value of `{key}` is not an integer: `{text}`"))
     })
 }
 
-fn add(key: &str, current: u64, delta: u64) -> Result<u64, StorageError> {
+/// The range a counter must stay in (`u64` for 0.2.0-draft, `i64` for 0.2.0-draft2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CounterRange {
+    /// Smallest allowed value.
+    pub(crate) min: i128,
+    /// Largest allowed value.
+    pub(crate) max: i128,
+}
+
+impl CounterRange {
+    /// Unsigned 64-bit counters.
+    pub(crate) const U64: CounterRange = CounterRange {
+        min: 0,
+        max: u64::MAX as i128,
+    };
+    /// Signed 64-bit counters.
+    pub(crate) const I64: CounterRange = CounterRange {
+        min: i64::MIN as i128,
+        max: i64::MAX as i128,
+    };
+}
+
+fn add(key: &str, current: i128, delta: i128, range: CounterRange) -> Result<i128, StorageError> {
+    if current < range.min || current > range.max {
+        return Err(StorageError::Other(format!(
+            "the value of `{key}` ({current}) is out of range for this counter"
+        )));
+    }
     current
         .checked_add(delta)
-        .ok_or_else(|| StorageError::Other(format!("incrementing `{key}` would overflow")))
+        .filter(|next| (range.min..=range.max).contains(next))
+        .ok_or_else(|| StorageError::Other(format!("adding {delta} to `{key}` would overflow")))
+}
+
+/// The state of a key when a compare-and-swap started.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    /// The value then, if any.
+    pub(crate) value: Option<Vec<u8>>,
+    /// The NATS KV revision then (0 when the key did not exist or on other backends).
+    revision: u64,
 }
 
 fn valid_nats_key(key: &str) -> bool {
@@ -519,14 +554,20 @@ impl OpenBucket {
         Ok(keys)
     }
 
-    /// Adds `delta` to the counter at `key` atomically and returns the new value.
-    pub(crate) async fn increment(&self, key: &str, delta: u64) -> Result<u64, StorageError> {
+    /// Adds `delta` to the counter at `key` atomically and returns the new value, which must
+    /// stay within `range`.
+    pub(crate) async fn increment(
+        &self,
+        key: &str,
+        delta: i128,
+        range: CounterRange,
+    ) -> Result<i128, StorageError> {
         match self {
             OpenBucket::Nats(store) => {
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
-                nats_increment(store, key, delta).await
+                nats_increment(store, key, delta, range).await
             }
             OpenBucket::Redis {
                 connection, prefix, ..
@@ -544,8 +585,13 @@ impl OpenBucket {
                     .query_async(&mut c)
                     .await
                     .map_err(|e| self.redis_failed("INCRBY", e))?;
-                u64::try_from(value)
-                    .map_err(|_| StorageError::Other(format!("the value of `{key}` is negative")))
+                let value = i128::from(value);
+                if value < range.min || value > range.max {
+                    return Err(StorageError::Other(format!(
+                        "the value of `{key}` ({value}) is out of range for this counter"
+                    )));
+                }
+                Ok(value)
             }
             OpenBucket::Memory(map) => {
                 let mut map = lock(map);
@@ -553,9 +599,101 @@ impl OpenBucket {
                     Some(v) => parse_counter(key, v)?,
                     None => 0,
                 };
-                let next = add(key, current, delta)?;
+                let next = add(key, current, delta, range)?;
                 map.insert(key.to_string(), next.to_string().into_bytes());
                 Ok(next)
+            }
+        }
+    }
+
+    /// The value of `key` now, remembered for [`OpenBucket::swap`].
+    pub(crate) async fn snapshot(&self, key: &str) -> Result<Snapshot, StorageError> {
+        match self {
+            OpenBucket::Nats(store) => {
+                if !valid_nats_key(key) {
+                    return Err(nats_key_error(key));
+                }
+                let entry = store
+                    .entry(key)
+                    .await
+                    .map_err(|e| StorageError::other("NATS KV read failed", e))?;
+                Ok(match entry {
+                    Some(e) if e.operation == kv::Operation::Put => Snapshot {
+                        value: Some(e.value.to_vec()),
+                        revision: e.revision,
+                    },
+                    Some(e) => Snapshot {
+                        value: None,
+                        revision: e.revision,
+                    },
+                    None => Snapshot {
+                        value: None,
+                        revision: 0,
+                    },
+                })
+            }
+            _ => Ok(Snapshot {
+                value: self.get(key).await?,
+                revision: 0,
+            }),
+        }
+    }
+
+    /// Sets `key` to `value` if it has not changed since `snapshot`; false when it had.
+    pub(crate) async fn swap(
+        &self,
+        key: &str,
+        snapshot: &Snapshot,
+        value: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        match self {
+            OpenBucket::Nats(store) => {
+                let value = Bytes::from(value);
+                if snapshot.revision == 0 {
+                    return match store.create(key, value).await {
+                        Ok(_) => Ok(true),
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(StorageError::other("NATS KV create failed", e)),
+                    };
+                }
+                match store.update(key, value, snapshot.revision).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                    Err(e) => Err(StorageError::other("NATS KV update failed", e)),
+                }
+            }
+            OpenBucket::Redis {
+                connection, prefix, ..
+            } => {
+                // One script, so the comparison and the write are atomic in Redis.
+                const SWAP: &str = "local current = redis.call('GET', KEYS[1]) \
+                    if ARGV[1] == '0' then if current then return 0 end \
+                    elseif (not current) or current ~= ARGV[2] then return 0 end \
+                    redis.call('SET', KEYS[1], ARGV[3]) return 1";
+                let mut c = connection.clone();
+                let (present, expected) = match &snapshot.value {
+                    Some(v) => ("1", v.clone()),
+                    None => ("0", Vec::new()),
+                };
+                let swapped: i64 = redis::cmd("EVAL")
+                    .arg(SWAP)
+                    .arg(1)
+                    .arg(format!("{prefix}{key}"))
+                    .arg(present)
+                    .arg(expected)
+                    .arg(value)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| self.redis_failed("EVAL (swap)", e))?;
+                Ok(swapped == 1)
+            }
+            OpenBucket::Memory(map) => {
+                let mut map = lock(map);
+                if map.get(key) != snapshot.value.as_ref() {
+                    return Ok(false);
+                }
+                map.insert(key.to_string(), value);
+                Ok(true)
             }
         }
     }
@@ -563,7 +701,12 @@ impl OpenBucket {
 
 /// Compare-and-set loop on the key's revision: correct with any number of concurrent writers
 /// on any number of hosts.
-async fn nats_increment(store: &kv::Store, key: &str, delta: u64) -> Result<u64, StorageError> {
+async fn nats_increment(
+    store: &kv::Store,
+    key: &str,
+    delta: i128,
+    range: CounterRange,
+) -> Result<i128, StorageError> {
     for _ in 0..INCREMENT_ATTEMPTS {
         let entry = store
             .entry(key)
@@ -576,7 +719,7 @@ async fn nats_increment(store: &kv::Store, key: &str, delta: u64) -> Result<u64,
                 } else {
                     0
                 };
-                let next = add(key, current, delta)?;
+                let next = add(key, current, delta, range)?;
                 match store
                     .update(key, Bytes::from(next.to_string()), entry.revision)
                     .await
@@ -587,7 +730,7 @@ async fn nats_increment(store: &kv::Store, key: &str, delta: u64) -> Result<u64,
                 }
             }
             None => {
-                let next = add(key, 0, delta)?;
+                let next = add(key, 0, delta, range)?;
                 match store.create(key, Bytes::from(next.to_string())).await {
                     Ok(_) => return Ok(next),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
@@ -695,9 +838,13 @@ mod tests {
     #[test]
     fn counters_parse_and_refuse_garbage() {
         assert_eq!(parse_counter("k", b"41").expect("n"), 41);
+        assert_eq!(parse_counter("k", b"-3").expect("n"), -3);
         assert_eq!(parse_counter("k", b"").expect("n"), 0);
         assert!(parse_counter("k", b"abc").is_err());
-        assert!(add("k", u64::MAX, 1).is_err());
+        assert!(add("k", u64::MAX as i128, 1, CounterRange::U64).is_err());
+        assert!(add("k", 0, -1, CounterRange::U64).is_err());
+        assert_eq!(add("k", 0, -1, CounterRange::I64).expect("n"), -1);
+        assert!(add("k", i64::MAX as i128, 1, CounterRange::I64).is_err());
     }
 
     #[test]
@@ -722,8 +869,41 @@ mod tests {
             .or_default()
             .clone();
         let bucket = OpenBucket::Memory(map);
-        assert_eq!(bucket.increment("c", 2).await.expect("inc"), 2);
-        assert_eq!(bucket.increment("c", 3).await.expect("inc"), 5);
+        assert_eq!(
+            bucket
+                .increment("c", 2, CounterRange::U64)
+                .await
+                .expect("inc"),
+            2
+        );
+        assert_eq!(
+            bucket
+                .increment("c", 3, CounterRange::U64)
+                .await
+                .expect("inc"),
+            5
+        );
+        assert_eq!(
+            bucket
+                .increment("c", -6, CounterRange::I64)
+                .await
+                .expect("inc"),
+            -1
+        );
+        let before = bucket.snapshot("c").await.expect("snapshot");
+        assert!(bucket
+            .swap("c", &before, b"10".to_vec())
+            .await
+            .expect("swap"));
+        assert!(
+            !bucket
+                .swap("c", &before, b"11".to_vec())
+                .await
+                .expect("swap"),
+            "stale snapshot"
+        );
+        let fresh = bucket.snapshot("c").await.expect("snapshot");
+        assert_eq!(fresh.value.as_deref(), Some(&b"10"[..]));
         bucket.set("a", b"x".to_vec()).await.expect("set");
         assert_eq!(
             bucket.keys().await.expect("keys"),

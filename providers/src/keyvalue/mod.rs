@@ -1,4 +1,4 @@
-//! `wasi:keyvalue` (store, atomics, batch at `0.2.0-draft`) for components, and the keyvalue
+//! `wasi:keyvalue` (store, atomics, batch at `0.2.0-draft` and `0.2.0-draft2`) for components, and the keyvalue
 //! "provider" that links point at.
 //!
 //! # Where the work happens
@@ -29,6 +29,9 @@
 //! (`increment`) are stored as decimal text, so `get` on a counter returns e.g. `b"42"`.
 
 mod backend;
+mod draft2;
+
+pub use draft2::CasHandle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,7 +45,9 @@ use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceSta
 use trellis_host::Host;
 
 use crate::native::running_host;
-use backend::{kind_from_image_ref, resolve_target, timed, BackendPool, OpenBucket, StorageError};
+use backend::{
+    kind_from_image_ref, resolve_target, timed, BackendPool, CounterRange, OpenBucket, StorageError,
+};
 use trellis_host::HostSlot;
 
 /// The link name a component's keyvalue calls follow.
@@ -76,7 +81,8 @@ impl std::fmt::Debug for BucketHandle {
     }
 }
 
-/// Serves `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft` to every component.
+/// Serves `wasi:keyvalue/{store,atomics,batch}` at `0.2.0-draft` and `0.2.0-draft2` to every
+/// component.
 pub struct KeyValueCapability {
     slot: HostSlot,
     pool: Arc<BackendPool>,
@@ -116,6 +122,7 @@ impl Capability for KeyValueCapability {
         store::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
         atomics::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
         batch::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
+        draft2::add_to_linker(linker)?;
         Ok(())
     }
 
@@ -337,9 +344,14 @@ impl atomics::Host for InstanceState {
         delta: u64,
     ) -> Result<u64, store::Error> {
         let (name, open) = bucket_of(self, &bucket)?;
-        let value = timed("keyvalue increment", open.increment(&key, delta)).await?;
-        tracing::trace!(bucket = name, key, value, "wasi:keyvalue increment");
-        Ok(value)
+        let value = timed(
+            "keyvalue increment",
+            open.increment(&key, i128::from(delta), CounterRange::U64),
+        )
+        .await?;
+        tracing::trace!(bucket = name, key, %value, "wasi:keyvalue increment");
+        u64::try_from(value)
+            .map_err(|_| store::Error::Other(format!("the value of `{key}` is out of range")))
     }
 }
 
