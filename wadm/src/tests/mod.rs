@@ -1,5 +1,6 @@
 //! Unit tests of the model, validation and planner.
 
+mod lattice_tests;
 mod model_tests;
 mod planner_tests;
 mod validation_tests;

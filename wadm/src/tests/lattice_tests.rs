@@ -1,0 +1,136 @@
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trellis_protocol::events::{names, CloudEvent};
+
+use crate::lattice::{FailureKey, LatticeState, ObservedComponent};
+
+fn heartbeat(host: &str, components: serde_json::Value) -> CloudEvent {
+    CloudEvent::new(
+        names::HOST_HEARTBEAT,
+        host,
+        json!({"host_id": host, "labels": {"zone": "a"}, "components": components, "providers": []}),
+    )
+}
+
+#[test]
+fn heartbeat_adds_hosts_and_replaces_inventory() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    assert!(l.apply_event(
+        &heartbeat(
+            "H",
+            json!([{"id": "c", "image_ref": "x", "max_instances": 2}])
+        ),
+        now
+    ));
+    assert_eq!(l.hosts["H"].labels["zone"], "a");
+    assert_eq!(l.hosts["H"].components["c"].count, 2);
+    // The same heartbeat again changes nothing, so it does not trigger a pass.
+    assert!(!l.apply_event(
+        &heartbeat(
+            "H",
+            json!([{"id": "c", "image_ref": "x", "max_instances": 2}])
+        ),
+        now
+    ));
+    assert!(l.apply_event(&heartbeat("H", json!([])), now));
+    assert!(l.hosts["H"].components.is_empty());
+}
+
+#[test]
+fn pending_commands_survive_a_stale_heartbeat_until_confirmed() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    l.apply_event(&heartbeat("H", json!([])), now);
+    l.mark_pending("H", "c", now);
+    l.set_component(
+        "H",
+        "c",
+        Some(ObservedComponent {
+            image_ref: "x".into(),
+            count: 1,
+            annotations: Default::default(),
+        }),
+    );
+    l.apply_event(&heartbeat("H", json!([])), now);
+    assert!(
+        l.hosts["H"].components.contains_key("c"),
+        "kept while pending"
+    );
+    assert!(l.is_pending("H", "c", now));
+    let scaled = CloudEvent::new(
+        names::COMPONENT_SCALED,
+        "H",
+        json!({"component_id": "c", "image_ref": "x", "host_id": "H", "max_instances": 1}),
+    );
+    l.apply_event(&scaled, now);
+    assert!(!l.is_pending("H", "c", now));
+}
+
+#[test]
+fn host_stopped_and_silence_remove_hosts() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    l.apply_event(&heartbeat("A", json!([])), now);
+    l.apply_event(&heartbeat("B", json!([])), now);
+    l.apply_event(&CloudEvent::new(names::HOST_STOPPED, "A", json!({})), now);
+    assert!(!l.hosts.contains_key("A"));
+    assert!(l
+        .expire(now + Duration::from_secs(5), Duration::from_secs(6))
+        .is_empty());
+    assert_eq!(
+        l.expire(now + Duration::from_secs(7), Duration::from_secs(6)),
+        vec!["B".to_string()]
+    );
+}
+
+#[test]
+fn scale_failure_is_recorded_with_the_hosts_error() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    l.apply_event(&heartbeat("H", json!([])), now);
+    let failed = CloudEvent::new(
+        names::COMPONENT_SCALE_FAILED,
+        "H",
+        json!({"component_id": "c", "image_ref": "x", "host_id": "H", "max_instances": 1, "error": "file not found"}),
+    );
+    l.apply_event(&failed, now);
+    let f = &l.failures[&FailureKey::Workload {
+        host_id: "H".into(),
+        id: "c".into(),
+    }];
+    assert_eq!(f.error, "file not found");
+    assert_eq!(f.attempts, 1);
+    assert!(f.retry_at > now);
+}
+
+#[test]
+fn links_follow_events_and_deleted_configs_are_forgotten() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    let link = json!({"source_id": "s", "target": "t", "name": "default", "wit_namespace": "wasi",
+        "wit_package": "http", "interfaces": ["incoming-handler"]});
+    l.apply_event(&CloudEvent::new(names::LINKDEF_SET, "H", link), now);
+    assert_eq!(l.links.len(), 1);
+    l.apply_event(
+        &CloudEvent::new(
+            names::LINKDEF_DELETED,
+            "H",
+            json!({"source_id": "s", "name": "default", "wit_namespace": "wasi", "wit_package": "http"}),
+        ),
+        now,
+    );
+    assert!(l.links.is_empty());
+    l.applied_configs
+        .insert("app-cfg".into(), Default::default());
+    l.apply_event(
+        &CloudEvent::new(
+            names::CONFIG_DELETED,
+            "H",
+            json!({"config_name": "app-cfg"}),
+        ),
+        now,
+    );
+    assert!(l.applied_configs.is_empty());
+}
