@@ -303,6 +303,26 @@ async fn nats_counter_survives_a_host_restart() {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(count(&addr, "/get/race", &host).await, 20);
+
+    // wasi:keyvalue@0.2.0-draft2 on the same data: compare-and-swap and signed increments.
+    assert_eq!(count(&addr, "/cas/visits", &host).await, 5);
+    assert_eq!(count(&addr, "/dec/visits", &host).await, 4);
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        let addr = addr.clone();
+        all.push(tokio::spawn(async move {
+            http_get(&addr, "/cas/swapped").await
+        }));
+    }
+    for request in all {
+        let (status, body) = request.await.expect("task").expect("request");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        count(&addr, "/get/swapped", &host).await,
+        10,
+        "a swap was lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -452,4 +472,14 @@ async fn redis_counter_counts_in_redis() {
         .await
         .expect("SET");
     assert_eq!(count(&addr, "/hits", &host).await, 42);
+    assert_eq!(
+        count(&addr, "/cas/hits", &host).await,
+        43,
+        "draft2 compare-and-swap"
+    );
+    assert_eq!(
+        count(&addr, "/dec/hits", &host).await,
+        42,
+        "draft2 signed increment"
+    );
 }

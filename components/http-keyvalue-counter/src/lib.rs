@@ -10,6 +10,9 @@
 //! - `GET /batch` exercises `batch`: sets `batch-a`=`1` and `batch-b`=`2` with `set-many`,
 //!   reads them and `batch-missing` with `get-many`, deletes both with `delete-many`, and
 //!   answers `batch-a=1,batch-b=2,batch-missing=-;exists-after-delete=false`.
+//! - `GET /cas/<key>` adds 1 to the counter through `wasi:keyvalue@0.2.0-draft2`
+//!   compare-and-swap (retrying when another writer got there first) and answers the new value.
+//! - `GET /dec/<key>` subtracts 1 through the draft2 signed `increment` and answers the result.
 //! - A storage error (for example a missing `wasi:keyvalue` link) answers `500` with the error.
 
 mod keyvalue {
@@ -19,7 +22,15 @@ mod keyvalue {
     });
 }
 
+mod keyvalue_draft2 {
+    wit_bindgen::generate!({
+        path: "../../wit/deps/wasi-keyvalue-0.2.0-draft2",
+        world: "wasi:keyvalue/imports",
+    });
+}
+
 use keyvalue::wasi::keyvalue::{atomics, batch, store};
+use keyvalue_draft2::wasi::keyvalue::{atomics as atomics2, store as store2};
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -39,6 +50,8 @@ impl wasi::exports::http::incoming_handler::Guest for Counter {
         let result = match (path, path.strip_prefix("/get/")) {
             ("/keys", _) => list_keys(),
             ("/batch", _) => exercise_batch(),
+            _ if path.starts_with("/cas/") => compare_and_swap(&key_for(&path[5..])),
+            _ if path.starts_with("/dec/") => decrement(&key_for(&path[5..])),
             (_, Some(key)) => read(&key_for(key)).map(|n| n.to_string()),
             (_, None) => increment(&key_for(path.trim_start_matches('/'))).map(|n| n.to_string()),
         };
@@ -128,6 +141,42 @@ fn exercise_batch() -> Result<String, String> {
     batch::delete_many(&bucket, &wanted[..2]).map_err(describe)?;
     let exists = bucket.exists("batch-a").map_err(describe)?;
     Ok(format!("{};exists-after-delete={exists}", shown.join(",")))
+}
+
+fn describe2(error: store2::Error) -> String {
+    match error {
+        store2::Error::NoSuchStore => "keyvalue error: no such store".to_string(),
+        store2::Error::AccessDenied => "keyvalue error: access denied".to_string(),
+        store2::Error::Other(message) => format!("keyvalue error: {message}"),
+    }
+}
+
+fn compare_and_swap(key: &str) -> Result<String, String> {
+    let bucket = store2::open(BUCKET).map_err(describe2)?;
+    let mut cas = atomics2::Cas::new(&bucket, key).map_err(describe2)?;
+    for _ in 0..100 {
+        let current: i64 = match cas.current().map_err(describe2)? {
+            None => 0,
+            Some(bytes) => String::from_utf8_lossy(&bytes)
+                .trim()
+                .parse()
+                .map_err(|_| format!("the value of `{key}` is not a number"))?,
+        };
+        let next = current + 1;
+        match atomics2::swap(cas, next.to_string().as_bytes()) {
+            Ok(()) => return Ok(next.to_string()),
+            Err(atomics2::CasError::CasFailed(retry)) => cas = retry,
+            Err(atomics2::CasError::StoreError(e)) => return Err(describe2(e)),
+        }
+    }
+    Err(format!("`{key}` kept changing; gave up"))
+}
+
+fn decrement(key: &str) -> Result<String, String> {
+    let bucket = store2::open(BUCKET).map_err(describe2)?;
+    atomics2::increment(&bucket, key, -1)
+        .map(|n| n.to_string())
+        .map_err(describe2)
 }
 
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
