@@ -1,0 +1,184 @@
+//! Section 1: HTTP hello against the anchor, in-process provider, provider process over NATS,
+//! and a component on another host; host memory under load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_integration::{free_port, HostProcess, Lattice, NatsServer};
+
+use crate::anchor::Anchor;
+use crate::lattice::{self, rss_mib};
+use crate::report::Figure;
+use crate::{file_ref, Bench};
+
+const SECTION: &str = "1. HTTP hello (requests/s, latency)";
+const LOADS: [u32; 2] = [1, 50];
+
+/// Measures the anchor (unless skipped) and the three Trellis paths side by side.
+pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    let hello = trellis_integration::guest("http_hello");
+    let mut anchor_rates: HashMap<u32, f64> = HashMap::new();
+    if let Some(bin) = bench.anchor_bin.clone() {
+        let anchor = Anchor::start(&bin, &hello).await?;
+        for connections in LOADS {
+            let r = crate::wrk::run(
+                &format!("http://{}/", anchor.addr),
+                connections,
+                bench.wrk_duration,
+            )
+            .await?;
+            anchor_rates.insert(connections, r.requests_per_sec);
+            bench.push(Figure {
+                ratio: Some(1.0),
+                ..wrk_figure("wasmtime serve (anchor)", connections, &r)
+            });
+        }
+        drop(anchor);
+    }
+
+    let nats = NatsServer::start().await;
+    let name = "bench-http";
+    let host_a = HostProcess::start(&nats.url(), name, &[]).await;
+    let host_b = HostProcess::start(&nats.url(), name, &[]).await;
+    let lattice = Lattice::connect(&nats.url(), name).await;
+    let wasm = file_ref(&hello);
+    // As many instances as connections, so the limit is the work, not the instance count
+    // (wasmtime serve has no limit at all).
+    lattice::scale(&lattice, &host_a, &wasm, "hello", 100).await?;
+    lattice::scale(&lattice, &host_b, &wasm, "hello-b", 100).await?;
+
+    let paths = [
+        (
+            "Trellis in-process http-server",
+            "http-inproc",
+            "trellis+builtin://http-server",
+            "hello",
+        ),
+        (
+            "Trellis http-server process over NATS",
+            "http-proc",
+            "trellis+process://http-server",
+            "hello",
+        ),
+        (
+            "Trellis in-process http-server, component on 2nd host",
+            "http-remote",
+            "trellis+builtin://http-server",
+            "hello-b",
+        ),
+    ];
+    let mut addrs = Vec::new();
+    for (_, provider, provider_ref, component) in paths {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = format!("{provider}-addr");
+        lattice::put_config(&lattice, &config, &[("address", &addr)]).await?;
+        lattice::start_provider(&lattice, &host_a, provider, provider_ref, &[]).await?;
+        lattice::link(
+            &lattice,
+            provider,
+            component,
+            ("wasi", "http"),
+            &["incoming-handler"],
+            &[&config],
+        )
+        .await?;
+        lattice::wait_http_ok(
+            &addr,
+            "/",
+            Duration::from_millis(20),
+            Duration::from_secs(30),
+        )
+        .await?;
+        addrs.push(addr);
+    }
+
+    let idle_a = rss_mib(host_a.pid())?;
+    for ((label, provider, _, _), addr) in paths.iter().zip(&addrs) {
+        for connections in LOADS {
+            // Sample host A's memory while it serves (the in-process path at full load is
+            // the footprint "under load").
+            let sampling = Arc::new(AtomicBool::new(true));
+            let sampler = {
+                let sampling = sampling.clone();
+                let pid = host_a.pid();
+                tokio::spawn(async move {
+                    let mut peak = 0f64;
+                    while sampling.load(Ordering::Relaxed) {
+                        if let Ok(rss) = rss_mib(pid) {
+                            peak = peak.max(rss);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    peak
+                })
+            };
+            let r =
+                crate::wrk::run(&format!("http://{addr}/"), connections, bench.wrk_duration).await;
+            sampling.store(false, Ordering::Relaxed);
+            let peak = sampler.await.unwrap_or(0.0);
+            let r = r?;
+            let ratio = anchor_rates
+                .get(&connections)
+                .map(|anchor| r.requests_per_sec / anchor);
+            let mut figure = Figure {
+                ratio,
+                ..wrk_figure(label, connections, &r)
+            };
+            match *provider {
+                "http-inproc" => {
+                    figure.budget = Some(">= 1.3x anchor".into());
+                    figure.met = ratio.map(|x| x >= 1.3);
+                }
+                "http-proc" => {
+                    let p50_ok = connections != 1 || r.p50_ms < 0.4;
+                    figure.budget = Some(if connections == 1 {
+                        ">= 0.6x anchor, p50 < 0.4 ms".into()
+                    } else {
+                        ">= 0.6x anchor".into()
+                    });
+                    figure.met = match ratio {
+                        Some(x) => Some(x >= 0.6 && p50_ok),
+                        None => Some(p50_ok),
+                    };
+                }
+                _ => {}
+            }
+            bench.push(figure);
+            if *provider == "http-inproc" && connections == 50 {
+                bench.push(Figure {
+                    section: crate::footprint::SECTION.into(),
+                    scenario: "host RSS under load (in-process HTTP, 50 conn)".into(),
+                    load: "peak while serving".into(),
+                    value: Some(peak),
+                    unit: "MiB".into(),
+                    note: format!(
+                        "host A runs hello + hello's 100 instance slots, 3 http-server providers; \
+                         {idle_a:.1} MiB before load"
+                    ),
+                    ..Figure::default()
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A figure from one `wrk` run.
+pub fn wrk_figure(scenario: &str, connections: u32, r: &crate::wrk::WrkReport) -> Figure {
+    Figure {
+        section: SECTION.into(),
+        scenario: scenario.into(),
+        load: format!("{connections} conn"),
+        rate: Some(r.requests_per_sec),
+        p50_ms: Some(r.p50_ms),
+        p99_ms: Some(r.p99_ms),
+        note: if r.errors > 0 {
+            format!("{} errors of {} requests", r.errors, r.requests)
+        } else {
+            String::new()
+        },
+        ..Figure::default()
+    }
+}

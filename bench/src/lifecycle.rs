@@ -1,0 +1,334 @@
+//! Sections 4 and 6: cold start (component.scale and manifest deploy to the first response)
+//! and healing (SIGKILL of the host running an app to the app serving again elsewhere).
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use trellis_integration::{free_port, HostProcess, Lattice, NatsServer};
+use trellis_protocol::ctl::HostInventory;
+
+use crate::lattice;
+use crate::report::Figure;
+use crate::{file_ref, Bench};
+
+const COLD: &str = "4. Cold start";
+const HEAL: &str = "6. Healing";
+
+/// A `trellis wadm` child process; killed on drop.
+struct Wadm {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Wadm {
+    fn start(trellis: &Path, nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("wadm.log"))?;
+        let child = Command::new(trellis)
+            .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start trellis wadm")?;
+        Ok(Self { child, _dir: dir })
+    }
+}
+
+impl Drop for Wadm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One wadm API request, retried while nobody serves the API yet.
+async fn wadm_api(
+    client: &async_nats::Client,
+    subject: String,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request(subject.clone(), body.clone().into()),
+        )
+        .await
+        {
+            Ok(Ok(msg)) => {
+                return serde_json::from_slice(&msg.payload)
+                    .with_context(|| format!("reply on {subject} is not JSON"))
+            }
+            Ok(Err(e)) if started.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(Err(e)) => bail!("no wadm API on {subject}: {e}"),
+            Err(_) => bail!("no reply on {subject} within 10 s"),
+        }
+    }
+}
+
+/// A manifest: `http_hello` and the built-in http-server provider listening on `addr`.
+fn manifest(app: &str, wasm_ref: &str, addr: &str) -> String {
+    format!(
+        "apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {app}
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: hello
+      type: component
+      properties:
+        image: {wasm_ref}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+    - name: httpserver
+      type: capability
+      properties:
+        image: trellis+builtin://http-server
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+        - type: link
+          properties:
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            target:
+              name: hello
+            source:
+              config:
+                - name: {app}-http
+                  properties:
+                    address: {addr}
+"
+    )
+}
+
+/// Puts and deploys `app`; returns once wadm acknowledged the deploy.
+async fn deploy(
+    client: &async_nats::Client,
+    lattice: &str,
+    app: &str,
+    yaml: String,
+) -> anyhow::Result<()> {
+    let reply = wadm_api(
+        client,
+        format!("wadm.api.{lattice}.model.put"),
+        yaml.into_bytes(),
+    )
+    .await?;
+    if reply["result"] != "created" && reply["result"] != "newversion" {
+        bail!("model.put refused: {reply}");
+    }
+    let reply = wadm_api(
+        client,
+        format!("wadm.api.{lattice}.model.deploy.{app}"),
+        Vec::new(),
+    )
+    .await?;
+    if reply["result"] != "acknowledged" {
+        bail!("deploy refused: {reply}");
+    }
+    Ok(())
+}
+
+/// Cold start: scale to first 200 on a fresh host (compiling) and with the compiled code
+/// cached; manifest put + deploy to first 200.
+pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await;
+    let name = "bench-cold";
+    let host = HostProcess::start(&nats.url(), name, &[]).await;
+    let lattice = Lattice::connect(&nats.url(), name).await;
+    let wasm = file_ref(&trellis_integration::guest("http_hello"));
+    lattice::start_provider(
+        &lattice,
+        &host,
+        "http-cold",
+        "trellis+builtin://http-server",
+        &[],
+    )
+    .await?;
+    let mut samples = Vec::new();
+    for i in 0..=bench.cold_repeats {
+        let id = format!("cold-{i}");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = format!("{id}-addr");
+        lattice::put_config(&lattice, &config, &[("address", &addr)]).await?;
+        lattice::link(
+            &lattice,
+            "http-cold",
+            &id,
+            ("wasi", "http"),
+            &["incoming-handler"],
+            &[&config],
+        )
+        .await?;
+        // The listener opens on the link; the component is not there yet (503).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lattice::http_get(&addr, "/").await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the listener on {addr} did not open");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = Instant::now();
+        lattice::request_scale(&lattice, &host.id, &wasm, &id, 1).await?;
+        let served = lattice::wait_http_ok(
+            &addr,
+            "/",
+            Duration::from_millis(1),
+            Duration::from_secs(30),
+        )
+        .await?;
+        samples.push(served.duration_since(started).as_secs_f64() * 1000.0);
+    }
+    let first = samples.remove(0);
+    bench.push(Figure {
+        section: COLD.into(),
+        scenario: "component.scale -> first 200, fresh host (compiles the .wasm)".into(),
+        load: "1 sample".into(),
+        value: Some(first),
+        unit: "ms".into(),
+        note: "empty compiled-code cache: includes Cranelift compilation".into(),
+        ..Figure::default()
+    });
+    samples.sort_by(f64::total_cmp);
+    let median = samples.get(samples.len() / 2).copied().unwrap_or(first);
+    bench.push(Figure {
+        section: COLD.into(),
+        scenario: "component.scale -> first 200, code cached (new component id)".into(),
+        load: format!("median of {}", samples.len()),
+        value: Some(median),
+        unit: "ms".into(),
+        budget: Some("< 50 ms".into()),
+        met: Some(median < 50.0),
+        note: format!(
+            "min {:.1} ms, max {:.1} ms; HTTP polled every 1 ms",
+            samples.first().copied().unwrap_or(0.0),
+            samples.last().copied().unwrap_or(0.0)
+        ),
+        ..Figure::default()
+    });
+
+    let _wadm = Wadm::start(&bench.trellis_bin, &nats.url(), name)?;
+    // Wait until wadm answers before starting the clock.
+    wadm_api(
+        &lattice.client,
+        format!("wadm.api.{name}.model.list"),
+        Vec::new(),
+    )
+    .await?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    deploy(
+        &lattice.client,
+        name,
+        "coldapp",
+        manifest("coldapp", &wasm, &addr),
+    )
+    .await?;
+    let served = lattice::wait_http_ok(
+        &addr,
+        "/",
+        Duration::from_millis(2),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let took = served.duration_since(started).as_secs_f64() * 1000.0;
+    bench.push(Figure {
+        section: COLD.into(),
+        scenario: "manifest model.put + deploy -> first 200 (wadm)".into(),
+        load: "1 sample".into(),
+        value: Some(took),
+        unit: "ms".into(),
+        budget: Some("< 50 ms".into()),
+        met: Some(took < 50.0),
+        note: "component + built-in http-server provider + link; code cached; \
+               `trellis wadm` with its default tick"
+            .into(),
+        ..Figure::default()
+    });
+    Ok(())
+}
+
+async fn runs(lattice: &Lattice, host: &str, id: &str) -> bool {
+    lattice
+        .request::<HostInventory>(lattice.subjects.host_get(host), &serde_json::json!({}))
+        .await
+        .ok()
+        .and_then(|r| r.response)
+        .is_some_and(|inv| {
+            inv.components
+                .iter()
+                .any(|c| c.id == id && c.max_instances > 0)
+        })
+}
+
+/// Healing: SIGKILL the host running a deployed app's component; time until HTTP answers
+/// 200 again (served from the other host).
+pub async fn healing(bench: &mut Bench) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await;
+    let name = "bench-heal";
+    let mut host_a = HostProcess::start(&nats.url(), name, &[]).await;
+    let mut host_b = HostProcess::start(&nats.url(), name, &[]).await;
+    let lattice = Lattice::connect(&nats.url(), name).await;
+    let _wadm = Wadm::start(&bench.trellis_bin, &nats.url(), name)?;
+    let wasm = file_ref(&trellis_integration::guest("http_hello"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    deploy(
+        &lattice.client,
+        name,
+        "healapp",
+        manifest("healapp", &wasm, &addr),
+    )
+    .await?;
+    lattice::wait_http_ok(
+        &addr,
+        "/",
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let id = "healapp-hello";
+    let on_a = runs(&lattice, &host_a.id, id).await;
+    let on_b = runs(&lattice, &host_b.id, id).await;
+    let victim = match (on_a, on_b) {
+        (true, false) => &mut host_a,
+        (false, true) => &mut host_b,
+        other => bail!("expected {id} on exactly one host, found (A, B) = {other:?}"),
+    };
+    let started = Instant::now();
+    victim.kill();
+    let served = lattice::wait_http_ok(
+        &addr,
+        "/",
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let took = served.duration_since(started).as_secs_f64();
+    bench.push(Figure {
+        section: HEAL.into(),
+        scenario: "kill -9 of the host running the app -> HTTP 200 again".into(),
+        load: "2 hosts, spreadscaler 1".into(),
+        value: Some(took),
+        unit: "s".into(),
+        budget: Some("< 10 s".into()),
+        met: Some(took < 10.0),
+        note: "hosts heartbeat every 500 ms; `trellis wadm` default --host-dead-after-ms \
+               (6000); HTTP polled every 20 ms"
+            .into(),
+        ..Figure::default()
+    });
+    Ok(())
+}
