@@ -347,7 +347,11 @@ impl LatticeStore {
     }
 
     fn apply_link(&self, key: LinkKey, link: Option<Link>) {
-        apply(&self.caches, &self.changes, Applied::Link(key, link));
+        apply(
+            &self.caches,
+            &self.changes,
+            Applied::Link(key, link.map(Box::new)),
+        );
     }
 
     fn apply_config(&self, name: &str, values: Option<ConfigMap>) {
@@ -373,7 +377,7 @@ where
 }
 
 enum Applied {
-    Link(LinkKey, Option<Link>),
+    Link(LinkKey, Option<Box<Link>>),
     Config(String, Option<ConfigMap>),
 }
 
@@ -386,7 +390,9 @@ fn apply(caches: &RwLock<Caches>, changes: &broadcast::Sender<StoreChange>, appl
     let change = match applied {
         Applied::Link(key, link) => {
             let changed = match link {
-                Some(link) => guard.links.links.insert(key, link.clone()).as_ref() != Some(&link),
+                Some(link) => {
+                    guard.links.links.insert(key, (*link).clone()).as_ref() != Some(&*link)
+                }
                 None => guard.links.links.remove(&key).is_some(),
             };
             changed.then_some(StoreChange::Links)
@@ -431,7 +437,11 @@ fn apply_entry(
             }
             match value {
                 Some(v) => match serde_json::from_slice::<Link>(v) {
-                    Ok(link) => apply(caches, changes, Applied::Link(link.key(), Some(link))),
+                    Ok(link) => apply(
+                        caches,
+                        changes,
+                        Applied::Link(link.key(), Some(Box::new(link))),
+                    ),
                     Err(e) => tracing::warn!(key, error = %e, "ignoring a malformed link in KV"),
                 },
                 None => {

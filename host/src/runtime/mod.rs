@@ -17,9 +17,11 @@
 //!         config: HashMap::new(),
 //!     })
 //!     .await?;
-//! let request = http::Request::get("http://localhost/")
-//!     .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}))?;
 //! # use http_body_util::BodyExt;
+//! let request = http::Request::get("http://localhost/").body(
+//!     http_body_util::Empty::<bytes::Bytes>::new()
+//!         .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} }),
+//! )?;
 //! let response = component.handle_http(request).await?;
 //! component.set_max_instances(10); // scale
 //! # Ok(()) }
