@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 bash components/build.sh >/dev/null
-cargo build --workspace --bins
+# --all-targets resolves features exactly as `cargo test` does, so nothing is compiled twice.
+cargo build --workspace --all-targets
 cargo test --workspace "$@"
