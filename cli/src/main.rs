@@ -4,6 +4,7 @@
 mod app_cmds;
 mod app_endpoints;
 mod call_cmd;
+mod dev_cmds;
 mod host_cmd;
 mod lattice_client;
 mod lattice_cmds;
@@ -67,6 +68,10 @@ enum Command {
     Host(HostCommand),
     /// Run the reconciler: keep deployed OAM applications in their declared state.
     Wadm(wadm_cmd::WadmArgs),
+    /// Create a component project from a template
+    New(dev_cmds::NewArgs),
+    /// Build the component project in the current directory for wasm32-wasip2
+    Build(dev_cmds::BuildArgs),
     /// Print shell completions: `trellis completions bash > /etc/bash_completion.d/trellis`
     Completions {
         /// The shell
@@ -121,6 +126,8 @@ fn main() -> std::process::ExitCode {
             }) => lattice_cmds::run_stop_host(args).await,
             Command::Host(HostCommand { run, action: None }) => host_cmd::run(run).await,
             Command::Wadm(args) => wadm_cmd::run(args).await,
+            Command::New(args) => dev_cmds::run_new(args),
+            Command::Build(args) => dev_cmds::run_build(args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,
