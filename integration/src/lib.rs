@@ -258,6 +258,9 @@ impl HostProcess {
             .expect("log file");
         let child = Command::new(trellis_bin())
             .args(&self.args)
+            // As a user would: from the repository root, where manifests' relative
+            // `file://./components/...` refs resolve.
+            .current_dir(repo_root())
             .env("TRELLIS_HOST_SEED", &self.seed)
             .env("TRELLIS_CACHE_DIR", self._dir.path().join("cache"))
             .env("RUST_LOG", "info")

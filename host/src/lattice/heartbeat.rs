@@ -19,15 +19,22 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connection_open = true;
+    // The first `Connected` is the initial connection, not a reconnect.
+    let mut was_disconnected = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             event = connection.recv(), if connection_open => match event {
-                Some(ConnectionEvent::Connected) => {
+                Some(ConnectionEvent::Connected) if was_disconnected => {
+                    was_disconnected = false;
                     tracing::info!("reconnected to NATS; republishing host state");
                     ticker.reset();
                 }
-                Some(ConnectionEvent::Disconnected) => continue,
+                Some(ConnectionEvent::Connected) => continue,
+                Some(ConnectionEvent::Disconnected) => {
+                    was_disconnected = true;
+                    continue;
+                }
                 None => { connection_open = false; continue; }
             },
         }

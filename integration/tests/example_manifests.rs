@@ -1,0 +1,131 @@
+//! The example manifests in `manifests/` deploy unmodified with `trellis app deploy` after
+//! `trellis up`, exactly as the README tells a new user, and serve.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_integration::{eventually, free_port, guest_dir, repo_root, trellis_bin, HostProcess, Lattice};
+use trellis_protocol::ctl::HostInventory;
+
+/// Runs `trellis ARGS` from the repository root (the manifests use `file://./components/...`).
+async fn trellis(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(trellis_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env("TRELLIS_DATA_DIR", data_dir)
+        .env_remove("TRELLIS_NATS_URL")
+        .env_remove("TRELLIS_LATTICE")
+        .output()
+        .await
+        .expect("cannot run trellis");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The body of a 200 answer to `GET path` (HTTP/1.0, so the body is not chunked).
+async fn http_get(address: &str, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+/// Brings the lattice down at the end of the test, even on failure.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(trellis_bin())
+            .arg("down")
+            .env("TRELLIS_DATA_DIR", self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_manifest_deploys_and_serves() {
+    guest_dir(); // the manifests point at the built guests
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let _down = Down(dir);
+    let nats_port = free_port().to_string();
+    let (ok, out, err) = trellis(
+        dir,
+        &["up", "--detach", "--nats-port", &nats_port, "--label", "zone=east"],
+    )
+    .await;
+    assert!(ok, "up failed: {out}\n{err}");
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    // A second host in another zone, for the spread example.
+    let west = HostProcess::start(&nats_url, "default", &["--label", "zone=west"]).await;
+
+    // hello
+    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/hello.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("http://127.0.0.1:8080/"), "{out}");
+    let body = eventually("hello to serve", || http_get("127.0.0.1:8080", "/")).await;
+    assert!(body.contains("Hello from Trellis!"), "{body}");
+
+    // key-value counter
+    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/kv-counter.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    let key = format!("/example-{nats_port}");
+    let first = eventually("the counter to serve", || http_get("127.0.0.1:8081", &key)).await;
+    let second = http_get("127.0.0.1:8081", &key).await.unwrap();
+    assert_eq!(first.trim(), "1");
+    assert_eq!(second.trim(), "2");
+
+    // messaging
+    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/messaging.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let reply = eventually("the handler to answer", || {
+        let client = client.clone();
+        async move {
+            let msg = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request("trellis.demo.hello", "hi".into()),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            Some(String::from_utf8_lossy(&msg.payload).into_owned())
+        }
+    })
+    .await;
+    assert_eq!(reply, "reply: hi");
+
+    // spread over two zones: 8 instances east, 2 west.
+    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    let lattice = Lattice::connect(&nats_url, "default").await;
+    let (ok, out, _) = trellis(dir, &["get", "hosts", "-o", "json"]).await;
+    assert!(ok);
+    let hosts: Value = serde_json::from_str(&out).unwrap();
+    let east = hosts
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["labels"]["zone"] == "east"))
+        .and_then(|h| h["id"].as_str())
+        .expect("an east host")
+        .to_string();
+    for (host_id, expected) in [(east.as_str(), 8), (west.id.as_str(), 2)] {
+        let inv = lattice
+            .request::<HostInventory>(lattice.subjects.host_get(host_id), &serde_json::json!({}))
+            .await
+            .unwrap()
+            .response
+            .unwrap();
+        let hello = inv.components.iter().find(|c| c.id == "spread-hello");
+        assert_eq!(hello.map(|c| c.max_instances), Some(expected), "{host_id}: {inv:?}");
+    }
+    let body = eventually("spread to serve", || http_get("127.0.0.1:8082", "/")).await;
+    assert!(body.contains("Hello from Trellis!"), "{body}");
+}
