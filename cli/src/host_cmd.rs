@@ -17,7 +17,11 @@ use trellis_host::{HostConfig, HostHandle};
   TRELLIS_LABEL_zone=a trellis host          # labels from the environment too")]
 pub struct HostArgs {
     /// NATS server to join.
-    #[arg(long, env = "TRELLIS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "TRELLIS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Lattice name: hosts, links and configs of one lattice never see another's.
     #[arg(long, env = "TRELLIS_LATTICE", default_value = "default")]
@@ -47,6 +51,10 @@ pub struct HostArgs {
     /// Directory for compiled components (defaults to the user's cache directory).
     #[arg(long, env = "TRELLIS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Send every component-to-component call over NATS, even when the target runs on this
+    /// host (by default such calls go in-process).
+    #[arg(long, env = "TRELLIS_DISABLE_COLOCATION")]
+    pub disable_colocation: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -86,6 +94,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
         allow_file_load: args.allow_file_load,
         cache_dir: args.cache_dir.clone(),
+        colocation: !args.disable_colocation,
         ..HostConfig::default()
     };
     // Built-in capabilities (logging, config, keyvalue, messaging) and providers.

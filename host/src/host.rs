@@ -56,6 +56,9 @@ pub struct HostConfig {
     pub capabilities: Vec<Arc<dyn Capability>>,
     /// Filled with the running host once it exists, for capabilities built before it.
     pub host_slot: HostSlot,
+    /// Whether calls to a link target running on this host go in-process (default true);
+    /// `false` sends every component-to-component call over NATS.
+    pub colocation: bool,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -114,6 +117,7 @@ impl Default for HostConfig {
             provider_launcher: None,
             capabilities: Vec::new(),
             host_slot: HostSlot::default(),
+            colocation: true,
         }
     }
 }
@@ -299,6 +303,8 @@ impl HostHandle {
         let _ = config.host_slot.0.set(Arc::downgrade(&host));
         let control = control::ControlServer::subscribe(host.clone()).await?;
         let tasks = vec![
+            // First: installs the import resolver before any component can be started.
+            crate::routing::start(&host, config.colocation),
             tokio::spawn(control.run()),
             tokio::spawn(heartbeat::run(
                 host.clone(),

@@ -3,6 +3,8 @@
 //! - [`runtime`]: wasmtime, the component runtime (instances, limits, compile cache, WASI).
 //! - [`lattice`]: the lattice connection (control interface, events, heartbeats, shared state).
 //! - [`components`] and [`providers`]: what this host runs.
+//! - [`routing`]: component-to-component calls (imports forwarded to link targets, exports
+//!   served on the lattice, co-located calls in-process).
 //! - [`host`]: the lifecycle tying them together.
 
 pub mod components;
@@ -11,6 +13,7 @@ pub mod identity;
 pub mod invocation;
 pub mod lattice;
 pub mod providers;
+pub mod routing;
 pub mod runtime;
 
 pub use host::{Host, HostConfig, HostHandle, HostSlot};

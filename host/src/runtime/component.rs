@@ -458,6 +458,12 @@ fn classify(
             message: trap.to_string(),
         };
     }
+    // A failed call to another component or provider (an import served over the lattice):
+    // name it in the message itself, since HTTP servers answer with the top-level message.
+    if let Some(call_error) = error.downcast_ref::<crate::invocation::InvocationError>() {
+        let message = format!("component {component_id} failed calling an import: {call_error}");
+        return InvocationError::Other(anyhow::Error::from(error).context(message));
+    }
     InvocationError::Other(
         anyhow::Error::from(error).context(format!("invoking component {component_id}")),
     )

@@ -77,7 +77,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -93,7 +93,7 @@ pub use limits::{
 };
 pub use loader::{classify_image_ref, ComponentLoader, DefaultLoader, ImageRefKind};
 pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
-pub use state::{Capability, Extensions, InstanceContext, InstanceState};
+pub use state::{Capability, Extensions, ImportResolver, InstanceContext, InstanceState};
 /// The response body type of [`PreparedComponent::handle_http`].
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -172,6 +172,9 @@ struct RuntimeInner {
     loader: Arc<dyn ComponentLoader>,
     capabilities: Vec<Arc<dyn Capability>>,
     pool_slots: Option<u32>,
+    /// Provides imports the shared linker lacks (e.g. forwarding them over the lattice); set
+    /// once, late, by the host (see [`Runtime::set_import_resolver`]).
+    import_resolver: OnceLock<Arc<dyn ImportResolver>>,
     // Dropped with the runtime: stops the epoch thread.
     _ticker: engine::EpochTicker,
 }
@@ -217,6 +220,7 @@ impl Runtime {
                 loader,
                 capabilities: config.capabilities,
                 pool_slots: setup.pool_slots,
+                import_resolver: OnceLock::new(),
                 _ticker: ticker,
             }),
         })
@@ -230,6 +234,13 @@ impl Runtime {
     /// Pooled instance slots, or `None` if instances are allocated on demand.
     pub fn pool_slots(&self) -> Option<u32> {
         self.inner.pool_slots
+    }
+
+    /// Installs the resolver consulted when a component imports something the shared linker
+    /// does not provide. Only the first call has an effect; returns whether it was installed.
+    /// Components prepared before it is installed are not affected.
+    pub fn set_import_resolver(&self, resolver: Arc<dyn ImportResolver>) -> bool {
+        self.inner.import_resolver.set(resolver).is_ok()
     }
 
     /// The compiled-code cache directory.
@@ -259,12 +270,29 @@ impl Runtime {
             .await
             .context("the compilation task failed")??
         };
-        let instance_pre = inner.linker.instantiate_pre(&component).map_err(|error| {
-            anyhow::Error::from(error).context(format!(
-                "component {} imports something this host does not provide",
-                spec.id
-            ))
-        })?;
+        // The shared linker serves most components as is. When it lacks an import, the import
+        // resolver (if any) defines it in a per-component copy of the linker.
+        let instance_pre = match inner.linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(first_error) => match inner.import_resolver.get() {
+                None => Err(first_error),
+                Some(resolver) => {
+                    let mut linker = inner.linker.clone();
+                    resolver
+                        .resolve_imports(&mut linker, &spec.id, &component)
+                        .with_context(|| {
+                            format!("providing the imports of component {}", spec.id)
+                        })?;
+                    linker.instantiate_pre(&component)
+                }
+            }
+            .map_err(|error| {
+                anyhow::Error::from(error).context(format!(
+                    "component {} imports something this host does not provide",
+                    spec.id
+                ))
+            })?,
+        };
         let proxy_pre = ProxyPre::new(instance_pre.clone()).ok();
         tracing::info!(
             component_id = spec.id,

@@ -45,6 +45,20 @@ pub trait Capability: Send + Sync + 'static {
     }
 }
 
+/// Provides, per component, imports the shared linker lacks (the host forwards them over the
+/// lattice). Called by [`super::Runtime::prepare`] with a copy of the shared linker, only when
+/// the shared linker cannot instantiate the component.
+pub trait ImportResolver: Send + Sync + 'static {
+    /// Defines in `linker` what `component` (id `component_id`) imports and `linker` lacks.
+    /// Whatever is still missing afterwards makes the component fail to prepare.
+    fn resolve_imports(
+        &self,
+        linker: &mut Linker<InstanceState>,
+        component_id: &str,
+        component: &wasmtime::component::Component,
+    ) -> anyhow::Result<()>;
+}
+
 /// A type map: at most one value of each type, added by capabilities.
 #[derive(Default)]
 pub struct Extensions {

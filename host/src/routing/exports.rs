@@ -1,0 +1,108 @@
+//! Serving the exports of running components over the lattice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+
+use super::{call_export, CallForwarder};
+use crate::host::Host;
+use crate::invocation::codec::{decode_values, encode_values};
+use crate::invocation::{IncomingCall, InvocationError, InvocationServer, ServerOptions};
+
+/// Follows the host's running components and keeps one [`InvocationServer`] per component
+/// id that exports non-WASI functions: started when the component starts, dropped (which
+/// unsubscribes) when it stops. Runs until aborted; dropping it drops every server.
+pub async fn serve_exports(host: Arc<Host>, forwarder: Arc<CallForwarder>) {
+    let mut changes = host.components.changes();
+    let mut servers: HashMap<String, InvocationServer> = HashMap::new();
+    let weak_host = Arc::downgrade(&host);
+    loop {
+        changes.borrow_and_update();
+        let running = host.components.all();
+        servers.retain(|id, _| {
+            let keep = running.iter().any(|c| c.prepared.id() == id);
+            if !keep {
+                tracing::debug!(component_id = id, "stopped serving component exports");
+            }
+            keep
+        });
+        for component in running {
+            let id = component.prepared.id().to_string();
+            if servers.contains_key(&id) || forwarder.export_table(&component.prepared).is_empty() {
+                continue;
+            }
+            let handler = {
+                let host = weak_host.clone();
+                let forwarder = forwarder.clone();
+                let id = id.clone();
+                move |call: IncomingCall| {
+                    let host = host.clone();
+                    let forwarder = forwarder.clone();
+                    let id = id.clone();
+                    async move { answer(&host, &forwarder, &id, call).await }
+                }
+            };
+            match InvocationServer::serve(
+                host.client.clone(),
+                &host.lattice,
+                &id,
+                ServerOptions::default(),
+                handler,
+            )
+            .await
+            {
+                Ok(server) => {
+                    tracing::debug!(
+                        component_id = id,
+                        "serving component exports on the lattice"
+                    );
+                    servers.insert(id, server);
+                }
+                Err(error) => {
+                    tracing::warn!(component_id = id, error = format!("{error:#}"), "cannot serve the component's exports on the lattice; retrying on the next component change");
+                }
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers one lattice call to component `id`.
+async fn answer(
+    host: &Weak<Host>,
+    forwarder: &CallForwarder,
+    id: &str,
+    call: IncomingCall,
+) -> Result<Bytes, InvocationError> {
+    let running = host
+        .upgrade()
+        .and_then(|host| host.components.get(id))
+        .ok_or_else(|| InvocationError::NoResponders {
+            target_id: id.to_string(),
+        })?;
+    let prepared = &running.prepared;
+    let table = forwarder.export_table(prepared);
+    let Some(exported) = table.get(&call.interface, &call.function) else {
+        return Err(InvocationError::bad_request(format!(
+            "component {id} does not export {}.{}",
+            call.interface, call.function
+        )));
+    };
+    let params = decode_values(&call.params, &exported.params).map_err(|e| {
+        InvocationError::bad_request(format!(
+            "decoding the params of {}.{}: {e}",
+            call.interface, call.function
+        ))
+    })?;
+    let results = call_export(prepared, exported, &params).await?;
+    let encoded = encode_values(&results, &exported.results).map_err(|e| {
+        InvocationError::trap(format!(
+            "encoding the results of {}.{}: {e}",
+            call.interface, call.function
+        ))
+    })?;
+    Ok(Bytes::from(encoded))
+}
