@@ -68,6 +68,13 @@ enum Command {
     Host(HostCommand),
     /// Run the reconciler: keep deployed OAM applications in their declared state.
     Wadm(wadm_cmd::WadmArgs),
+    /// Run a capability provider as its own process (started and supervised by a host, which
+    /// writes its connection data on stdin; `trellis+process://http-server` refs do this)
+    #[command(hide = true)]
+    Provider {
+        /// The provider to run (`http-server`)
+        name: String,
+    },
     /// Create a component project from a template
     New(dev_cmds::NewArgs),
     /// Build the component project in the current directory for wasm32-wasip2
@@ -126,6 +133,7 @@ fn main() -> std::process::ExitCode {
             }) => lattice_cmds::run_stop_host(args).await,
             Command::Host(HostCommand { run, action: None }) => host_cmd::run(run).await,
             Command::Wadm(args) => wadm_cmd::run(args).await,
+            Command::Provider { name } => trellis_providers::run_provider_process(&name).await,
             Command::New(args) => dev_cmds::run_new(args),
             Command::Build(args) => dev_cmds::run_build(args).await,
             Command::Completions { shell } => {
