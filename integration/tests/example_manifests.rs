@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_integration::{eventually, free_port, guest_dir, repo_root, trellis_bin, HostProcess, Lattice};
+use trellis_integration::{
+    eventually, free_port, guest_dir, repo_root, trellis_bin, HostProcess, Lattice,
+};
 use trellis_protocol::ctl::HostInventory;
 
 /// Runs `trellis ARGS` from the repository root (the manifests use `file://./components/...`).
@@ -59,7 +61,14 @@ async fn every_example_manifest_deploys_and_serves() {
     let nats_port = free_port().to_string();
     let (ok, out, err) = trellis(
         dir,
-        &["up", "--detach", "--nats-port", &nats_port, "--label", "zone=east"],
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &nats_port,
+            "--label",
+            "zone=east",
+        ],
     )
     .await;
     assert!(ok, "up failed: {out}\n{err}");
@@ -124,7 +133,11 @@ async fn every_example_manifest_deploys_and_serves() {
             .response
             .unwrap();
         let hello = inv.components.iter().find(|c| c.id == "spread-hello");
-        assert_eq!(hello.map(|c| c.max_instances), Some(expected), "{host_id}: {inv:?}");
+        assert_eq!(
+            hello.map(|c| c.max_instances),
+            Some(expected),
+            "{host_id}: {inv:?}"
+        );
     }
     let body = eventually("spread to serve", || http_get("127.0.0.1:8082", "/")).await;
     assert!(body.contains("Hello from Trellis!"), "{body}");
