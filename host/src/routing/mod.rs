@@ -461,3 +461,69 @@ fn runtime_failure(error: crate::runtime::InvocationError) -> InvocationError {
         other => InvocationError::trap(format!("{other:#}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_split() {
+        assert_eq!(
+            InterfaceName::parse("trellis:demo/inventory@0.1.0"),
+            Some(InterfaceName {
+                namespace: "trellis".into(),
+                package: "demo".into(),
+                interface: "inventory".into(),
+                version: Some("0.1.0".into()),
+            })
+        );
+        let plain = InterfaceName::parse("a:b/c").expect("parses");
+        assert_eq!((plain.interface.as_str(), plain.version), ("c", None));
+        for bad in ["inventory", "a:b", ":b/c", "a:/c", "a:b/"] {
+            assert_eq!(InterfaceName::parse(bad), None, "{bad}");
+        }
+    }
+
+    /// A component importing `wasmcloud:bus/lattice` in its WIT shape (`version`).
+    fn bus_user(version: &str, returns_result: bool) -> String {
+        let result = if returns_result {
+            "(type $r (result (error string))) (export \"set-link-name\" (func (param \"name\" string) (param \"interfaces\" $l) (result $r)))"
+        } else {
+            "(export \"set-link-name\" (func (param \"name\" string) (param \"interfaces\" $l)))"
+        };
+        format!(
+            r#"(component
+                 (import "wasmcloud:bus/lattice@{version}" (instance
+                   (export "call-target-interface" (type $cti (sub resource)))
+                   (type $own (own $cti))
+                   (export "[constructor]call-target-interface"
+                     (func (param "namespace" string) (param "package" string)
+                           (param "interface" string) (result $own)))
+                   (type $l (list $own))
+                   {result}
+                 ))
+               )"#
+        )
+    }
+
+    #[test]
+    fn the_bus_matches_both_wit_versions() {
+        let engine = wasmtime::Engine::default();
+        let no_host: bus::HostLookup = Arc::new(|| None);
+        for (version, returns_result) in [("1.0.0", false), ("2.0.0", true), ("2.0.1", true)] {
+            let component = Component::new(&engine, bus_user(version, returns_result))
+                .expect("the test component compiles");
+            let empty = Linker::<InstanceState>::new(&engine);
+            assert!(empty.instantiate_pre(&component).is_err());
+            let name = format!("wasmcloud:bus/lattice@{version}");
+            assert!(bus::is_lattice_interface(&name));
+            let mut linker = Linker::<InstanceState>::new(&engine);
+            bus::add_lattice_interface(&mut linker, &name, no_host.clone())
+                .expect("the bus is defined");
+            linker
+                .instantiate_pre(&component)
+                .unwrap_or_else(|e| panic!("{name} does not type-check: {e:#}"));
+        }
+        assert!(!bus::is_lattice_interface("wasmcloud:bus/lattice@3.0.0"));
+    }
+}
