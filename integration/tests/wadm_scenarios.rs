@@ -643,6 +643,24 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
             vec!["spec.components[0].traits[0]", "instances"],
         ),
         (
+            "misspelled trait field",
+            VALID.replace(
+                "            instances: 1\n",
+                "            instances: 1\n            spred: []\n",
+            ),
+            vec!["spec.components[0].traits[0].properties.spred", "unknown field"],
+        ),
+        (
+            "unknown trait type",
+            VALID.replace("type: spreadscaler", "type: autoscaler"),
+            vec!["spec.components[0].traits[0]", "autoscaler"],
+        ),
+        (
+            "broken YAML syntax",
+            VALID.replace("interfaces: [incoming-handler]", "interfaces: [incoming-handler"),
+            vec!["line"],
+        ),
+        (
             "duplicate link",
             format!("{VALID}{SECOND_LINK}"),
             vec!["duplicate link from `httpserver`"],
@@ -684,6 +702,7 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
     for (what, manifest, needles) in &cases {
         let reply = api.put(manifest).await;
         let message = reply["message"].as_str().unwrap_or_default();
+        eprintln!("{what}: {message}");
         if reply["result"] != "error" {
             failures.push(format!("{what}: accepted: {reply}"));
         } else if let Some(missing) = needles.iter().find(|n| !message.contains(*n)) {
@@ -716,7 +735,7 @@ async fn heals_after_kill_9_with_default_settings() {
     let url = nats.url();
     // Hosts on the default heartbeat (2 s), not the harness's 500 ms: the real default.
     let front = DefaultHost::start(&url, name, "role=front").await;
-    let mut workers = vec![
+    let mut workers = [
         DefaultHost::start(&url, name, "role=worker").await,
         DefaultHost::start(&url, name, "role=worker").await,
     ];
