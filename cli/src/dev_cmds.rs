@@ -31,17 +31,96 @@ const HTTP_HELLO: Template = Template {
     ],
 };
 
+const HTTP_KEYVALUE_COUNTER: Template = Template {
+    files: &[
+        (
+            "Cargo.toml",
+            include_str!("templates/http_keyvalue_counter/Cargo.toml.tmpl"),
+        ),
+        (
+            "src/lib.rs",
+            include_str!("templates/http_keyvalue_counter/lib.rs.tmpl"),
+        ),
+        (
+            "wit/world.wit",
+            include_str!("templates/http_keyvalue_counter/world.wit"),
+        ),
+        (
+            "wit/deps/wasi-keyvalue-0.2.0-draft/keyvalue.wit",
+            include_str!("templates/http_keyvalue_counter/keyvalue.wit"),
+        ),
+        (
+            "wadm.yaml",
+            include_str!("templates/http_keyvalue_counter/wadm.yaml.tmpl"),
+        ),
+        (
+            ".gitignore",
+            include_str!("templates/http_keyvalue_counter/gitignore.tmpl"),
+        ),
+    ],
+};
+
+const MESSAGING_HANDLER: Template = Template {
+    files: &[
+        (
+            "Cargo.toml",
+            include_str!("templates/messaging_handler/Cargo.toml.tmpl"),
+        ),
+        (
+            "src/lib.rs",
+            include_str!("templates/messaging_handler/lib.rs.tmpl"),
+        ),
+        (
+            "wit/world.wit",
+            include_str!("templates/messaging_handler/world.wit"),
+        ),
+        (
+            "wit/deps/wasi-logging/logging.wit",
+            include_str!("templates/messaging_handler/logging.wit"),
+        ),
+        (
+            "wit/deps/wasmcloud-messaging-0.2.0/messaging.wit",
+            include_str!("templates/messaging_handler/messaging.wit"),
+        ),
+        (
+            "wadm.yaml",
+            include_str!("templates/messaging_handler/wadm.yaml.tmpl"),
+        ),
+        (
+            ".gitignore",
+            include_str!("templates/messaging_handler/gitignore.tmpl"),
+        ),
+    ],
+};
+
 /// The templates `trellis new` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TemplateName {
     /// A wasi:http component answering every request, with a manifest serving it on port 8000
     HttpHello,
+    /// A wasi:http component counting requests per path in wasi:keyvalue (NATS KV), served on
+    /// port 8000
+    HttpKeyvalueCounter,
+    /// A wasmcloud:messaging handler answering requests on the subjects `NAME.>`
+    MessagingHandler,
+}
+
+impl TemplateName {
+    fn template(self) -> &'static Template {
+        match self {
+            TemplateName::HttpHello => &HTTP_HELLO,
+            TemplateName::HttpKeyvalueCounter => &HTTP_KEYVALUE_COUNTER,
+            TemplateName::MessagingHandler => &MESSAGING_HANDLER,
+        }
+    }
 }
 
 /// Flags of `trellis new`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  trellis new http-hello my-app && cd my-app && trellis build && trellis up --deploy wadm.yaml")]
+  trellis new http-hello my-app && cd my-app && trellis build && trellis up --deploy wadm.yaml
+  trellis new http-keyvalue-counter my-counter
+  trellis new messaging-handler my-handler")]
 pub struct NewArgs {
     /// The template
     pub template: TemplateName,
@@ -60,9 +139,7 @@ pub struct BuildArgs {
 /// Runs `trellis new`.
 pub fn run_new(args: NewArgs) -> anyhow::Result<()> {
     check_project_name(&args.name)?;
-    let template = match args.template {
-        TemplateName::HttpHello => &HTTP_HELLO,
-    };
+    let template = args.template.template();
     let dir = PathBuf::from(&args.name);
     if dir.exists() {
         bail!("{} already exists: pick another name", dir.display());
@@ -171,5 +248,31 @@ mod tests {
             vec!["http://127.0.0.1:8000/"]
         );
         assert!(project.join("src/lib.rs").is_file());
+    }
+
+    #[test]
+    fn every_template_fills_names_and_ships_a_valid_manifest() {
+        use clap::ValueEnum as _;
+        for template in TemplateName::value_variants() {
+            let dir = tempfile::tempdir().unwrap();
+            let project = dir.path().join("my-app");
+            write_template(template.template(), &project, "my-app").unwrap();
+            let cargo = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+            assert!(cargo.contains("name = \"my-app\""), "{template:?}");
+            assert!(project.join("src/lib.rs").is_file(), "{template:?}");
+            let manifest = std::fs::read_to_string(project.join("wadm.yaml")).unwrap();
+            assert!(!manifest.contains("{{"), "{template:?}: {manifest}");
+            assert!(
+                manifest.contains("file://./target/wasm32-wasip2/release/my_app.wasm"),
+                "{template:?}"
+            );
+            let parsed = trellis_wadm::model::parse_manifest(manifest.as_bytes())
+                .unwrap_or_else(|e| panic!("{template:?}: {e:?}"));
+            assert_eq!(parsed.manifest.metadata.name, "my-app");
+            for (path, _) in template.template().files {
+                let text = std::fs::read_to_string(project.join(path)).unwrap();
+                assert!(!text.contains("{{"), "{template:?}: {path}");
+            }
+        }
     }
 }
