@@ -79,6 +79,24 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         f.section = SECTION.into();
         bench.push(f);
     }
+    // The same load spread over 64 keys: increments of one key contend (compare-and-swap
+    // retries); distinct keys show the path itself.
+    let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    std::fs::write(
+        script.path(),
+        "request = function()\n  return wrk.format(\"GET\", \"/spread-\" .. math.random(1, 64))\nend\n",
+    )?;
+    let r = crate::wrk::run_script(
+        &format!("http://{addr}/"),
+        50,
+        bench.wrk_duration,
+        Some(script.path()),
+    )
+    .await?;
+    let mut f = crate::http::wrk_figure("increment 64 keys at random", 50, &r);
+    f.section = SECTION.into();
+    bench.push(f);
+
     // Every answered increment must have counted (wrk may stop with requests unanswered,
     // which may or may not have reached the store, so the store can only be ahead).
     let (status, body) = lattice::http_get(&addr, "/get/bench").await?;
@@ -88,7 +106,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         scenario: "counter check after the runs".into(),
         load: String::new(),
         value: Some(stored as f64),
-        unit: "increments".into(),
+        unit: "stored".into(),
         note: format!(
             "GET /get/bench -> {status}; wrk counted {total} answered increments{}",
             if stored >= total {

@@ -102,7 +102,7 @@ pub async fn start_provider(
         id,
     )
     .await
-    .with_context(|| format!("host log:\n{}", tail(&host.logs())))?;
+    .inspect_err(|_| eprintln!("host log (tail):\n{}", tail(&host.logs())))?;
     Ok(())
 }
 
@@ -121,7 +121,38 @@ pub async fn request_scale(
         host_id: host_id.to_string(),
         ..ScaleComponentCommand::default()
     };
-    ctl(lattice, lattice.subjects.component_scale(host_id), &command).await
+    // Scaling may wait for a compilation: a longer bound than async-nats' default.
+    let subject = lattice.subjects.component_scale(host_id);
+    let request = async_nats::Request::new()
+        .payload(serde_json::to_vec(&command)?.into())
+        .timeout(Some(STEP_TIMEOUT));
+    let msg = lattice
+        .client
+        .send_request(subject.clone(), request)
+        .await
+        .with_context(|| format!("request on {subject} failed"))?;
+    let reply: trellis_protocol::ctl::CtlResponse<serde_json::Value> =
+        serde_json::from_slice(&msg.payload)
+            .with_context(|| format!("reply on {subject} is not a control envelope"))?;
+    if !reply.success {
+        bail!("{subject} refused: {}", reply.message);
+    }
+    Ok(())
+}
+
+/// Deletes the default link of `source` on `namespace:package`.
+pub async fn unlink(
+    lattice: &Lattice,
+    source: &str,
+    (namespace, package): (&str, &str),
+) -> anyhow::Result<()> {
+    let request = trellis_protocol::ctl::DeleteLinkRequest {
+        source_id: source.to_string(),
+        name: "default".to_string(),
+        wit_namespace: namespace.to_string(),
+        wit_package: package.to_string(),
+    };
+    ctl(lattice, lattice.subjects.link_del(), &request).await
 }
 
 /// Scales component `id` from `wasm_ref` to `count` on `host` and waits until it is scaled.
@@ -142,7 +173,7 @@ pub async fn scale(
         id,
     )
     .await
-    .with_context(|| format!("host log:\n{}", tail(&host.logs())))?;
+    .inspect_err(|_| eprintln!("host log (tail):\n{}", tail(&host.logs())))?;
     Ok(())
 }
 
@@ -188,11 +219,34 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
             .context("no status line")?
             .parse()
             .context("bad status")?;
-        Ok::<_, anyhow::Error>((status, body.to_string()))
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(body)?
+        } else {
+            body.to_string()
+        };
+        Ok::<_, anyhow::Error>((status, body))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .context("no response within 10 s")?
+}
+
+/// Decodes a chunked body.
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size line")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("chunk end")?;
+    }
 }
 
 /// Polls `GET path` every `interval` until it answers 200; returns when it did.

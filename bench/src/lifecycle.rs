@@ -160,6 +160,10 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
     .await?;
     let mut samples = Vec::new();
     for i in 0..=bench.cold_repeats {
+        if i > 0 {
+            // One default link per source and package: the next sample gets a new one.
+            lattice::unlink(&lattice, "http-cold", ("wasi", "http")).await?;
+        }
         let id = format!("cold-{i}");
         let addr = format!("127.0.0.1:{}", free_port());
         let config = format!("{id}-addr");

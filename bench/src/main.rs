@@ -68,6 +68,8 @@ pub struct Bench {
     pub call_duration: Duration,
     /// Components scaled for the footprint.
     pub components: usize,
+    /// At most this long for scaling the footprint's components.
+    pub footprint_time_box: Duration,
     /// Cold starts with cached code to take the median of.
     pub cold_repeats: usize,
     /// What was measured so far.
@@ -186,6 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         wrk_duration: Duration::from_secs(if args.quick { 2 } else { 8 }),
         call_duration: Duration::from_secs(if args.quick { 2 } else { 5 }),
         components: 1000,
+        footprint_time_box: Duration::from_secs(if args.quick { 30 } else { 120 }),
         cold_repeats: if args.quick { 5 } else { 15 },
         report: Report {
             mode: mode.into(),

@@ -23,8 +23,22 @@ pub struct WrkReport {
 /// One connection uses one thread; more use two (the machine's cores are shared with the
 /// server under test).
 pub async fn run(url: &str, connections: u32, duration: Duration) -> anyhow::Result<WrkReport> {
+    run_script(url, connections, duration, None).await
+}
+
+/// Like [`run`], with a wrk Lua script (`-s`) shaping the requests.
+pub async fn run_script(
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    script: Option<&std::path::Path>,
+) -> anyhow::Result<WrkReport> {
     let threads = connections.clamp(1, 2);
-    let output = tokio::process::Command::new("wrk")
+    let mut command = tokio::process::Command::new("wrk");
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
         .args([
             format!("-t{threads}"),
             format!("-c{connections}"),
