@@ -27,8 +27,9 @@ use super::wire::{
 /// Extra time the forwarding side waits past the request's timeout, so the serving host's
 /// own 504 (with its message) arrives before the NATS request gives up.
 const REPLY_MARGIN: Duration = Duration::from_millis(500);
-/// How often [`serve_components_over_lattice`] looks for started and stopped components.
-const COMPONENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the set of served components is re-checked even without a change (to retry a
+/// subscription that failed or ended).
+const COMPONENT_RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
@@ -182,10 +183,20 @@ where
 /// closed when it stops. Runs until the returned future is dropped (which closes them all).
 pub async fn serve_components_over_lattice(host: Arc<Host>) {
     let mut served: HashMap<String, ComponentSubscription> = HashMap::new();
-    let mut ticker = tokio::time::interval(COMPONENT_POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Follow the host's component set: resync at once on every start/stop, and now and then
+    // to retry subscriptions that failed.
+    let mut changes = host.components.changes();
+    let mut resync = tokio::time::interval(COMPONENT_RESYNC_INTERVAL);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = resync.tick() => {}
+        }
         let running: HashMap<String, bool> = host
             .components
             .all()
