@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_integration::{
     eventually, free_port, guest, trellis_bin, HostProcess, Lattice, NatsServer, WAIT,
 };
-use trellis_protocol::ctl::{HostInventory, Link};
+use trellis_protocol::ctl::{HostInventory, Link, ScaleComponentCommand};
 
 /// One scenario at a time (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -951,6 +951,52 @@ async fn heartbeats(lattice: &Lattice, count: usize) {
     }
 }
 
+/// Every `component.scale` command sent in a lattice, as a bystander sees it on the wire.
+struct ScaleCommands {
+    sub: async_nats::Subscriber,
+}
+
+impl ScaleCommands {
+    async fn watch(lattice: &Lattice) -> Self {
+        let sub = lattice
+            .client
+            .subscribe(lattice.subjects.component_scale("*"))
+            .await
+            .expect("subscribe");
+        lattice.client.flush().await.expect("flush");
+        Self { sub }
+    }
+
+    fn decode(msg: &async_nats::Message) -> (String, String, u64) {
+        let cmd: ScaleComponentCommand =
+            serde_json::from_slice(&msg.payload).expect("scale command JSON");
+        let host = msg.subject.rsplit('.').next().unwrap_or_default();
+        (
+            host.to_string(),
+            cmd.component_id,
+            u64::from(cmd.max_instances),
+        )
+    }
+
+    /// Waits for the next command.
+    async fn next(&mut self) -> (String, String, u64) {
+        let msg = tokio::time::timeout(WAIT, self.sub.next())
+            .await
+            .expect("no scale command within the time limit")
+            .expect("subscription open");
+        Self::decode(&msg)
+    }
+
+    /// The commands received so far, as `(host, component id, max_instances)`.
+    fn drain(&mut self) -> Vec<(String, String, u64)> {
+        let mut sent = Vec::new();
+        while let Some(Some(msg)) = self.sub.next().now_or_never() {
+            sent.push(Self::decode(&msg));
+        }
+        sent
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reconciler_killed_mid_deploy_converges_without_duplicates() {
     let _serial = SERIAL.lock().await;
@@ -965,7 +1011,10 @@ async fn reconciler_killed_mid_deploy_converges_without_duplicates() {
 
     let manifest = counted_manifest(&file_ref(&guest("http_hello")));
     assert_eq!(api.put(&manifest).await["result"], "created");
+    let mut commands = ScaleCommands::watch(&lattice).await;
     api.deploy("counted", "v1").await;
+    // Mid-deploy: the first reconciler has started placing work, the hosts have not finished.
+    let first_command = commands.next().await;
     first.kill();
     let second = Wadm::start(&url, name, &[]);
 
@@ -979,6 +1028,16 @@ async fn reconciler_killed_mid_deploy_converges_without_duplicates() {
     exactly_as_declared(&lattice, &hosts)
         .await
         .unwrap_or_else(|e| panic!("after convergence: {e}\nwadm log:\n{}", second.logs()));
+    let mut sent = vec![first_command];
+    sent.extend(commands.drain());
+    eprintln!("reconciler restarted mid-deploy: scale commands {sent:?}");
+    // The new reconciler continued the deploy rather than redoing it over the old one's work:
+    // nothing was placed twice and then undone.
+    assert!(
+        sent.iter().all(|(_, _, n)| *n > 0),
+        "work undone after the restart: {sent:?}\nwadm log:\n{}",
+        second.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -995,11 +1054,7 @@ async fn two_reconcilers_do_not_double_the_work() {
     let api = Api::new(&lattice.client, name);
 
     // Every scale command anyone sends, and every component_scaled event.
-    let mut commands = lattice
-        .client
-        .subscribe(lattice.subjects.component_scale("*"))
-        .await
-        .expect("subscribe");
+    let mut commands = ScaleCommands::watch(&lattice).await;
     let mut events = lattice
         .client
         .subscribe(trellis_protocol::subjects::event(name, "component_scaled"))
@@ -1026,35 +1081,42 @@ async fn two_reconcilers_do_not_double_the_work() {
         .await
         .unwrap_or_else(|e| panic!("after convergence: {e}"));
 
-    // Needed: one scale per (host, component) that runs something. No command repeated.
-    let mut sent: Vec<(String, String, u64)> = Vec::new();
-    while let Some(Some(msg)) = commands.next().now_or_never() {
-        let cmd: Value = serde_json::from_slice(&msg.payload).expect("scale command JSON");
-        let host = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        sent.push((
-            host,
-            cmd["component_id"].as_str().unwrap_or_default().to_string(),
-            cmd["max_instances"].as_u64().unwrap_or_default(),
-        ));
-    }
-    let distinct: BTreeSet<_> = sent.iter().cloned().collect();
-    assert_eq!(
-        distinct.len(),
-        sent.len(),
-        "scale commands were repeated: {sent:?}\nwadm one:\n{}\nwadm two:\n{}",
-        one.logs(),
-        two.logs()
-    );
-    let placements: BTreeSet<(String, String)> = sent
+    // Needed: one scale per (host, component) that runs something; nothing repeated, nothing
+    // undone (no scale to zero).
+    let sent = commands.drain();
+    let logs = || {
+        format!(
+            "{sent:?}\nwadm one:\n{}\nwadm two:\n{}",
+            one.logs(),
+            two.logs()
+        )
+    };
+    let per_target: BTreeSet<(&str, &str)> = sent
         .iter()
-        .filter(|(_, _, n)| *n > 0)
-        .map(|(h, c, _)| (h.clone(), c.clone()))
+        .map(|(h, c, _)| (h.as_str(), c.as_str()))
         .collect();
+    assert_eq!(
+        per_target.len(),
+        sent.len(),
+        "repeated scale commands: {}",
+        logs()
+    );
+    assert!(
+        sent.iter().all(|(_, _, n)| *n > 0),
+        "work undone: {}",
+        logs()
+    );
+    let work: u64 = sent
+        .iter()
+        .filter(|(_, c, _)| c == "counted-work")
+        .map(|(_, _, n)| n)
+        .sum();
+    assert_eq!(work, 4, "{}", logs());
+    let daemons = sent
+        .iter()
+        .filter(|(_, c, n)| c == "counted-everywhere" && *n == 1)
+        .count();
+    assert_eq!(daemons, 2, "{}", logs());
     let mut scaled = 0;
     while let Some(Some(msg)) = events.next().now_or_never() {
         let event: Value = serde_json::from_slice(&msg.payload).expect("event JSON");
@@ -1065,10 +1127,11 @@ async fn two_reconcilers_do_not_double_the_work() {
             scaled += 1;
         }
     }
-    assert!(
-        scaled <= sent.len() && placements.len() <= 4,
-        "{scaled} component_scaled events for {} commands ({sent:?})",
-        sent.len()
+    assert_eq!(
+        scaled,
+        sent.len(),
+        "one component_scaled event per command: {}",
+        logs()
     );
     eprintln!(
         "two reconcilers: {} scale commands, {scaled} component_scaled events for 4 work + 2 daemon instances on 2 hosts",
