@@ -1218,3 +1218,88 @@ spec:
     let providers: Vec<&str> = inv.providers.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(providers, vec!["rust_hello_world-httpserver"], "{inv:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Overlapping spreads (wadm's users saw endless reconcile loops with them)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_spreads_converge_and_stay_still() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start().await;
+    let name = "overlap";
+    let url = nats.url();
+    // Host a matches both spreads, host b only the first.
+    let host_a =
+        HostProcess::start(&url, name, &["--label", "zone=a", "--label", "edge=true"]).await;
+    let host_b =
+        HostProcess::start(&url, name, &["--label", "zone=b", "--label", "edge=true"]).await;
+    let wadm = Wadm::start(&url, name, &[]);
+    let lattice = Lattice::connect(&url, name).await;
+    let api = Api::new(&lattice.client, name);
+    let manifest = format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: overlap
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: hello
+      type: component
+      properties:
+        image: {}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 6
+            spread:
+              - name: edge
+                requirements:
+                  edge: "true"
+                weight: 50
+              - name: zone-a
+                requirements:
+                  zone: a
+                weight: 50
+"#,
+        file_ref(&guest("http_hello"))
+    );
+    assert_eq!(api.put(&manifest).await["result"], "created");
+    api.deploy("overlap", "v1").await;
+    api.wait_status("overlap", "deployed", &wadm).await;
+    let hosts = (host_a.id.as_str(), host_b.id.as_str());
+    let (on_a, on_b) = split(&lattice, hosts).await;
+    assert_eq!(
+        on_a + on_b,
+        6,
+        "a: {on_a}, b: {on_b}\nwadm log:\n{}",
+        wadm.logs()
+    );
+    assert!(
+        on_a >= 3,
+        "zone-a's half must run on a: a: {on_a}, b: {on_b}"
+    );
+
+    // Converged means quiet: no scale command over several heartbeats.
+    let mut commands = ScaleCommands::watch(&lattice).await;
+    heartbeats(&lattice, 12).await;
+    let sent = commands.drain();
+    assert!(
+        sent.is_empty(),
+        "the reconciler keeps rescaling a converged app: {sent:?}\nwadm log:\n{}",
+        wadm.logs()
+    );
+    assert_eq!(split(&lattice, hosts).await, (on_a, on_b));
+    let status = api.status("overlap").await;
+    assert_eq!(status["status"]["type"], "deployed", "{status}");
+}
+
+/// `overlap-hello`'s instances on each of the two hosts.
+async fn split(lattice: &Lattice, (a, b): (&str, &str)) -> (u32, u32) {
+    (
+        instances(lattice, a, "overlap-hello").await,
+        instances(lattice, b, "overlap-hello").await,
+    )
+}
