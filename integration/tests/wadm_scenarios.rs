@@ -1281,6 +1281,7 @@ spec:
         on_a >= 3,
         "zone-a's half must run on a: a: {on_a}, b: {on_b}"
     );
+    eprintln!("overlapping spreads: {on_a} on the host matching both, {on_b} on the other");
 
     // Converged means quiet: no scale command over several heartbeats.
     let mut commands = ScaleCommands::watch(&lattice).await;
