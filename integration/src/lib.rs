@@ -485,3 +485,50 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `file://` URL of guest component `name`, as control requests and manifests name it.
+pub fn guest_ref(name: &str) -> String {
+    format!("file://{}", guest(name).display())
+}
+
+/// Runs the `trellis` CLI as a user would: from the repository root (where manifests'
+/// relative `file://./components/...` refs resolve), with a private data directory so no
+/// other `trellis up` state leaks in. Returns (success, stdout, stderr).
+pub async fn trellis_cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(trellis_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env("TRELLIS_DATA_DIR", data_dir)
+        .env_remove("TRELLIS_NATS_URL")
+        .env_remove("TRELLIS_LATTICE")
+        .output()
+        .await
+        .expect("cannot run trellis");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `GET path` over a plain socket (HTTP/1.0, so the body is not chunked): the status code
+/// and body, or `None` when nothing answers.
+pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The body of a `200` answer to `GET path`, or `None` (for [`eventually`]).
+pub async fn http_ok(address: &str, path: &str) -> Option<String> {
+    match http_get(address, path).await {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}

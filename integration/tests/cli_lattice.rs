@@ -4,29 +4,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use trellis_integration::{eventually, free_port, guest, HostProcess, Lattice, NatsServer};
-
-/// Runs `trellis ARGS` with a private data directory (so no `trellis up` state leaks in) and
-/// returns (success, stdout, stderr).
-async fn trellis(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(trellis_integration::trellis_bin())
-        .args(args)
-        .env("TRELLIS_DATA_DIR", data_dir)
-        .env_remove("TRELLIS_NATS_URL")
-        .env_remove("TRELLIS_LATTICE")
-        .output()
-        .await
-        .expect("cannot run trellis");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use trellis_integration::{
+    eventually, free_port, guest, trellis_cli, HostProcess, Lattice, NatsServer,
+};
 
 /// Runs a command that must succeed and parses its JSON output.
 async fn trellis_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
-    let (ok, out, err) = trellis(data_dir, args).await;
+    let (ok, out, err) = trellis_cli(data_dir, args).await;
     assert!(ok, "trellis {args:?} failed:\n{err}");
     serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("trellis {args:?}: not JSON ({e}):\n{out}"))
@@ -36,7 +20,7 @@ async fn trellis_json(data_dir: &std::path::Path, args: &[&str]) -> Value {
 async fn unreachable_nats_says_how_to_start_a_lattice() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{}", free_port());
-    let (ok, _, err) = trellis(dir.path(), &["get", "hosts", "--nats-url", &url]).await;
+    let (ok, _, err) = trellis_cli(dir.path(), &["get", "hosts", "--nats-url", &url]).await;
     assert!(!ok);
     assert!(
         err.contains(&format!("cannot reach NATS at {url}")),
@@ -50,21 +34,21 @@ async fn empty_lattice_and_missing_reconciler_are_explained() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let url = nats.url();
-    let (ok, out, _) = trellis(
+    let (ok, out, _) = trellis_cli(
         dir.path(),
         &["get", "hosts", "--nats-url", &url, "--lattice", "empty"],
     )
     .await;
     assert!(ok);
     assert!(out.contains("no hosts in lattice empty"), "{out}");
-    let (ok, _, err) = trellis(
+    let (ok, _, err) = trellis_cli(
         dir.path(),
         &["app", "list", "--nats-url", &url, "--lattice", "empty"],
     )
     .await;
     assert!(!ok);
     assert!(err.contains("no reconciler in lattice empty"), "{err}");
-    let (ok, _, err) = trellis(
+    let (ok, _, err) = trellis_cli(
         dir.path(),
         &[
             "label",

@@ -4,36 +4,10 @@
 use std::path::Path;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_integration::{eventually, free_port, guest, trellis_bin};
-
-async fn trellis(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(trellis_bin())
-        .args(args)
-        .env("TRELLIS_DATA_DIR", data_dir)
-        .env_remove("TRELLIS_NATS_URL")
-        .env_remove("TRELLIS_LATTICE")
-        .output()
-        .await
-        .expect("cannot run trellis");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use trellis_integration::{eventually, free_port, guest, http_ok, trellis_cli};
 
 fn log_of(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("logs/up.log")).unwrap_or_default()
-}
-
-async fn http_get(address: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    Some(body)
 }
 
 /// Stops whatever `trellis up` left running in `dir` when the test ends, even on failure.
@@ -117,7 +91,7 @@ spec:
 
     let port = nats_port.to_string();
     let manifest_arg = manifest.display().to_string();
-    let (ok, out, err) = trellis(
+    let (ok, out, err) = trellis_cli(
         dir,
         &[
             "up",
@@ -146,22 +120,22 @@ spec:
 
     // The app answers on the printed URL.
     let address = format!("127.0.0.1:{http_port}");
-    let response = eventually("the app to answer over HTTP", || http_get(&address)).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = eventually("the app to answer over HTTP", || http_ok(&address, "/")).await;
+    assert!(body.contains("Hello from Trellis!"), "{body}");
 
     // Other commands find the lattice through the state file, with no flags.
-    let (ok, out, err) = trellis(dir, &["app", "list", "-o", "json"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "list", "-o", "json"]).await;
     assert!(ok, "{err}");
     let apps: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(apps[0]["name"], "cli-hello", "{apps}");
-    let (ok, out, err) = trellis(dir, &["app", "status", "cli-hello"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "status", "cli-hello"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("cli-hello: deployed"), "{out}");
-    let (ok, out, _) = trellis(dir, &["get", "hosts"]).await;
+    let (ok, out, _) = trellis_cli(dir, &["get", "hosts"]).await;
     assert!(ok && out.contains("role=test"), "{out}");
 
     // A second `up` refuses.
-    let (ok, _, err) = trellis(dir, &["up", "--nats-port", &port]).await;
+    let (ok, _, err) = trellis_cli(dir, &["up", "--nats-port", &port]).await;
     assert!(!ok);
     assert!(err.contains("already up"), "{err}");
 
@@ -173,13 +147,13 @@ spec:
         .filter_map(|k| state[k].as_u64())
         .collect();
     assert_eq!(pids.len(), 4, "{state}");
-    let (ok, out, err) = trellis(dir, &["down"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["down"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("stopped lattice cli-up"), "{out}");
     assert!(!dir.join("up.json").exists());
     for pid in pids {
         assert!(!is_alive(pid), "process {pid} outlived `trellis down`");
     }
-    let (ok, out, _) = trellis(dir, &["down"]).await;
+    let (ok, out, _) = trellis_cli(dir, &["down"]).await;
     assert!(ok && out.contains("not up"), "{out}");
 }

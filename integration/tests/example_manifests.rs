@@ -5,40 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_integration::{
-    eventually, free_port, guest_dir, repo_root, trellis_bin, HostProcess, Lattice,
+    eventually, free_port, guest_dir, http_ok, trellis_bin, trellis_cli, HostProcess, Lattice,
 };
 use trellis_protocol::ctl::HostInventory;
-
-/// Runs `trellis ARGS` from the repository root (the manifests use `file://./components/...`).
-async fn trellis(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(trellis_bin())
-        .args(args)
-        .current_dir(repo_root())
-        .env("TRELLIS_DATA_DIR", data_dir)
-        .env_remove("TRELLIS_NATS_URL")
-        .env_remove("TRELLIS_LATTICE")
-        .output()
-        .await
-        .expect("cannot run trellis");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The body of a 200 answer to `GET path` (HTTP/1.0, so the body is not chunked).
-async fn http_get(address: &str, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
-}
 
 /// Brings the lattice down at the end of the test, even on failure.
 struct Down<'a>(&'a Path);
@@ -59,7 +29,7 @@ async fn every_example_manifest_deploys_and_serves() {
     let dir = data.path();
     let _down = Down(dir);
     let nats_port = free_port().to_string();
-    let (ok, out, err) = trellis(
+    let (ok, out, err) = trellis_cli(
         dir,
         &[
             "up",
@@ -77,23 +47,23 @@ async fn every_example_manifest_deploys_and_serves() {
     let west = HostProcess::start(&nats_url, "default", &["--label", "zone=west"]).await;
 
     // hello
-    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/hello.yaml"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/hello.yaml"]).await;
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("http://127.0.0.1:8080/"), "{out}");
-    let body = eventually("hello to serve", || http_get("127.0.0.1:8080", "/")).await;
+    let body = eventually("hello to serve", || http_ok("127.0.0.1:8080", "/")).await;
     assert!(body.contains("Hello from Trellis!"), "{body}");
 
     // key-value counter
-    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/kv-counter.yaml"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/kv-counter.yaml"]).await;
     assert!(ok, "{out}\n{err}");
     let key = format!("/example-{nats_port}");
-    let first = eventually("the counter to serve", || http_get("127.0.0.1:8081", &key)).await;
-    let second = http_get("127.0.0.1:8081", &key).await.unwrap();
+    let first = eventually("the counter to serve", || http_ok("127.0.0.1:8081", &key)).await;
+    let second = http_ok("127.0.0.1:8081", &key).await.unwrap();
     assert_eq!(first.trim(), "1");
     assert_eq!(second.trim(), "2");
 
     // messaging
-    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/messaging.yaml"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/messaging.yaml"]).await;
     assert!(ok, "{out}\n{err}");
     let client = async_nats::connect(&nats_url).await.unwrap();
     let reply = eventually("the handler to answer", || {
@@ -113,10 +83,10 @@ async fn every_example_manifest_deploys_and_serves() {
     assert_eq!(reply, "reply: hi");
 
     // spread over two zones: 8 instances east, 2 west.
-    let (ok, out, err) = trellis(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
     assert!(ok, "{out}\n{err}");
     let lattice = Lattice::connect(&nats_url, "default").await;
-    let (ok, out, _) = trellis(dir, &["get", "hosts", "-o", "json"]).await;
+    let (ok, out, _) = trellis_cli(dir, &["get", "hosts", "-o", "json"]).await;
     assert!(ok);
     let hosts: Value = serde_json::from_str(&out).unwrap();
     let east = hosts
@@ -139,6 +109,6 @@ async fn every_example_manifest_deploys_and_serves() {
             "{host_id}: {inv:?}"
         );
     }
-    let body = eventually("spread to serve", || http_get("127.0.0.1:8082", "/")).await;
+    let body = eventually("spread to serve", || http_ok("127.0.0.1:8082", "/")).await;
     assert!(body.contains("Hello from Trellis!"), "{body}");
 }

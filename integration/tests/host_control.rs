@@ -5,12 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
-use trellis_integration::{eventually, guest, HostProcess, Lattice, NatsServer};
+use trellis_integration::{eventually, guest_ref, HostProcess, Lattice, NatsServer};
 use trellis_protocol::ctl::{HostInventory, Link};
-
-fn file_ref(name: &str) -> String {
-    format!("file://{}", guest(name).display())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hosts_answer_ping_and_other_lattices_see_none() {
@@ -49,7 +45,7 @@ async fn scale_component_up_down_and_failure_events() {
     let lattice = Lattice::connect(&nats.url(), "default").await;
     let mut events = lattice.events().await;
 
-    let image = file_ref("http_hello");
+    let image = guest_ref("http_hello");
     let ack = lattice
         .request::<()>(
             lattice.subjects.component_scale(&host.id),
@@ -149,7 +145,7 @@ async fn file_refs_need_the_allow_flag() {
     let ack = lattice
         .request::<()>(
             lattice.subjects.component_scale(&host.id),
-            &json!({"component_ref": file_ref("http_hello"), "component_id": "hello", "count": 1}),
+            &json!({"component_ref": guest_ref("http_hello"), "component_id": "hello", "count": 1}),
         )
         .await
         .unwrap();
@@ -409,7 +405,7 @@ async fn host_survives_a_nats_restart() {
     let ack = lattice
         .request::<()>(
             lattice.subjects.component_scale(&host.id),
-            &json!({"component_ref": file_ref("http_hello"), "component_id": "hello", "count": 1}),
+            &json!({"component_ref": guest_ref("http_hello"), "component_id": "hello", "count": 1}),
         )
         .await
         .unwrap();
