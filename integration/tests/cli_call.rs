@@ -189,3 +189,57 @@ async fn call_errors_say_what_to_do() {
     assert!(!ok);
     assert!(err.contains("not valid JSON"), "{err}");
 }
+
+/// `trellis new TEMPLATE NAME` then `trellis build` for every template, as a developer runs
+/// them: each project builds on its own (WIT included) into a component the manifest names.
+/// Slow (three fresh wasm32-wasip2 builds, one after the other).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_template_builds_with_trellis_build() {
+    let workspace = tempfile::tempdir().expect("tempdir");
+    for template in ["http-hello", "http-keyvalue-counter", "messaging-handler"] {
+        let name = format!("my-{template}");
+        let output = tokio::process::Command::new(trellis_integration::trellis_bin())
+            .args(["new", template, &name])
+            .current_dir(workspace.path())
+            .output()
+            .await
+            .expect("cannot run trellis new");
+        assert!(
+            output.status.success(),
+            "trellis new {template}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let project = workspace.path().join(&name);
+        let output = tokio::process::Command::new(trellis_integration::trellis_bin())
+            .arg("build")
+            .current_dir(&project)
+            .output()
+            .await
+            .expect("cannot run trellis build");
+        assert!(
+            output.status.success(),
+            "trellis build of {template}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let wasm = project.join(format!(
+            "target/wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!("{}.wasm", name.replace('-', "_"))),
+            "{stdout}"
+        );
+        let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+        // A component (not a core module): magic, then version 0x0d with layer 1.
+        assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{template}");
+        let manifest = std::fs::read_to_string(project.join("wadm.yaml")).expect("wadm.yaml");
+        assert!(
+            manifest.contains(&format!(
+                "file://./target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            )),
+            "{manifest}"
+        );
+    }
+}
