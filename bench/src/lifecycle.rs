@@ -258,7 +258,8 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
         budget: Some("< 50 ms".into()),
         met: Some(took < 50.0),
         note: "component + built-in http-server provider + link; code cached; \
-               `trellis wadm` with its default tick"
+               `trellis wadm` with its default 500 ms reconcile tick (the plan waits for \
+               ticks: put, deploy, provider, link)"
             .into(),
         ..Figure::default()
     });

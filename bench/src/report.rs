@@ -124,6 +124,8 @@ impl Report {
                 sections.push(&f.section);
             }
         }
+        // Headings are numbered: figures recorded out of order still print in order.
+        sections.sort_unstable();
         for section in sections {
             let _ = writeln!(out, "## {section}\n");
             let _ = writeln!(
