@@ -108,6 +108,20 @@ impl Report {
                     f.budget.as_deref().unwrap_or("")
                 );
             }
+            if let Some(floor) = self
+                .figures
+                .iter()
+                .find(|f| f.scenario.starts_with("NATS request/reply") && f.load.starts_with("1 "))
+            {
+                let _ = writeln!(
+                    out,
+                    "\nFor scale: on this machine one bare NATS request/reply of the call's size \
+                     (section 2, 1 in flight) has a p50 of {}. Every path that crosses NATS pays \
+                     at least that once per request or call, on the same cores as the load \
+                     generator.",
+                    floor.p50_ms.map(latency).unwrap_or_default()
+                );
+            }
             let _ = writeln!(out);
         }
         if !self.problems.is_empty() {
