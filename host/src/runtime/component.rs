@@ -113,6 +113,8 @@ pub struct PreparedComponent {
     pub(crate) proxy_pre: Option<ProxyPre<InstanceState>>,
     pub(crate) gate: Arc<InstanceGate>,
     pub(crate) capabilities: Vec<Arc<dyn Capability>>,
+    /// The compiled code, shared with every other component built from the same .wasm.
+    pub(crate) _code: Arc<wasmtime::component::Component>,
     /// Keeps the runtime (and its epoch ticker) alive while this component exists.
     pub(crate) _runtime: Arc<dyn std::any::Any + Send + Sync>,
     /// Invocations still running (e.g. streaming a response body after answering).

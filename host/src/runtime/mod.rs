@@ -77,11 +77,11 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -175,8 +175,33 @@ struct RuntimeInner {
     /// Provides imports the shared linker lacks (e.g. forwarding them over the lattice); set
     /// once, late, by the host (see [`Runtime::set_import_resolver`]).
     import_resolver: OnceLock<Arc<dyn ImportResolver>>,
+    /// Compiled code of every component in use, by digest: many ids running the same .wasm
+    /// (replicas, tenants) share one copy of the code instead of one each. Weak, so code is
+    /// freed when its last component stops.
+    shared_code: Mutex<HashMap<String, Weak<Component>>>,
     // Dropped with the runtime: stops the epoch thread.
     _ticker: engine::EpochTicker,
+}
+
+impl RuntimeInner {
+    /// The compiled code for `digest` if a running component already uses it.
+    fn code_in_use(&self, digest: &str) -> Option<Arc<Component>> {
+        let map = self.shared_code.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(digest).and_then(Weak::upgrade)
+    }
+
+    /// Records `component` as the code for `digest` (dropping entries whose code was freed).
+    fn share_code(&self, digest: &str, component: Component) -> Arc<Component> {
+        let mut map = self.shared_code.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(digest).and_then(Weak::upgrade) {
+            // Another prepare of the same .wasm won the race; use its copy.
+            return existing;
+        }
+        map.retain(|_, code| code.strong_count() > 0);
+        let code = Arc::new(component);
+        map.insert(digest.to_string(), Arc::downgrade(&code));
+        code
+    }
 }
 
 impl Runtime {
@@ -221,6 +246,7 @@ impl Runtime {
                 capabilities: config.capabilities,
                 pool_slots: setup.pool_slots,
                 import_resolver: OnceLock::new(),
+                shared_code: Mutex::default(),
                 _ticker: ticker,
             }),
         })
@@ -258,32 +284,39 @@ impl Runtime {
                 format!("loading component {} from {}", spec.id, spec.image_ref)
             })?;
         let digest = cache::component_digest(&bytes);
-        let (component, compile_source) = {
-            let inner = inner.clone();
-            let digest = digest.clone();
-            let id = spec.id.clone();
-            tokio::task::spawn_blocking(move || {
-                inner
-                    .cache
-                    .load_or_compile(&inner.engine, &id, &digest, &bytes)
-            })
-            .await
-            .context("the compilation task failed")??
+        let (code, compile_source) = match inner.code_in_use(&digest) {
+            Some(code) => (code, CompileSource::Cache),
+            None => {
+                let (component, compile_source) = {
+                    let inner = inner.clone();
+                    let digest = digest.clone();
+                    let id = spec.id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        inner
+                            .cache
+                            .load_or_compile(&inner.engine, &id, &digest, &bytes)
+                    })
+                    .await
+                    .context("the compilation task failed")??
+                };
+                (inner.share_code(&digest, component), compile_source)
+            }
         };
+        let component: &Component = &code;
         // The shared linker serves most components as is. When it lacks an import, the import
         // resolver (if any) defines it in a per-component copy of the linker.
-        let instance_pre = match inner.linker.instantiate_pre(&component) {
+        let instance_pre = match inner.linker.instantiate_pre(component) {
             Ok(pre) => pre,
             Err(first_error) => match inner.import_resolver.get() {
                 None => Err(first_error),
                 Some(resolver) => {
                     let mut linker = inner.linker.clone();
                     resolver
-                        .resolve_imports(&mut linker, &spec.id, &component)
+                        .resolve_imports(&mut linker, &spec.id, component)
                         .with_context(|| {
                             format!("providing the imports of component {}", spec.id)
                         })?;
-                    linker.instantiate_pre(&component)
+                    linker.instantiate_pre(component)
                 }
             }
             .map_err(|error| {
@@ -325,6 +358,7 @@ impl Runtime {
             proxy_pre,
             gate,
             capabilities: inner.capabilities.clone(),
+            _code: code,
             _runtime: inner,
             tasks: Mutex::new(JoinSet::new()),
         }))

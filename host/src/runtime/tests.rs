@@ -319,6 +319,33 @@ async fn wait_until(condition: impl Fn() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_of_the_same_wasm_share_compiled_code_until_the_last_stops() {
+    let Some(wasm) = hello_wasm() else { return };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let a = runtime
+        .prepare(spec("tenant-a", &wasm, 1, &[]))
+        .await
+        .expect("prepare a");
+    let b = runtime
+        .prepare(spec("tenant-b", &wasm, 1, &[]))
+        .await
+        .expect("prepare b");
+    assert!(Arc::ptr_eq(&a._code, &b._code), "one copy of the code");
+    assert_hello(&a).await;
+    assert_hello(&b).await;
+    // Once every component using the code is gone, the next prepare loads it again.
+    let weak = Arc::downgrade(&a._code);
+    drop((a, b));
+    assert!(weak.upgrade().is_none(), "code freed with its last component");
+    let c = runtime
+        .prepare(spec("tenant-c", &wasm, 1, &[]))
+        .await
+        .expect("prepare c");
+    assert_hello(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_code_is_cached_on_disk_and_never_served_for_other_bytes() {
     let Some(wasm) = hello_wasm() else { return };
     let cache = tempfile::tempdir().expect("tempdir");
