@@ -337,7 +337,10 @@ async fn components_of_the_same_wasm_share_compiled_code_until_the_last_stops() 
     // Once every component using the code is gone, the next prepare loads it again.
     let weak = Arc::downgrade(&a._code);
     drop((a, b));
-    assert!(weak.upgrade().is_none(), "code freed with its last component");
+    assert!(
+        weak.upgrade().is_none(),
+        "code freed with its last component"
+    );
     let c = runtime
         .prepare(spec("tenant-c", &wasm, 1, &[]))
         .await
