@@ -299,7 +299,7 @@ async fn run_request(
         return text_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "component {component_id} is no longer running on host {}",
+                "component {component_id} is not running on host {} any more",
                 host.identity.host_id
             ),
         );
