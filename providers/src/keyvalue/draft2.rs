@@ -12,8 +12,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 use trellis_host::runtime::InstanceState;
 
 use super::backend::{timed, CounterRange, OpenBucket, Snapshot, StorageError, LIST_PAGE_SIZE};
-use super::{bucket_of, instance_parts, resolve_bucket, BucketHandle};
-use crate::native::running_host;
+use super::{bucket_of, open_bucket, BucketHandle};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -65,18 +64,7 @@ impl From<StorageError> for store::Error {
 
 impl store::Host for InstanceState {
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
-        let (component_id, slot, pool) = instance_parts(self)?;
-        let host = running_host(&slot).map_err(|e| StorageError::Other(format!("{e:#}")))?;
-        let target = resolve_bucket(&host, &component_id, &identifier).await?;
-        let bucket = pool.open(&host.client, &target).await?;
-        let handle = self
-            .table()
-            .push(BucketHandle {
-                name: target.bucket,
-                bucket,
-            })
-            .map_err(|e| StorageError::other("cannot store the bucket handle", e))?;
-        Ok(handle)
+        Ok(open_bucket(self, &identifier).await?)
     }
 }
 

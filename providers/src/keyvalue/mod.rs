@@ -255,21 +255,29 @@ fn bucket_of(
         .map_err(|e| StorageError::other("invalid bucket handle", e))
 }
 
+/// Opens the bucket `identifier` for the calling component (through its keyvalue link) and
+/// gives the guest a handle to it; every served version of `store.open` does this.
+async fn open_bucket(
+    state: &mut InstanceState,
+    identifier: &str,
+) -> Result<Resource<BucketHandle>, StorageError> {
+    let (component_id, slot, pool) = instance_parts(state)?;
+    let host = running_host(&slot).map_err(|e| StorageError::Other(format!("{e:#}")))?;
+    let target = resolve_bucket(&host, &component_id, identifier).await?;
+    let bucket = pool.open(&host.client, &target).await?;
+    tracing::debug!(component_id = &*component_id, bucket = %target.bucket, backend = ?target.kind, "wasi:keyvalue bucket opened");
+    state
+        .table()
+        .push(BucketHandle {
+            name: target.bucket,
+            bucket,
+        })
+        .map_err(|e| StorageError::other("cannot store the bucket handle", e))
+}
+
 impl store::Host for InstanceState {
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, store::Error> {
-        let (component_id, slot, pool) = instance_parts(self)?;
-        let host = running_host(&slot).map_err(|e| StorageError::Other(format!("{e:#}")))?;
-        let target = resolve_bucket(&host, &component_id, &identifier).await?;
-        let bucket = pool.open(&host.client, &target).await?;
-        tracing::debug!(component_id = &*component_id, bucket = %target.bucket, backend = ?target.kind, "wasi:keyvalue bucket opened");
-        let handle = self
-            .table()
-            .push(BucketHandle {
-                name: target.bucket,
-                bucket,
-            })
-            .map_err(|e| StorageError::other("cannot store the bucket handle", e))?;
-        Ok(handle)
+        Ok(open_bucket(self, &identifier).await?)
     }
 }
 
