@@ -15,10 +15,10 @@ use super::*;
 /// Generous bound for any single step of a test.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the guest components once per test process; `None` (with a message) only when the
-/// wasm32-wasip2 target is not installed and cannot be installed.
-fn hello_wasm() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Builds the guest components once per test process. A machine without the wasm32-wasip2
+/// target fails these tests (saying how to install it) rather than skipping them.
+fn hello_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
@@ -33,10 +33,10 @@ fn hello_wasm() -> Option<PathBuf> {
                     .status()
                     .map(|status| status.success())
                     .unwrap_or(false);
-                if !added {
-                    eprintln!("SKIPPING runtime component tests: the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed");
-                    return None;
-                }
+                assert!(
+                    added,
+                    "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed: install it (scripts/install-deps.sh does)"
+                );
             }
             let output = std::process::Command::new("bash")
                 .arg(components.join("build.sh"))
@@ -53,7 +53,7 @@ fn hello_wasm() -> Option<PathBuf> {
                 .map(PathBuf::from)
                 .find(|path| path.ends_with("http_hello.wasm"))
                 .expect("build.sh printed the path of http_hello.wasm");
-            Some(wasm)
+            wasm
         })
         .clone()
 }
@@ -120,7 +120,7 @@ async fn assert_hello(component: &PreparedComponent) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_answers_and_a_trap_fails_only_its_request() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let component = runtime
@@ -156,7 +156,7 @@ async fn hello_answers_and_a_trap_fails_only_its_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_streams_a_multi_megabyte_body_back() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let component = runtime
@@ -174,7 +174,7 @@ async fn echo_streams_a_multi_megabyte_body_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_hits_the_deadline_and_the_next_request_succeeds() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let component = runtime
@@ -208,7 +208,7 @@ async fn an_endless_loop_hits_the_deadline_and_the_next_request_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_allocation_hits_the_memory_limit() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let component = runtime
@@ -227,7 +227,7 @@ async fn unbounded_allocation_hits_the_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_rejects_with_busy_and_scaling_up_admits_more() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let component = runtime
@@ -320,7 +320,7 @@ async fn wait_until(condition: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_of_the_same_wasm_share_compiled_code_until_the_last_stops() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime = test_runtime(cache.path());
     let a = runtime
@@ -350,7 +350,7 @@ async fn components_of_the_same_wasm_share_compiled_code_until_the_last_stops() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_code_is_cached_on_disk_and_never_served_for_other_bytes() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     let workdir = tempfile::tempdir().expect("tempdir");
     let path = workdir.path().join("component.wasm");
@@ -665,7 +665,7 @@ impl Drop for Upstream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outgoing_http_is_limited_to_allowed_hosts() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let upstream = Upstream::start().await;
     let port = upstream.port;
     let cache = tempfile::tempdir().expect("tempdir");
@@ -758,7 +758,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for GuestLineRecorder 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_stdout_and_stderr_go_to_the_host_log_tagged_with_the_component() {
     use tracing_subscriber::layer::SubscriberExt;
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     if tracing::subscriber::set_global_default(
         tracing_subscriber::registry().with(GuestLineRecorder),
     )
@@ -865,7 +865,7 @@ async fn non_http_invocations_get_the_same_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreservable_pool_falls_back_to_on_demand_allocation() {
-    let Some(wasm) = hello_wasm() else { return };
+    let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");
     // A million slots of 4 GiB memories cannot fit in any address space.
     let runtime = Runtime::new(RuntimeConfig {
