@@ -538,3 +538,48 @@ async fn small_call_latency() {
     println!("small call latency over loopback: p50 {p50:?}, p99 {p99:?}");
     assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
 }
+
+/// Sends on its channel when dropped.
+struct DropSignal(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test]
+async fn a_reply_releases_its_guard_after_the_answer_is_sent() {
+    let server = NatsServer::start(None).await;
+    let (dropped, mut dropped_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _callee = InvocationServer::serve(
+        server.connect().await,
+        "test",
+        "guarded",
+        ServerOptions::default(),
+        move |call: IncomingCall| {
+            let guard = DropSignal(dropped.clone());
+            async move { Ok(Reply::with_release(call.params, guard)) }
+        },
+    )
+    .await
+    .expect("serve");
+    let client = InvocationClient::new(server.connect().await, "test");
+    for round in 0..3 {
+        let reply = client
+            .invoke(
+                "guarded",
+                IFACE,
+                "echo",
+                Bytes::from(format!("round {round}")),
+                CallContext::default(),
+            )
+            .await
+            .expect("the guarded call answers");
+        assert_eq!(&reply[..], format!("round {round}").as_bytes());
+        tokio::time::timeout(Duration::from_secs(10), dropped_rx.recv())
+            .await
+            .expect("the guard is dropped after the reply")
+            .expect("the server is alive");
+    }
+}

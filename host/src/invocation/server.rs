@@ -32,6 +32,44 @@ pub struct IncomingCall {
     pub context: CallContext,
 }
 
+/// A handler's answer: the encoded results, and optionally something to drop only once they
+/// are on their way (e.g. the finished instance, whose teardown takes tens of microseconds and
+/// must not delay the reply). Handlers may also answer plain [`Bytes`].
+pub struct Reply {
+    /// The encoded result list.
+    pub payload: Bytes,
+    /// Dropped after the reply is published.
+    pub release_after_send: Option<Box<dyn Send>>,
+}
+
+impl Reply {
+    /// A reply carrying `payload`, dropping `release` after it is sent.
+    pub fn with_release(payload: Bytes, release: impl Send + 'static) -> Self {
+        Self {
+            payload,
+            release_after_send: Some(Box::new(release)),
+        }
+    }
+}
+
+impl From<Bytes> for Reply {
+    fn from(payload: Bytes) -> Self {
+        Self {
+            payload,
+            release_after_send: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("payload_len", &self.payload.len())
+            .field("release_after_send", &self.release_after_send.is_some())
+            .finish()
+    }
+}
+
 /// Limits of an [`InvocationServer`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -68,7 +106,7 @@ impl InvocationServer {
     /// replicas on several hosts share the load) and answers each with `handler`.
     ///
     /// Returns once the subscription is registered with the NATS server.
-    pub async fn serve<H, F>(
+    pub async fn serve<H, F, R>(
         nats: async_nats::Client,
         lattice: &str,
         target_id: &str,
@@ -77,7 +115,8 @@ impl InvocationServer {
     ) -> anyhow::Result<Self>
     where
         H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Bytes, InvocationError>> + Send + 'static,
+        F: Future<Output = Result<R, InvocationError>> + Send + 'static,
+        R: Into<Reply> + Send + 'static,
     {
         let subject = target_wildcard(lattice, target_id);
         let subscriber = nats
@@ -100,14 +139,15 @@ impl InvocationServer {
     }
 }
 
-async fn accept_calls<H, F>(
+async fn accept_calls<H, F, R>(
     nats: async_nats::Client,
     mut subscriber: Subscriber,
     handler: Arc<H>,
     options: ServerOptions,
 ) where
     H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Bytes, InvocationError>> + Send + 'static,
+    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(options.max_concurrency.max(1)));
     // Owned here: aborting this task drops the set, which aborts every call in flight.
@@ -141,14 +181,15 @@ async fn accept_calls<H, F>(
     }
 }
 
-async fn handle_call<H, F>(
+async fn handle_call<H, F, R>(
     nats: async_nats::Client,
     message: Message,
     handler: Arc<H>,
     max_payload: usize,
 ) where
     H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Bytes, InvocationError>> + Send + 'static,
+    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let Some(mut reply_to) = message.reply.clone() else {
         tracing::debug!(subject = %message.subject, "ignoring a call without a reply subject");
@@ -168,12 +209,21 @@ async fn handle_call<H, F>(
         &mut reply_to,
     )
     .await;
+    let (result, release) = match result {
+        Ok(reply) => (Ok(reply.payload), reply.release_after_send),
+        Err(error) => (Err(error), None),
+    };
     if let Err(error) = send_result(&nats, reply_to, result, max_payload, deadline).await {
         tracing::warn!(%error, "could not deliver a call's result");
     }
+    if let Some(release) = release {
+        // Let the connection task write the reply before the teardown runs on this thread.
+        tokio::task::yield_now().await;
+        drop(release);
+    }
 }
 
-async fn run_call<H, F>(
+async fn run_call<H, F, R>(
     nats: &async_nats::Client,
     message: Message,
     context: CallContext,
@@ -181,10 +231,11 @@ async fn run_call<H, F>(
     max_payload: usize,
     deadline: SystemTime,
     reply_to: &mut Subject,
-) -> Result<Bytes, InvocationError>
+) -> Result<Reply, InvocationError>
 where
     H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Bytes, InvocationError>> + Send + 'static,
+    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
+    R: Into<Reply> + Send + 'static,
 {
     let (interface, function) = parse_call_subject(&message.subject).ok_or_else(|| {
         InvocationError::bad_request(format!("malformed call subject {}", message.subject))
@@ -208,7 +259,7 @@ where
             time_left.as_millis()
         ))),
         Ok(Err(_panic)) => Err(InvocationError::trap("the call's handler panicked")),
-        Ok(Ok(result)) => result,
+        Ok(Ok(result)) => result.map(Into::into),
     }
 }
 

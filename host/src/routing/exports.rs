@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{call_export, CallForwarder};
 use crate::host::Host;
 use crate::invocation::codec::{decode_values, encode_values};
-use crate::invocation::{IncomingCall, InvocationError, InvocationServer, ServerOptions};
+use crate::invocation::{IncomingCall, InvocationError, InvocationServer, Reply, ServerOptions};
 
 /// Follows the host's running components and keeps one [`InvocationServer`] per component
 /// id that exports non-WASI functions: started when the component starts, dropped (which
@@ -76,7 +76,7 @@ async fn answer(
     forwarder: &CallForwarder,
     id: &str,
     call: IncomingCall,
-) -> Result<Bytes, InvocationError> {
+) -> Result<Reply, InvocationError> {
     let running = host
         .upgrade()
         .and_then(|host| host.components.get(id))
@@ -97,12 +97,13 @@ async fn answer(
             call.interface, call.function
         ))
     })?;
-    let results = call_export(prepared, exported, &params).await?;
-    let encoded = encode_values(&results, &exported.results).map_err(|e| {
+    let finished = call_export(prepared, exported, &params).await?;
+    let encoded = encode_values(&finished.results, &exported.results).map_err(|e| {
         InvocationError::trap(format!(
             "encoding the results of {}.{}: {e}",
             call.interface, call.function
         ))
     })?;
-    Ok(Bytes::from(encoded))
+    // The instance is torn down after the reply is sent.
+    Ok(Reply::with_release(Bytes::from(encoded), finished.instance))
 }

@@ -37,7 +37,7 @@ use crate::host::Host;
 use crate::invocation::codec::{decode_values, encode_values};
 use crate::invocation::linking::imported_interfaces;
 use crate::invocation::{CallContext, InvocationClient, InvocationError};
-use crate::runtime::{ImportResolver, InstanceState, PreparedComponent};
+use crate::runtime::{ImportResolver, InstanceState, Invocation, PreparedComponent};
 
 pub use exports::serve_exports;
 
@@ -295,7 +295,7 @@ impl CallForwarder {
                 prepared.id()
             )));
         };
-        call_export(prepared, exported, params).await
+        Ok(call_export(prepared, exported, params).await?.results)
     }
 
     /// Defines forwarding stubs for the functions of the imported `interface`. Functions the
@@ -418,12 +418,20 @@ impl ImportResolver for Arc<CallForwarder> {
     }
 }
 
+/// A call that returned: its results, and the instance that produced them. Dropping the
+/// instance returns its memory to the pool, which takes tens of microseconds: a caller that
+/// can answer first should drop it after answering.
+struct FinishedCall {
+    results: Vec<Val>,
+    instance: Invocation,
+}
+
 /// Runs `exported` in a fresh instance of `prepared` (under its concurrency cap and deadline).
 async fn call_export(
     prepared: &PreparedComponent,
     exported: &ExportedFunction,
     params: &[Val],
-) -> Result<Vec<Val>, InvocationError> {
+) -> Result<FinishedCall, InvocationError> {
     let mut invocation = prepared.instantiate().await.map_err(runtime_failure)?;
     let Some(func) = invocation
         .instance
@@ -448,7 +456,10 @@ async fn call_export(
             prepared.limits().max_execution_time_ms
         ))),
         Ok(Err(error)) => Err(runtime_failure(invocation.error(error))),
-        Ok(Ok(())) => Ok(results),
+        Ok(Ok(())) => Ok(FinishedCall {
+            results,
+            instance: invocation,
+        }),
     }
 }
 
