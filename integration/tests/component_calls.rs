@@ -4,7 +4,8 @@
 //!
 //! Covers the caller and callee on two hosts (every value kind crosses the lattice), both on
 //! one host (in-process call), and both on one host with `--disable-colocation` (over NATS);
-//! a deleted link and a callee scaled to zero fail the next request at once, with a message.
+//! a deleted link and a callee scaled to zero fail the next request at once, with a message;
+//! `wasmcloud:bus/lattice` `set-link-name` routes calls through a named link.
 
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,65 @@ async fn exercise(addr: &str, lattice: &Lattice, label: &str) {
         "the failure was not immediate"
     );
     link_caller_to_callee(lattice).await;
+    choose_links_by_name(addr, lattice).await;
+}
+
+/// `wasmcloud:bus/lattice@2.0.0` `set-link-name` picks the link the next call follows: a
+/// name with no link is refused; with a link `alt` the call goes through it, even after the
+/// `default` link is deleted.
+async fn choose_links_by_name(addr: &str, lattice: &Lattice) {
+    let reply = get(addr, "/via?link=alt").await.unwrap();
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.body.contains("set-link-name alt") && reply.body.contains("alt"),
+        "{}",
+        reply.body
+    );
+
+    ok(
+        lattice,
+        lattice.subjects.link_put(),
+        json!({"source_id": "caller", "target": "callee", "name": "alt",
+               "wit_namespace": "trellis", "wit_package": "demo", "interfaces": ["inventory"]}),
+    )
+    .await;
+    eventually("a call through the link named alt", || async {
+        let reply = get(addr, "/via?link=alt").await.ok()?;
+        (reply.status == 200 && reply.body.trim_end() == "via alt: ok").then_some(())
+    })
+    .await;
+
+    ok(
+        lattice,
+        lattice.subjects.link_del(),
+        json!({"source_id": "caller", "wit_namespace": "trellis", "wit_package": "demo"}),
+    )
+    .await;
+    eventually("the default link gone", || async {
+        let reply = get(addr, "/").await.ok()?;
+        reply.body.contains("no link named `default`").then_some(())
+    })
+    .await;
+    let reply = get(addr, "/via?link=alt").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.trim_end()),
+        (200, "via alt: ok"),
+        "the named link must not depend on the default one"
+    );
+
+    link_caller_to_callee(lattice).await;
+    ok(
+        lattice,
+        lattice.subjects.link_del(),
+        json!({"source_id": "caller", "wit_namespace": "trellis", "wit_package": "demo",
+               "name": "alt"}),
+    )
+    .await;
+    eventually("the link named alt gone", || async {
+        let reply = get(addr, "/via?link=alt").await.ok()?;
+        (reply.status == 409).then_some(())
+    })
+    .await;
 }
 
 /// After the callee is scaled to zero everywhere, the next requests fail at once.

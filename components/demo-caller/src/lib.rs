@@ -7,6 +7,10 @@
 //! - `/values`: calls every function and answers 200 with one line per function,
 //!   `name = <Debug rendering of the result>`, so tests can check each value kind.
 //! - `/bench?n=N`: calls `integers` N times (default 1000), answers `200 ok: N calls`.
+//! - `/via?link=NAME`: picks link NAME for `trellis:demo/inventory` with
+//!   `wasmcloud:bus/lattice@2.0.0` `set-link-name`, then calls `integers` once. Answers
+//!   `200 via NAME: ok`, `409 set-link-name NAME: <error>` when the component has no such link,
+//!   or traps if the call fails (so the host answers 500 with the reason).
 //! - `/blob?len=N`: asks the callee for an N-byte list (`blob`), sends it back (`checksum`) and
 //!   checks the sum: exercises large payloads both ways. Answers `200 ok: <len> bytes, sum <s>`.
 
@@ -15,6 +19,14 @@ wit_bindgen::generate!({
     world: "caller",
 });
 
+mod bus {
+    wit_bindgen::generate!({
+        path: "../../wit/deps/wasmcloud-bus-2.0.0",
+        world: "wasmcloud:bus/imports",
+    });
+}
+
+use bus::wasmcloud::bus::lattice::{set_link_name, CallTargetInterface};
 use trellis::demo::inventory::{
     self as inv, Category, Dimensions, Item, StockError, StockEvent, Tags,
 };
@@ -249,6 +261,21 @@ fn route(path_with_query: &str) -> (u16, String) {
                 }
             }
             (200, format!("ok: {n} calls\n"))
+        }
+        "/via" => {
+            let link = query_param(path_with_query, "link").unwrap_or("default");
+            let target = CallTargetInterface::new("trellis", "demo", "inventory");
+            if let Err(e) = set_link_name(link, vec![target]) {
+                return (409, format!("set-link-name {link}: {e}\n"));
+            }
+            let got = inv::integers(1, 2, 3, 4, 5, 6, 7, 41);
+            if got.7 != 42 {
+                return (
+                    500,
+                    format!("failed: integers via {link} returned {got:?}\n"),
+                );
+            }
+            (200, format!("via {link}: ok\n"))
         }
         "/blob" => {
             let len = match query_param(path_with_query, "len").map(str::parse::<u32>) {
