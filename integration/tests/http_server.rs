@@ -260,7 +260,8 @@ fn big_body() -> Vec<u8> {
 }
 
 /// The behaviours every path must have: hello, keep-alive, a 5 MB echo, trap -> 500, a
-/// deadline -> 504/500, each followed by a healthy request.
+/// deadline -> 504/500, unbounded memory growth -> 500 naming the limit, each followed by a
+/// healthy request.
 async fn check_routes(addr: &str) {
     let mut conn = raw_http::Connection::open(addr).await.unwrap();
     for _ in 0..3 {
@@ -311,6 +312,17 @@ async fn check_routes(addr: &str) {
     );
     let reply = request(addr, "GET", "/", b"").await.unwrap();
     assert_eq!(reply.status, 200);
+
+    // The component is scaled with max_memory_mb = 32.
+    let reply = request(addr, "GET", "/grow", b"").await.unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(
+        reply.text().contains("memory") && reply.text().contains("32"),
+        "the message does not name the memory limit: {}",
+        reply.text()
+    );
+    let reply = request(addr, "GET", "/", b"").await.unwrap();
+    assert_eq!(reply.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,7 +346,7 @@ async fn colocated_provider_serves_the_component() {
         &host,
         "hello",
         4,
-        json!({"max_execution_time_ms": "500"}),
+        json!({"max_execution_time_ms": "500", "max_memory_mb": "32"}),
     )
     .await;
     link(&lattice, "http-server", "hello", &["http-addr"]).await;
@@ -398,7 +410,7 @@ async fn requests_reach_a_component_on_another_host() {
         &back,
         "hello",
         4,
-        json!({"max_execution_time_ms": "500"}),
+        json!({"max_execution_time_ms": "500", "max_memory_mb": "32"}),
     )
     .await;
     link(&lattice, "http-server", "hello", &["http-addr"]).await;
@@ -444,7 +456,7 @@ async fn provider_runs_as_a_supervised_process() {
         &host,
         "hello",
         2,
-        json!({"max_execution_time_ms": "500"}),
+        json!({"max_execution_time_ms": "500", "max_memory_mb": "32"}),
     )
     .await;
     link(&lattice, "http-proc", "hello", &["http-addr"]).await;
