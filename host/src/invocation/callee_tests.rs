@@ -423,6 +423,25 @@ impl Caller {
             })
         });
         linking::forward_interface(&mut linker, interface, functions, router).expect("forward");
+        // demo-caller also imports wasmcloud:bus/lattice (its /via route); these tests never
+        // take that route, and the bus needs a host (see routing::bus and component_calls.rs).
+        let mut bus = linker
+            .instance("wasmcloud:bus/lattice@2.0.0")
+            .expect("bus instance");
+        bus.resource(
+            "call-target-interface",
+            wasmtime::component::ResourceType::host::<()>(),
+            |_, _| Ok(()),
+        )
+        .expect("bus resource");
+        for function in ["[constructor]call-target-interface", "set-link-name"] {
+            bus.func_new(function, |_, _, _, _| {
+                Err(wasmtime::Error::msg(
+                    "wasmcloud:bus is not served in this test",
+                ))
+            })
+            .expect("bus function");
+        }
         Self {
             engine,
             component,
