@@ -52,5 +52,5 @@ mod nats_tests;
 
 pub use client::InvocationClient;
 pub use error::InvocationError;
-pub use server::{IncomingCall, InvocationServer, Reply, ServerOptions};
+pub use server::{AfterSend, IncomingCall, InvocationServer, Reply, ServerOptions};
 pub use wire::CallContext;

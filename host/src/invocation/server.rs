@@ -32,22 +32,25 @@ pub struct IncomingCall {
     pub context: CallContext,
 }
 
-/// A handler's answer: the encoded results, and optionally something to drop only once they
-/// are on their way (e.g. the finished instance, whose teardown takes tens of microseconds and
-/// must not delay the reply). Handlers may also answer plain [`Bytes`].
+/// Work a handler leaves for after its reply is sent.
+pub type AfterSend = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A handler's answer: the encoded results, and optionally work to do only once they are on
+/// their way (e.g. tearing the finished instance down and preparing the next one, which take
+/// tens of microseconds and must not delay the reply). Handlers may also answer plain [`Bytes`].
 pub struct Reply {
     /// The encoded result list.
     pub payload: Bytes,
-    /// Dropped after the reply is published.
-    pub release_after_send: Option<Box<dyn Send>>,
+    /// Run after the reply is published, in the call's task.
+    pub after_send: Option<AfterSend>,
 }
 
 impl Reply {
-    /// A reply carrying `payload`, dropping `release` after it is sent.
-    pub fn with_release(payload: Bytes, release: impl Send + 'static) -> Self {
+    /// A reply carrying `payload`, running `after_send` once it is sent.
+    pub fn then(payload: Bytes, after_send: impl Future<Output = ()> + Send + 'static) -> Self {
         Self {
             payload,
-            release_after_send: Some(Box::new(release)),
+            after_send: Some(Box::pin(after_send)),
         }
     }
 }
@@ -56,7 +59,7 @@ impl From<Bytes> for Reply {
     fn from(payload: Bytes) -> Self {
         Self {
             payload,
-            release_after_send: None,
+            after_send: None,
         }
     }
 }
@@ -65,7 +68,7 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reply")
             .field("payload_len", &self.payload.len())
-            .field("release_after_send", &self.release_after_send.is_some())
+            .field("after_send", &self.after_send.is_some())
             .finish()
     }
 }
@@ -209,17 +212,17 @@ async fn handle_call<H, F, R>(
         &mut reply_to,
     )
     .await;
-    let (result, release) = match result {
-        Ok(reply) => (Ok(reply.payload), reply.release_after_send),
+    let (result, after_send) = match result {
+        Ok(reply) => (Ok(reply.payload), reply.after_send),
         Err(error) => (Err(error), None),
     };
     if let Err(error) = send_result(&nats, reply_to, result, max_payload, deadline).await {
         tracing::warn!(%error, "could not deliver a call's result");
     }
-    if let Some(release) = release {
-        // Let the connection task write the reply before the teardown runs on this thread.
+    if let Some(after_send) = after_send {
+        // Let the connection task write the reply before this work runs on this thread.
         tokio::task::yield_now().await;
-        drop(release);
+        after_send.await;
     }
 }
 

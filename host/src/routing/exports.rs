@@ -104,6 +104,12 @@ async fn answer(
             call.interface, call.function
         ))
     })?;
-    // The instance is torn down after the reply is sent.
-    Ok(Reply::with_release(Bytes::from(encoded), finished.instance))
+    // After the reply: tear the instance down, then make the next call's instance ahead of
+    // it (the freed pool slot is the warmest one for it).
+    let instance = finished.instance;
+    let prepared = running.prepared.clone();
+    Ok(Reply::then(Bytes::from(encoded), async move {
+        drop(instance);
+        prepared.prepare_spare().await;
+    }))
 }

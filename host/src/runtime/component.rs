@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use super::cache::CompileSource;
-use super::concurrency::{InstanceGate, InstancePermit};
+use super::concurrency::{InstanceGate, InstancePermit, SpareBudget, SpareToken};
 use super::guest_log::{GuestLog, GuestStream};
 use super::limits::{ComponentLimits, MemoryLimiter};
 use super::outgoing::{AllowedHosts, OutgoingHttpPolicy};
@@ -119,6 +119,19 @@ pub struct PreparedComponent {
     pub(crate) _runtime: Arc<dyn std::any::Any + Send + Sync>,
     /// Invocations still running (e.g. streaming a response body after answering).
     pub(crate) tasks: Mutex<JoinSet<()>>,
+    /// At most one instance made ahead of its call (see [`Self::prepare_spare`]).
+    pub(crate) spare: Mutex<Option<SpareInstance>>,
+    /// The runtime-wide cap on spares.
+    pub(crate) spare_budget: Arc<SpareBudget>,
+}
+
+/// A fresh instance made before its call arrived: never called, so taking it keeps the
+/// one-fresh-instance-per-invocation rule while moving instantiation off the call's path.
+pub(crate) struct SpareInstance {
+    store: Store<InstanceState>,
+    instance: wasmtime::component::Instance,
+    flags: Arc<InvocationFlags>,
+    _token: SpareToken,
 }
 
 impl std::fmt::Debug for PreparedComponent {
@@ -228,6 +241,27 @@ impl PreparedComponent {
                 max_instances: full.max_instances,
                 queued: full.queued,
             })?;
+        if let Some(spare) = self.take_spare() {
+            let SpareInstance {
+                mut store,
+                instance,
+                flags,
+                _token,
+            } = spare;
+            arm_deadline(
+                &mut store,
+                Instant::now() + self.limits.max_execution_time(),
+                flags.clone(),
+            );
+            return Ok(Invocation {
+                store,
+                instance,
+                component_id: self.id.clone(),
+                limits: self.limits.clone(),
+                flags,
+                _permit: permit,
+            });
+        }
         let flags = Arc::new(InvocationFlags::default());
         let mut store = self.build_store(&flags)?;
         arm_deadline(
@@ -247,6 +281,61 @@ impl PreparedComponent {
             flags,
             _permit: permit,
         })
+    }
+
+    /// Makes one instance ahead of the next [`Self::instantiate`], unless there already is one
+    /// or the runtime's spare budget is used up. Call it when a call has just finished and
+    /// more are likely (a component serving lattice calls): the next call then skips
+    /// instantiation (tens of microseconds). The spare is never called before it is taken, so
+    /// every invocation still gets a fresh instance; it is dropped with the component. A
+    /// failure here is ignored: the next `instantiate` reports it.
+    pub async fn prepare_spare(&self) {
+        if self.lock_spare().is_some() {
+            return;
+        }
+        let Some(token) = self.spare_budget.try_reserve() else {
+            return;
+        };
+        let flags = Arc::new(InvocationFlags::default());
+        let Ok(mut store) = self.build_store(&flags) else {
+            return;
+        };
+        // A start function that never ends must not hold the spare (or its task) forever.
+        arm_deadline(
+            &mut store,
+            Instant::now() + self.limits.max_execution_time(),
+            flags.clone(),
+        );
+        let Ok(instance) = self.instance_pre.instantiate_async(&mut store).await else {
+            return;
+        };
+        // Nothing ran but start functions; a spare whose limits already tripped is no good.
+        if flags.deadline_hit.load(Ordering::SeqCst) || flags.memory_hit.load(Ordering::SeqCst) {
+            return;
+        }
+        store.set_epoch_deadline(u64::MAX / 2);
+        let mut slot = self.lock_spare();
+        if slot.is_none() {
+            *slot = Some(SpareInstance {
+                store,
+                instance,
+                flags,
+                _token: token,
+            });
+        }
+    }
+
+    /// Whether a spare instance is waiting (see [`Self::prepare_spare`]).
+    pub fn has_spare(&self) -> bool {
+        self.lock_spare().is_some()
+    }
+
+    fn take_spare(&self) -> Option<SpareInstance> {
+        self.lock_spare().take()
+    }
+
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Option<SpareInstance>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn build_store(&self, flags: &InvocationFlags) -> anyhow::Result<Store<InstanceState>> {

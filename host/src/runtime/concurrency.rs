@@ -1,6 +1,7 @@
 //! Caps the concurrent instances of one component, with a bounded queue of waiters.
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -138,5 +139,65 @@ impl Drop for InstancePermit {
     fn drop(&mut self) {
         self.gate.lock().in_flight -= 1;
         self.gate.freed.notify_one();
+    }
+}
+
+/// How many spare instances (made ahead of their call, see
+/// `PreparedComponent::prepare_spare`) the whole runtime may hold at once, so spares never
+/// take the pool slots that running calls need.
+#[derive(Debug)]
+pub(crate) struct SpareBudget {
+    live: AtomicUsize,
+    max: usize,
+}
+
+impl SpareBudget {
+    /// A budget of `max` spares.
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            live: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Room for one more spare, or `None` when the budget is used up.
+    pub(crate) fn try_reserve(self: &Arc<Self>) -> Option<SpareToken> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live < self.max).then_some(live + 1)
+            })
+            .ok()
+            .map(|_| SpareToken {
+                budget: self.clone(),
+            })
+    }
+}
+
+/// One spare's share of the [`SpareBudget`], returned on drop.
+#[derive(Debug)]
+pub(crate) struct SpareToken {
+    budget: Arc<SpareBudget>,
+}
+
+impl Drop for SpareToken {
+    fn drop(&mut self) {
+        self.budget.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod spare_budget_tests {
+    use super::SpareBudget;
+
+    #[test]
+    fn the_budget_caps_live_spares_and_frees_on_drop() {
+        let budget = SpareBudget::new(2);
+        let first = budget.try_reserve().expect("room for one");
+        let second = budget.try_reserve().expect("room for two");
+        assert!(budget.try_reserve().is_none(), "a third must be refused");
+        drop(first);
+        let third = budget.try_reserve().expect("room again after a drop");
+        drop((second, third));
+        assert!(SpareBudget::new(0).try_reserve().is_none());
     }
 }

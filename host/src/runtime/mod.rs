@@ -172,6 +172,8 @@ struct RuntimeInner {
     loader: Arc<dyn ComponentLoader>,
     capabilities: Vec<Arc<dyn Capability>>,
     pool_slots: Option<u32>,
+    /// Caps the instances made ahead of their call, across every component.
+    spares: Arc<concurrency::SpareBudget>,
     /// Provides imports the shared linker lacks (e.g. forwarding them over the lattice); set
     /// once, late, by the host (see [`Runtime::set_import_resolver`]).
     import_resolver: OnceLock<Arc<dyn ImportResolver>>,
@@ -181,6 +183,12 @@ struct RuntimeInner {
     shared_code: Mutex<HashMap<String, Weak<Component>>>,
     // Dropped with the runtime: stops the epoch thread.
     _ticker: engine::EpochTicker,
+}
+
+/// Spare instances allowed at once: an eighth of the pool (at least one), or 32 when
+/// instances are allocated on demand.
+fn spare_budget(pool_slots: Option<u32>) -> usize {
+    pool_slots.map_or(32, |slots| (slots as usize / 8).max(1))
 }
 
 impl RuntimeInner {
@@ -245,6 +253,7 @@ impl Runtime {
                 loader,
                 capabilities: config.capabilities,
                 pool_slots: setup.pool_slots,
+                spares: concurrency::SpareBudget::new(spare_budget(setup.pool_slots)),
                 import_resolver: OnceLock::new(),
                 shared_code: Mutex::default(),
                 _ticker: ticker,
@@ -346,6 +355,7 @@ impl Runtime {
             spec.max_instances,
             spec.limits.queue_bound(spec.max_instances),
         );
+        let spare_budget = inner.spares.clone();
         Ok(Arc::new(PreparedComponent {
             id,
             image_ref: spec.image_ref,
@@ -361,6 +371,8 @@ impl Runtime {
             _code: code,
             _runtime: inner,
             tasks: Mutex::new(JoinSet::new()),
+            spare: Mutex::new(None),
+            spare_budget,
         }))
     }
 }

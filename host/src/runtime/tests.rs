@@ -898,3 +898,54 @@ fn the_default_pool_is_sized_from_this_machine() {
     }
     eprintln!("default pool: {:?} slots", runtime.pool_slots());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_are_taken_once_and_capped_by_the_pool() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        allow_file_load: true,
+        // 16 slots: a budget of two spares.
+        pool_slots: Some(16),
+        ..Default::default()
+    })
+    .expect("creating the runtime");
+    let mut components = Vec::new();
+    for id in ["spare-a", "spare-b", "spare-c"] {
+        components.push(
+            runtime
+                .prepare(spec(id, &wasm, 2, &[]))
+                .await
+                .expect("prepare"),
+        );
+    }
+    let first = &components[0];
+    assert!(!first.has_spare(), "no spare before one is asked for");
+    first.prepare_spare().await;
+    first.prepare_spare().await;
+    assert!(first.has_spare());
+
+    // Taking it leaves none; the instance it gives is usable and counted.
+    let invocation = first
+        .instantiate()
+        .await
+        .expect("instantiate from the spare");
+    assert!(!first.has_spare(), "a spare serves one invocation only");
+    assert_eq!(first.in_flight(), 1);
+    drop(invocation);
+    assert_eq!(first.in_flight(), 0);
+
+    first.prepare_spare().await;
+    components[1].prepare_spare().await;
+    components[2].prepare_spare().await;
+    assert!(first.has_spare() && components[1].has_spare());
+    assert!(
+        !components[2].has_spare(),
+        "a third spare would exceed the budget"
+    );
+    // A stopped component returns its spare's share of the budget.
+    components.remove(0);
+    components[1].prepare_spare().await;
+    assert!(components[1].has_spare());
+}
