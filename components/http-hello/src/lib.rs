@@ -32,11 +32,7 @@ const ECHO_CHUNK: u64 = 64 * 1024;
 impl wasi::exports::http::incoming_handler::Guest for HttpHello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        let path = path_with_query
-            .split('?')
-            .next()
-            .unwrap_or("/")
-            .to_string();
+        let path = path_with_query.split('?').next().unwrap_or("/").to_string();
         match path.as_str() {
             "/" => respond(response_out, 200, b"Hello from Trellis!\n"),
             "/echo" => echo(request, response_out),

@@ -241,38 +241,28 @@ impl PreparedComponent {
                 max_instances: full.max_instances,
                 queued: full.queued,
             })?;
-        if let Some(spare) = self.take_spare() {
-            let SpareInstance {
-                mut store,
-                instance,
-                flags,
-                _token,
-            } = spare;
-            arm_deadline(
-                &mut store,
-                Instant::now() + self.limits.max_execution_time(),
-                flags.clone(),
-            );
-            return Ok(Invocation {
-                store,
-                instance,
-                component_id: self.id.clone(),
-                limits: self.limits.clone(),
-                flags,
-                _permit: permit,
-            });
-        }
-        let flags = Arc::new(InvocationFlags::default());
-        let mut store = self.build_store(&flags)?;
+        let (mut store, instance, flags) = match self.take_spare() {
+            Some(spare) => (spare.store, spare.instance, spare.flags),
+            None => {
+                let flags = Arc::new(InvocationFlags::default());
+                let mut store = self.build_store(&flags)?;
+                arm_deadline(
+                    &mut store,
+                    Instant::now() + self.limits.max_execution_time(),
+                    flags.clone(),
+                );
+                match self.instance_pre.instantiate_async(&mut store).await {
+                    Ok(instance) => (store, instance, flags),
+                    Err(error) => return Err(classify(&self.id, &self.limits, &flags, error)),
+                }
+            }
+        };
+        // Counted from now (a spare's deadline covered only its instantiation).
         arm_deadline(
             &mut store,
             Instant::now() + self.limits.max_execution_time(),
             flags.clone(),
         );
-        let instance = match self.instance_pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(error) => return Err(classify(&self.id, &self.limits, &flags, error)),
-        };
         Ok(Invocation {
             store,
             instance,
