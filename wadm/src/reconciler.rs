@@ -44,7 +44,8 @@ pub struct WadmOptions {
     pub tick: Duration,
     /// How long to wait for a control-interface reply.
     pub ctl_timeout: Duration,
-    /// How long to gather `host.ping` replies at start-up.
+    /// How long to gather `host.ping` replies at start-up (at most; discovery ends sooner once
+    /// the hosts that answered go quiet).
     pub ping_wait: Duration,
 }
 
@@ -142,6 +143,9 @@ struct Reconciler {
     leader: bool,
 }
 
+/// How long discovery keeps listening after the last host answered its ping.
+const PING_QUIET: Duration = Duration::from_millis(100);
+
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
 
 impl Reconciler {
@@ -199,7 +203,9 @@ impl Reconciler {
                     match entry {
                         Some(Ok(entry)) => {
                             self.apply_model_entry(entry);
-                            next_pass.get_or_insert(tokio::time::Instant::now());
+                            // A deploy or undeploy plans at once, even when a debounced
+                            // pass for earlier events is already due a little later.
+                            next_pass = Some(tokio::time::Instant::now());
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "model watch error"),
                         None => anyhow::bail!("the model watch ended"),
@@ -314,8 +320,13 @@ impl Reconciler {
             return Vec::new();
         }
         let mut hosts = Vec::new();
-        let deadline = tokio::time::Instant::now() + self.opts.ping_wait;
+        // Wait up to ping_wait for the first answer; once hosts answer, stop when none has for
+        // PING_QUIET (hosts on one network answer within milliseconds of each other), so a
+        // freshly started reconciler plans its first deploy without waiting the whole window.
+        let cap = tokio::time::Instant::now() + self.opts.ping_wait;
+        let mut deadline = cap;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            deadline = cap.min(tokio::time::Instant::now() + PING_QUIET);
             if let Ok(resp) = serde_json::from_slice::<CtlResponse<serde_json::Value>>(&msg.payload)
             {
                 if let Some(host) = resp
