@@ -127,6 +127,12 @@ async fn deploy(
         yaml.into_bytes(),
     )
     .await?;
+    eprintln!(
+        "TMP put done {:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    );
     if reply["result"] != "created" && reply["result"] != "newversion" {
         bail!("model.put refused: {reply}");
     }
@@ -136,6 +142,12 @@ async fn deploy(
         Vec::new(),
     )
     .await?;
+    eprintln!(
+        "TMP deploy done {:?}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    );
     if reply["result"] != "acknowledged" {
         bail!("deploy refused: {reply}");
     }
@@ -232,37 +244,55 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
         Vec::new(),
     )
     .await?;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let started = Instant::now();
-    deploy(
-        &lattice.client,
-        name,
-        "coldapp",
-        manifest("coldapp", &wasm, &addr),
-    )
-    .await?;
-    let served = lattice::wait_http_ok(
-        &addr,
-        "/",
-        Duration::from_millis(2),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let took = served.duration_since(started).as_secs_f64() * 1000.0;
-    bench.push(Figure {
-        section: COLD.into(),
-        scenario: "manifest model.put + deploy -> first 200 (wadm)".into(),
-        load: "1 sample".into(),
-        value: Some(took),
-        unit: "ms".into(),
-        budget: Some("< 50 ms".into()),
-        met: Some(took < 50.0),
-        note: "component + built-in http-server provider + link; code cached; \
-               `trellis wadm` with its default 500 ms reconcile tick (the plan waits for \
-               ticks: put, deploy, provider, link)"
-            .into(),
-        ..Figure::default()
-    });
+    // Two deploys: the first right after the reconciler started (it spends up to its
+    // 750 ms discovery ping collecting hosts before its first plan), the second with the
+    // reconciler settled, which is what a user deploying to a running lattice sees.
+    for (app, budgeted) in [("firstapp", false), ("coldapp", true)] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let started = Instant::now();
+        eprintln!(
+            "TMP start {:?}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        );
+        deploy(&lattice.client, name, app, manifest(app, &wasm, &addr)).await?;
+        let served = lattice::wait_http_ok(
+            &addr,
+            "/",
+            Duration::from_millis(2),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let took = served.duration_since(started).as_secs_f64() * 1000.0;
+        eprintln!(
+            "TMP served {:?}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        );
+        let mut figure = Figure {
+            section: COLD.into(),
+            load: "1 sample".into(),
+            value: Some(took),
+            unit: "ms".into(),
+            ..Figure::default()
+        };
+        if budgeted {
+            figure.scenario = "manifest model.put + deploy -> first 200 (wadm)".into();
+            figure.budget = Some("< 50 ms".into());
+            figure.met = Some(took < 50.0);
+            figure.note = "component + built-in http-server provider + link, new ids; code \
+                           cached; reconciler running (after the first deploy below)"
+                .into();
+        } else {
+            figure.scenario = "first manifest deploy -> first 200, reconciler just started".into();
+            figure.note = "includes the reconciler's start-up discovery (host ping, up to \
+                           750 ms) before its first plan"
+                .into();
+        }
+        bench.push(figure);
+    }
     Ok(())
 }
 
