@@ -127,12 +127,6 @@ async fn deploy(
         yaml.into_bytes(),
     )
     .await?;
-    eprintln!(
-        "TMP put done {:?}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-    );
     if reply["result"] != "created" && reply["result"] != "newversion" {
         bail!("model.put refused: {reply}");
     }
@@ -142,12 +136,6 @@ async fn deploy(
         Vec::new(),
     )
     .await?;
-    eprintln!(
-        "TMP deploy done {:?}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-    );
     if reply["result"] != "acknowledged" {
         bail!("deploy refused: {reply}");
     }
@@ -250,12 +238,6 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
     for (app, budgeted) in [("firstapp", false), ("coldapp", true)] {
         let addr = format!("127.0.0.1:{}", free_port());
         let started = Instant::now();
-        eprintln!(
-            "TMP start {:?}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-        );
         deploy(&lattice.client, name, app, manifest(app, &wasm, &addr)).await?;
         let served = lattice::wait_http_ok(
             &addr,
@@ -265,12 +247,6 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
         )
         .await?;
         let took = served.duration_since(started).as_secs_f64() * 1000.0;
-        eprintln!(
-            "TMP served {:?}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-        );
         let mut figure = Figure {
             section: COLD.into(),
             load: "1 sample".into(),
