@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -34,7 +34,6 @@ use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::UpdateDeadline;
 
 use trellis_host::providers::{ProviderSpec, RunningProvider};
 use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceState};
@@ -201,46 +200,36 @@ impl consumer::Host for InstanceState {
 }
 
 /// Calls `handle-message` of component `component_id` running on `host`, in a fresh
-/// instance, under the component's execution deadline.
+/// instance, under the component's concurrency cap (`max_instances`, bounded queue) and its
+/// execution deadline, like every other invocation.
 pub async fn deliver(host: &Host, component_id: &str, msg: BrokerMessage) -> anyhow::Result<()> {
     let running = host
         .components
         .get(component_id)
         .with_context(|| format!("component {component_id} does not run on this host"))?;
     let prepared = running.prepared.clone();
-    let pre = bindings::MessagingPre::new(prepared.instance_pre().clone())
+    let mut invocation = prepared.instantiate().await?;
+    let handler = bindings::Messaging::new(&mut invocation.store, &invocation.instance)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!("component {component_id} does not export wasmcloud:messaging/handler@0.2.0")
         })?;
-    let mut store = prepared.new_store()?;
     let limit = prepared.limits().max_execution_time();
-    let deadline = Instant::now() + limit;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(wasmtime::Error::msg("execution deadline exceeded"))
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+    let call = handler
+        .wasmcloud_messaging_handler()
+        .call_handle_message(&mut invocation.store, &msg);
+    let outcome = match tokio::time::timeout(limit + HOST_IO_GRACE, call).await {
+        Err(_elapsed) => anyhow::bail!(
+            "component {component_id} exceeded its execution deadline of {} ms",
+            limit.as_millis()
+        ),
+        Ok(Err(error)) => {
+            let error = invocation.error(error);
+            return Err(anyhow::Error::from(error))
+                .with_context(|| format!("component {component_id} failed handling a message"));
         }
-    });
-    let call = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        instance
-            .wasmcloud_messaging_handler()
-            .call_handle_message(&mut store, &msg)
-            .await
+        Ok(Ok(outcome)) => outcome,
     };
-    let outcome = tokio::time::timeout(limit + HOST_IO_GRACE, call)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "component {component_id} exceeded its execution deadline of {} ms",
-                limit.as_millis()
-            )
-        })?
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("component {component_id} failed handling a message"))?;
     outcome.map_err(|message| {
         anyhow::anyhow!("component {component_id} rejected the message: {message}")
     })
