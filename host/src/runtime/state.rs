@@ -34,7 +34,9 @@ pub trait Capability: Send + Sync + 'static {
     fn add_to_linker(&self, linker: &mut Linker<InstanceState>) -> anyhow::Result<()>;
 
     /// Creates this capability's per-instance state, if it needs any. Use
-    /// [`Extensions::insert`] to add one or more values.
+    /// [`Extensions::insert`] to add one or more values. It may run well before the instance
+    /// is called (a spare instance, see `PreparedComponent::prepare_spare`): resolve links and
+    /// connections when the guest uses them, not here.
     fn new_instance_state(
         &self,
         ctx: &InstanceContext,
