@@ -31,6 +31,11 @@ const REPLY_MARGIN: Duration = Duration::from_millis(500);
 /// subscription that failed or ended).
 const COMPONENT_RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Longest wait for one subscription to be registered with the NATS server. The resync loop
+/// waits on it, so without a bound a stalled connection would also keep it from closing the
+/// subscriptions of components that stopped.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -215,7 +220,18 @@ pub async fn serve_components_over_lattice(host: Arc<Host>) {
             if served.contains_key(id) {
                 continue;
             }
-            match ComponentSubscription::open(host.clone(), id).await {
+            let opened = tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                ComponentSubscription::open(host.clone(), id),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "NATS did not confirm the subscription within {} s",
+                    SUBSCRIBE_TIMEOUT.as_secs()
+                ))
+            });
+            match opened {
                 Ok(subscription) => {
                     served.insert(id.clone(), subscription);
                 }
