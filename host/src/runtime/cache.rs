@@ -70,7 +70,7 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// How a component was obtained by [`CompiledCache::load_or_compile`].
+/// How a component's compiled code was obtained: from the on-disk cache or compiled now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompileSource {
     /// Deserialized from the on-disk cache.

@@ -36,7 +36,7 @@ pub struct ComponentLimits {
     /// Maximum wall-clock time of one invocation, in milliseconds.
     pub max_execution_time_ms: u64,
     /// Maximum number of requests waiting for a free instance; `None` means 4x the max
-    /// instances, capped at [`DEFAULT_MAX_QUEUE_CAP`].
+    /// instances, capped at 1000 (`DEFAULT_MAX_QUEUE_CAP`).
     pub max_queued_requests: Option<u32>,
 }
 
