@@ -128,10 +128,15 @@ pub struct PreparedComponent {
 /// A fresh instance made before its call arrived: never called, so taking it keeps the
 /// one-fresh-instance-per-invocation rule while moving instantiation off the call's path.
 pub(crate) struct SpareInstance {
+    fresh: FreshInstance,
+    _token: SpareToken,
+}
+
+/// A just-made instance with its store and the flags its limiter and deadline report to.
+struct FreshInstance {
     store: Store<InstanceState>,
     instance: wasmtime::component::Instance,
     flags: Arc<InvocationFlags>,
-    _token: SpareToken,
 }
 
 impl std::fmt::Debug for PreparedComponent {
@@ -204,24 +209,11 @@ impl PreparedComponent {
         self.proxy_pre.is_some()
     }
 
-    /// The pre-instantiated component, for callers that invoke other exports (e.g. the data
-    /// plane forwarding lattice calls). Use [`Self::new_store`] for its store.
+    /// The pre-instantiated component, for reading its types (e.g. the data plane listing its
+    /// exports). Instantiate it with [`Self::instantiate`], which applies the concurrency cap,
+    /// the memory limit and the deadline.
     pub fn instance_pre(&self) -> &InstancePre<InstanceState> {
         &self.instance_pre
-    }
-
-    /// A fresh store for one instance of this component, with its memory limit, WASI context,
-    /// capability state and execution deadline (counted from now). Prefer
-    /// [`Self::instantiate`], which also respects the concurrency cap and classifies errors.
-    pub fn new_store(&self) -> anyhow::Result<Store<InstanceState>> {
-        let flags = Arc::new(InvocationFlags::default());
-        let mut store = self.build_store(&flags)?;
-        arm_deadline(
-            &mut store,
-            Instant::now() + self.limits.max_execution_time(),
-            flags,
-        );
-        Ok(store)
     }
 
     /// Instantiates the component for one non-HTTP invocation (e.g. a call forwarded over the
@@ -241,28 +233,23 @@ impl PreparedComponent {
                 max_instances: full.max_instances,
                 queued: full.queued,
             })?;
-        let (mut store, instance, flags) = match self.take_spare() {
-            Some(spare) => (spare.store, spare.instance, spare.flags),
-            None => {
-                let flags = Arc::new(InvocationFlags::default());
-                let mut store = self.build_store(&flags)?;
+        let FreshInstance {
+            store,
+            instance,
+            flags,
+        } = match self.take_spare() {
+            Some(spare) => {
+                let mut fresh = spare.fresh;
+                // The spare's deadline covered only its instantiation: count from now.
                 arm_deadline(
-                    &mut store,
+                    &mut fresh.store,
                     Instant::now() + self.limits.max_execution_time(),
-                    flags.clone(),
+                    fresh.flags.clone(),
                 );
-                match self.instance_pre.instantiate_async(&mut store).await {
-                    Ok(instance) => (store, instance, flags),
-                    Err(error) => return Err(classify(&self.id, &self.limits, &flags, error)),
-                }
+                fresh
             }
+            None => self.fresh_instance().await?,
         };
-        // Counted from now (a spare's deadline covered only its instantiation).
-        arm_deadline(
-            &mut store,
-            Instant::now() + self.limits.max_execution_time(),
-            flags.clone(),
-        );
         Ok(Invocation {
             store,
             instance,
@@ -271,6 +258,26 @@ impl PreparedComponent {
             flags,
             _permit: permit,
         })
+    }
+
+    /// Builds a store (deadline armed from now, so a start function that never ends traps)
+    /// and instantiates the component in it.
+    async fn fresh_instance(&self) -> Result<FreshInstance, InvocationError> {
+        let flags = Arc::new(InvocationFlags::default());
+        let mut store = self.build_store(&flags)?;
+        arm_deadline(
+            &mut store,
+            Instant::now() + self.limits.max_execution_time(),
+            flags.clone(),
+        );
+        match self.instance_pre.instantiate_async(&mut store).await {
+            Ok(instance) => Ok(FreshInstance {
+                store,
+                instance,
+                flags,
+            }),
+            Err(error) => Err(classify(&self.id, &self.limits, &flags, error)),
+        }
     }
 
     /// Makes one instance ahead of the next [`Self::instantiate`], unless there already is one
@@ -286,30 +293,17 @@ impl PreparedComponent {
         let Some(token) = self.spare_budget.try_reserve() else {
             return;
         };
-        let flags = Arc::new(InvocationFlags::default());
-        let Ok(mut store) = self.build_store(&flags) else {
+        let Ok(fresh) = self.fresh_instance().await else {
             return;
         };
-        // A start function that never ends must not hold the spare (or its task) forever.
-        arm_deadline(
-            &mut store,
-            Instant::now() + self.limits.max_execution_time(),
-            flags.clone(),
-        );
-        let Ok(instance) = self.instance_pre.instantiate_async(&mut store).await else {
-            return;
-        };
-        // Nothing ran but start functions; a spare whose limits already tripped is no good.
-        if flags.deadline_hit.load(Ordering::SeqCst) || flags.memory_hit.load(Ordering::SeqCst) {
+        // Start functions ran; a spare whose memory limit already tripped is no good.
+        if fresh.flags.memory_hit.load(Ordering::SeqCst) {
             return;
         }
-        store.set_epoch_deadline(u64::MAX / 2);
         let mut slot = self.lock_spare();
         if slot.is_none() {
             *slot = Some(SpareInstance {
-                store,
-                instance,
-                flags,
+                fresh,
                 _token: token,
             });
         }

@@ -612,10 +612,11 @@ async fn capabilities_add_imports_and_instance_state() {
         })
         .await
         .expect("the capability serves the import");
-    let mut store = component.new_store().expect("store");
-    assert_eq!(store.data().component_id(), "counter-user");
+    let mut invocation = component.instantiate().await.expect("instantiate");
+    assert_eq!(invocation.store.data().component_id(), "counter-user");
     assert_eq!(
-        store
+        invocation
+            .store
             .data_mut()
             .extension_mut::<CountingState>()
             .map(|s| s.0),
