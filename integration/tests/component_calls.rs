@@ -219,8 +219,11 @@ async fn choose_links_by_name(addr: &str, lattice: &Lattice) {
     let reply = get(addr, "/via?link=alt").await.unwrap();
     assert_eq!(reply.status, 409, "{}", reply.body);
     assert!(
-        reply.body.contains("set-link-name alt") && reply.body.contains("alt"),
-        "{}",
+        reply.body.contains("set-link-name alt")
+            && reply
+                .body
+                .contains("has no link named `alt` for trellis:demo/inventory"),
+        "the refusal must carry the host's reason: {}",
         reply.body
     );
 

@@ -539,27 +539,25 @@ async fn small_call_latency() {
     assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
 }
 
-/// Sends on its channel when dropped.
-struct DropSignal(tokio::sync::mpsc::UnboundedSender<()>);
-
-impl Drop for DropSignal {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
-}
-
 #[tokio::test]
 async fn a_reply_runs_its_after_send_work() {
     let server = NatsServer::start(None).await;
-    let (dropped, mut dropped_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The work sends when it runs; a reply dropped without running it sends nothing (the
+    // handler keeps a sender, so the channel stays open and the wait below times out).
+    let (ran, mut ran_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let _callee = InvocationServer::serve(
         server.connect().await,
         "test",
         "guarded",
         ServerOptions::default(),
         move |call: IncomingCall| {
-            let guard = DropSignal(dropped.clone());
-            async move { Ok(Reply::then(call.params, async move { drop(guard) })) }
+            let ran = ran.clone();
+            async move {
+                let echoed = String::from_utf8_lossy(&call.params).into_owned();
+                Ok(Reply::then(call.params, async move {
+                    let _ = ran.send(echoed);
+                }))
+            }
         },
     )
     .await
@@ -577,9 +575,10 @@ async fn a_reply_runs_its_after_send_work() {
             .await
             .expect("the guarded call answers");
         assert_eq!(&reply[..], format!("round {round}").as_bytes());
-        tokio::time::timeout(Duration::from_secs(10), dropped_rx.recv())
+        let ran_for = tokio::time::timeout(Duration::from_secs(10), ran_rx.recv())
             .await
             .expect("the after-send work ran")
             .expect("the server is alive");
+        assert_eq!(ran_for, format!("round {round}"));
     }
 }
