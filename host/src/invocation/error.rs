@@ -99,41 +99,47 @@ impl InvocationError {
     pub fn to_wire(&self) -> (HeaderMap, Bytes) {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_ERROR, self.kind());
-        let body = match self {
+        if let Self::PayloadTooLarge { size, limit } = self {
+            headers.insert(HEADER_SIZE, size.to_string().as_str());
+            headers.insert(HEADER_LIMIT, limit.to_string().as_str());
+        }
+        (headers, Bytes::from(self.wire_message()))
+    }
+
+    /// The message part of the wire form (the target id for no-responders).
+    pub(crate) fn wire_message(&self) -> String {
+        match self {
             Self::LinkNotFound { message }
             | Self::DeadlineExceeded { message }
             | Self::Trap { message }
             | Self::BadRequest { message }
             | Self::Transport { message } => message.clone(),
             Self::NoResponders { target_id } => target_id.clone(),
-            Self::PayloadTooLarge { size, limit } => {
-                headers.insert(HEADER_SIZE, size.to_string().as_str());
-                headers.insert(HEADER_LIMIT, limit.to_string().as_str());
-                self.to_string()
-            }
-        };
-        (headers, Bytes::from(body))
+            Self::PayloadTooLarge { .. } => self.to_string(),
+        }
     }
 
     /// Rebuilds an error from a reply whose `trellis-error` header is `kind`. An unknown kind
     /// (a newer peer) becomes a [`InvocationError::Transport`] that names it.
     pub fn from_wire(kind: &str, headers: &HeaderMap, body: &[u8]) -> Self {
-        let message = String::from_utf8_lossy(body).into_owned();
         let number = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.as_str().parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        Self::from_parts(kind, number(HEADER_SIZE), number(HEADER_LIMIT), body)
+    }
+
+    /// Rebuilds an error from its kind, sizes (payload-too-large only) and message bytes.
+    pub(crate) fn from_parts(kind: &str, size: u64, limit: u64, body: &[u8]) -> Self {
+        let message = String::from_utf8_lossy(body).into_owned();
         match kind {
             "link-not-found" => Self::LinkNotFound { message },
             "no-responders" => Self::NoResponders { target_id: message },
             "deadline-exceeded" => Self::DeadlineExceeded { message },
             "trap" => Self::Trap { message },
-            "payload-too-large" => Self::PayloadTooLarge {
-                size: number(HEADER_SIZE),
-                limit: number(HEADER_LIMIT),
-            },
+            "payload-too-large" => Self::PayloadTooLarge { size, limit },
             "bad-request" => Self::BadRequest { message },
             "transport" => Self::Transport { message },
             other => Self::Transport {
