@@ -1,16 +1,18 @@
 //! The calling side of the invocation protocol.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::{HeaderMap, Message, Request, RequestErrorKind};
 use bytes::{Bytes, BytesMut};
 
+use super::direct::{DirectPeers, MAX_DIRECT_PARAMS};
 use super::error::InvocationError;
 use super::subject::call_subject;
 use super::wire::{
     chunk_size, header_str, header_u64, headers_wire_len, remaining, CallContext,
-    DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_CALL_PAYLOAD, HEADER_DOWNLOAD, HEADER_ERROR, HEADER_SEQ,
-    HEADER_SIZE, HEADER_UPLOAD,
+    DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_CALL_PAYLOAD, HEADER_DOWNLOAD, HEADER_ERROR, HEADER_PEER,
+    HEADER_SEQ, HEADER_SIZE, HEADER_UPLOAD, PEER_ASK,
 };
 
 /// Calls functions of targets anywhere in a lattice over NATS.
@@ -22,6 +24,7 @@ pub struct InvocationClient {
     lattice: String,
     max_payload: usize,
     default_timeout: Duration,
+    direct: Option<Arc<DirectPeers>>,
 }
 
 /// What a request step was, for error messages and for mapping "no responders".
@@ -40,7 +43,15 @@ impl InvocationClient {
             lattice: lattice.into(),
             max_payload: DEFAULT_MAX_CALL_PAYLOAD,
             default_timeout: DEFAULT_CALL_TIMEOUT,
+            direct: None,
         }
+    }
+
+    /// Sends calls straight to the hosts that serve their targets once NATS replies have
+    /// said where (see [`super::direct`]), falling back to NATS whenever that cannot be done.
+    pub fn with_direct_peers(mut self, peers: Arc<DirectPeers>) -> Self {
+        self.direct = Some(peers);
+        self
     }
 
     /// Sets the largest params or results a call may carry, in bytes.
@@ -63,8 +74,9 @@ impl InvocationClient {
     /// Calls `function` of `interface` (e.g. `trellis:demo/inventory@0.1.0`) on `target_id`.
     ///
     /// `params` is the encoded parameter list (see [`super::codec`]); the reply is the encoded
-    /// result list. Small payloads travel as one NATS request/reply; params or results over the
-    /// server's max payload are chunked (see the module docs).
+    /// result list. Small payloads travel as one NATS request/reply, or directly to a known
+    /// peer (see [`Self::with_direct_peers`]); params or results over the server's max payload
+    /// are chunked (see the module docs).
     pub async fn invoke(
         &self,
         target_id: &str,
@@ -82,8 +94,21 @@ impl InvocationClient {
                 limit: self.max_payload as u64,
             });
         }
+        if let Some(peers) = &self.direct {
+            if params.len() <= MAX_DIRECT_PARAMS {
+                let direct = peers
+                    .call(target_id, interface, function, &params, &context, deadline)
+                    .await;
+                if let Some(result) = direct {
+                    return result;
+                }
+            }
+        }
         let subject = call_subject(&self.lattice, target_id, interface, function);
         let mut headers = context.to_headers(deadline);
+        if self.direct.is_some() {
+            headers.insert(HEADER_PEER, PEER_ASK);
+        }
         let server_max = self.nats.server_info().max_payload;
         let call = Step::Call { target_id };
 
@@ -106,6 +131,11 @@ impl InvocationClient {
             self.upload(upload, params, chunk_size(server_max), deadline)
                 .await?
         };
+        if let Some(peers) = &self.direct {
+            if let Some(advertisement) = header_str(reply.headers.as_ref(), HEADER_PEER) {
+                peers.learn(target_id, advertisement);
+            }
+        }
         self.read_reply(reply, deadline).await
     }
 

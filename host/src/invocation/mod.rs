@@ -33,9 +33,15 @@
 //! body; the caller pulls chunk `i` by a request to the inbox with `trellis-seq: i` until it
 //! has N bytes. Both sides check N against their cap before accepting, grow buffers only as
 //! bytes arrive, and stop waiting at the call's deadline.
+//!
+//! **Direct calls**: a call may carry `trellis-peer: ask`; a server with a direct listener then
+//! adds `trellis-peer: <address> <token> <machine>` to its reply, and the caller sends later
+//! calls to that target over a TCP connection of its own, skipping the nats-server hop. See
+//! [`direct`] for the frames, the fallbacks and the trust model.
 
 pub mod client;
 pub mod codec;
+pub mod direct;
 pub mod error;
 pub mod json;
 pub mod linking;
@@ -45,6 +51,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod callee_tests;
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod fixture_types;
 #[cfg(test)]

@@ -69,11 +69,11 @@ impl Drop for NatsServer {
     }
 }
 
-const IFACE: &str = "trellis:demo/inventory@0.1.0";
+pub(super) const IFACE: &str = "trellis:demo/inventory@0.1.0";
 
 /// A handler that echoes params, fails on `fail`, never finishes on `hang`, and answers
 /// `big` with `len` bytes where `len` is the params as a decimal number.
-async fn demo_handler(call: IncomingCall) -> Result<Bytes, InvocationError> {
+pub(super) async fn demo_handler(call: IncomingCall) -> Result<Bytes, InvocationError> {
     match call.function.as_str() {
         "echo" => Ok(call.params),
         "context" => Ok(Bytes::from(format!(
@@ -98,7 +98,7 @@ async fn demo_handler(call: IncomingCall) -> Result<Bytes, InvocationError> {
     }
 }
 
-fn pattern(len: usize) -> Vec<u8> {
+pub(super) fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
@@ -131,6 +131,11 @@ async fn small_call_round_trips_with_context() {
         .expect("echo");
     assert_eq!(reply, Bytes::from_static(b"hello"));
 
+    context_arrives_whole(&client).await;
+}
+
+/// The handler sees the caller's interface, source, link, traceparent and deadline.
+pub(super) async fn context_arrives_whole(client: &InvocationClient) {
     let context = CallContext {
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         source_id: Some("caller-1".into()),

@@ -8,15 +8,18 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::direct::{DirectListener, Registration};
 use super::error::InvocationError;
 use super::subject::{parse_call_subject, target_wildcard};
 use super::wire::{
-    chunk_size, header_u64, remaining, CallContext, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_CALL_PAYLOAD,
-    HEADER_DOWNLOAD, HEADER_SEQ, HEADER_SIZE, HEADER_UPLOAD,
+    chunk_size, header_str, header_u64, remaining, CallContext, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_MAX_CALL_PAYLOAD, HEADER_DOWNLOAD, HEADER_PEER, HEADER_SEQ, HEADER_SIZE, HEADER_UPLOAD,
+    PEER_ASK,
 };
 
 /// One call delivered to a server's handler.
@@ -73,13 +76,16 @@ impl std::fmt::Debug for Reply {
     }
 }
 
-/// Limits of an [`InvocationServer`].
+/// Limits of an [`InvocationServer`], and whether it also answers direct calls.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Most handlers running at once; further calls wait in the subscription.
+    /// Most handlers running at once, over NATS and direct together; further calls wait.
     pub max_concurrency: usize,
     /// Largest params or results, in bytes, a call may carry.
     pub max_payload: usize,
+    /// Also answer calls that peer hosts send straight to this listener (see
+    /// [`super::direct`]); `None` serves NATS only.
+    pub direct: Option<DirectListener>,
 }
 
 impl Default for ServerOptions {
@@ -87,15 +93,78 @@ impl Default for ServerOptions {
         Self {
             max_concurrency: 256,
             max_payload: DEFAULT_MAX_CALL_PAYLOAD,
+            direct: None,
         }
     }
 }
 
-/// Serves calls to one target id. Dropping it unsubscribes and cancels calls in flight.
+/// A handler with its types erased: what both the NATS and the direct path call.
+pub(crate) type CallHandler =
+    Arc<dyn Fn(IncomingCall) -> BoxFuture<'static, Result<Reply, InvocationError>> + Send + Sync>;
+
+/// Answers the calls to one target, whichever way they arrive: the handler, the concurrency
+/// bound they share and the payload cap.
+pub(crate) struct Answerer {
+    handler: CallHandler,
+    permits: Arc<Semaphore>,
+    max_payload: usize,
+}
+
+impl Answerer {
+    /// The cap on params and results, in bytes.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Waits for a concurrency permit (until `deadline`), then runs the call.
+    pub(crate) async fn answer(
+        &self,
+        call: IncomingCall,
+        deadline: SystemTime,
+    ) -> Result<Reply, InvocationError> {
+        let time_left = remaining(deadline)
+            .ok_or_else(|| InvocationError::deadline("the call arrived after its deadline"))?;
+        let permit = tokio::time::timeout(time_left, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                InvocationError::deadline(format!(
+                    "the target stayed at its concurrency limit for {} ms",
+                    time_left.as_millis()
+                ))
+            })?
+            .map_err(|_| InvocationError::transport("the target is stopping"))?;
+        let result = self.run(call, deadline).await;
+        drop(permit);
+        result
+    }
+
+    /// Runs the handler within `deadline`; a panic becomes a trap.
+    async fn run(
+        &self,
+        call: IncomingCall,
+        deadline: SystemTime,
+    ) -> Result<Reply, InvocationError> {
+        let work = AssertUnwindSafe((self.handler)(call)).catch_unwind();
+        let time_left = remaining(deadline)
+            .ok_or_else(|| InvocationError::deadline("the call arrived after its deadline"))?;
+        match tokio::time::timeout(time_left, work).await {
+            Err(_) => Err(InvocationError::deadline(format!(
+                "the handler did not finish within {} ms",
+                time_left.as_millis()
+            ))),
+            Ok(Err(_panic)) => Err(InvocationError::trap("the call's handler panicked")),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+/// Serves calls to one target id. Dropping it unsubscribes, leaves the direct listener and
+/// cancels calls in flight.
 #[derive(Debug)]
 pub struct InvocationServer {
     target_id: String,
     task: JoinHandle<()>,
+    _direct: Option<Registration>,
 }
 
 impl Drop for InvocationServer {
@@ -106,7 +175,9 @@ impl Drop for InvocationServer {
 
 impl InvocationServer {
     /// Subscribes to every call to `target_id` in `lattice` (queue group = the target id, so
-    /// replicas on several hosts share the load) and answers each with `handler`.
+    /// replicas on several hosts share the load) and answers each with `handler`. With
+    /// [`ServerOptions::direct`], the same handler also answers direct calls, and NATS replies
+    /// tell callers where to send them.
     ///
     /// Returns once the subscription is registered with the NATS server.
     pub async fn serve<H, F, R>(
@@ -129,10 +200,26 @@ impl InvocationServer {
         nats.flush()
             .await
             .with_context(|| format!("registering the subscription to {subject}"))?;
-        let task = tokio::spawn(accept_calls(nats, subscriber, Arc::new(handler), options));
+        let handler: CallHandler =
+            Arc::new(move |call| handler(call).map(|result| result.map(Into::into)).boxed());
+        let answerer = Arc::new(Answerer {
+            handler,
+            permits: Arc::new(Semaphore::new(options.max_concurrency.max(1))),
+            max_payload: options.max_payload,
+        });
+        let direct = options
+            .direct
+            .as_ref()
+            .map(|listener| listener.register(target_id, answerer.clone()));
+        let advertisement = options
+            .direct
+            .as_ref()
+            .map(|listener| Arc::<str>::from(listener.advertisement()));
+        let task = tokio::spawn(accept_calls(nats, subscriber, answerer, advertisement));
         Ok(Self {
             target_id: target_id.to_owned(),
             task,
+            _direct: direct,
         })
     }
 
@@ -142,17 +229,12 @@ impl InvocationServer {
     }
 }
 
-async fn accept_calls<H, F, R>(
+async fn accept_calls(
     nats: async_nats::Client,
     mut subscriber: Subscriber,
-    handler: Arc<H>,
-    options: ServerOptions,
-) where
-    H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
-    R: Into<Reply> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(options.max_concurrency.max(1)));
+    answerer: Arc<Answerer>,
+    advertisement: Option<Arc<str>>,
+) {
     // Owned here: aborting this task drops the set, which aborts every call in flight.
     let mut calls = JoinSet::new();
     loop {
@@ -169,14 +251,14 @@ async fn accept_calls<H, F, R>(
                     tracing::debug!("invocation subscription closed");
                     break;
                 };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+                let Ok(permit) = answerer.permits.clone().acquire_owned().await else {
                     break;
                 };
                 let nats = nats.clone();
-                let handler = handler.clone();
-                let max_payload = options.max_payload;
+                let answerer = answerer.clone();
+                let advertisement = advertisement.clone();
                 calls.spawn(async move {
-                    handle_call(nats, message, handler, max_payload).await;
+                    handle_call(nats, message, &answerer, advertisement).await;
                     drop(permit);
                 });
             }
@@ -184,16 +266,12 @@ async fn accept_calls<H, F, R>(
     }
 }
 
-async fn handle_call<H, F, R>(
+async fn handle_call(
     nats: async_nats::Client,
     message: Message,
-    handler: Arc<H>,
-    max_payload: usize,
-) where
-    H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
-    R: Into<Reply> + Send + 'static,
-{
+    answerer: &Answerer,
+    advertisement: Option<Arc<str>>,
+) {
     let Some(mut reply_to) = message.reply.clone() else {
         tracing::debug!(subject = %message.subject, "ignoring a call without a reply subject");
         return;
@@ -202,21 +280,25 @@ async fn handle_call<H, F, R>(
     let deadline = context
         .deadline
         .unwrap_or_else(|| SystemTime::now() + DEFAULT_CALL_TIMEOUT);
-    let result = run_call(
-        &nats,
-        message,
-        context,
-        &handler,
-        max_payload,
-        deadline,
-        &mut reply_to,
-    )
-    .await;
+    // Tell a caller that asks where it may call this target directly next time.
+    let advertisement = advertisement
+        .filter(|_| header_str(message.headers.as_ref(), HEADER_PEER) == Some(PEER_ASK));
+    let result = run_call(&nats, message, context, answerer, deadline, &mut reply_to).await;
     let (result, after_send) = match result {
         Ok(reply) => (Ok(reply.payload), reply.after_send),
         Err(error) => (Err(error), None),
     };
-    if let Err(error) = send_result(&nats, reply_to, result, max_payload, deadline).await {
+    let max_payload = answerer.max_payload;
+    let sent = send_result(
+        &nats,
+        reply_to,
+        result,
+        max_payload,
+        deadline,
+        advertisement.as_deref(),
+    )
+    .await;
+    if let Err(error) = sent {
         tracing::warn!(%error, "could not deliver a call's result");
     }
     if let Some(after_send) = after_send {
@@ -226,26 +308,20 @@ async fn handle_call<H, F, R>(
     }
 }
 
-async fn run_call<H, F, R>(
+async fn run_call(
     nats: &async_nats::Client,
     message: Message,
     context: CallContext,
-    handler: &Arc<H>,
-    max_payload: usize,
+    answerer: &Answerer,
     deadline: SystemTime,
     reply_to: &mut Subject,
-) -> Result<Reply, InvocationError>
-where
-    H: Fn(IncomingCall) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<R, InvocationError>> + Send + 'static,
-    R: Into<Reply> + Send + 'static,
-{
+) -> Result<Reply, InvocationError> {
     let (interface, function) = parse_call_subject(&message.subject).ok_or_else(|| {
         InvocationError::bad_request(format!("malformed call subject {}", message.subject))
     })?;
     let params = match header_u64(message.headers.as_ref(), HEADER_SIZE) {
         None => message.payload,
-        Some(size) => receive_upload(nats, size, max_payload, deadline, reply_to).await?,
+        Some(size) => receive_upload(nats, size, answerer.max_payload, deadline, reply_to).await?,
     };
     let call = IncomingCall {
         interface,
@@ -253,17 +329,7 @@ where
         params,
         context,
     };
-    let work = AssertUnwindSafe(handler(call)).catch_unwind();
-    let time_left = remaining(deadline)
-        .ok_or_else(|| InvocationError::deadline("the call arrived after its deadline"))?;
-    match tokio::time::timeout(time_left, work).await {
-        Err(_) => Err(InvocationError::deadline(format!(
-            "the handler did not finish within {} ms",
-            time_left.as_millis()
-        ))),
-        Ok(Err(_panic)) => Err(InvocationError::trap("the call's handler panicked")),
-        Ok(Ok(result)) => result.map(Into::into),
-    }
+    answerer.run(call, deadline).await
 }
 
 /// Receives a chunked parameter payload of `size` bytes. `reply_to` follows the caller: on
@@ -347,13 +413,15 @@ async fn next_message(
     }
 }
 
-/// Answers a call: inline for small results, via pulled chunks for large ones.
+/// Answers a call: inline for small results (with the direct `advertisement` if given), via
+/// pulled chunks for large ones.
 async fn send_result(
     nats: &async_nats::Client,
     reply_to: Subject,
     result: Result<Bytes, InvocationError>,
     max_payload: usize,
     deadline: SystemTime,
+    advertisement: Option<&str>,
 ) -> anyhow::Result<()> {
     let result = result.and_then(|bytes| {
         if bytes.len() > max_payload {
@@ -366,11 +434,18 @@ async fn send_result(
         }
     });
     let server_max = nats.server_info().max_payload;
+    // Room for the header block that carries the advertisement, if any.
+    let header_room = advertisement.map_or(0, |a| a.len() + 64);
     match result {
-        Ok(bytes) if bytes.len() <= server_max => nats
-            .publish(reply_to, bytes)
-            .await
-            .context("publishing the result"),
+        Ok(bytes) if bytes.len() + header_room <= server_max => match advertisement {
+            None => nats.publish(reply_to, bytes).await,
+            Some(advertisement) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(HEADER_PEER, advertisement);
+                nats.publish_with_headers(reply_to, headers, bytes).await
+            }
+        }
+        .context("publishing the result"),
         Ok(bytes) => serve_download(nats, reply_to, bytes, chunk_size(server_max), deadline).await,
         Err(error) => {
             let (headers, body) = error.to_wire();

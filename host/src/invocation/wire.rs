@@ -26,6 +26,11 @@ pub const HEADER_UPLOAD: &str = "trellis-upload";
 pub const HEADER_DOWNLOAD: &str = "trellis-download";
 /// Sequence number (from 0) of a chunk, on uploads and on download pulls.
 pub const HEADER_SEQ: &str = "trellis-seq";
+/// On a call: [`PEER_ASK`] when the caller can make direct calls. On its reply: where the
+/// target may be called directly (see [`super::direct`]).
+pub const HEADER_PEER: &str = "trellis-peer";
+/// The value of [`HEADER_PEER`] on a call.
+pub const PEER_ASK: &str = "ask";
 
 /// The content encoding of [`super::codec`]: component-model values, tag-free, LEB128.
 pub const ENCODING_COMPONENT_VALUES: &str = "trellis-cv1";
