@@ -55,6 +55,18 @@ pub struct HostArgs {
     /// host (by default such calls go in-process).
     #[arg(long, env = "TRELLIS_DISABLE_COLOCATION")]
     pub disable_colocation: bool,
+    /// Where to listen for calls sent straight from other hosts, which skip the NATS server
+    /// once a NATS reply has told them where a component runs. The default serves hosts on
+    /// this machine; for hosts on other machines, listen on a reachable address.
+    #[arg(long, env = "TRELLIS_DIRECT_LISTEN", default_value = "127.0.0.1:0")]
+    pub direct_listen: std::net::SocketAddr,
+    /// The HOST:PORT other hosts should dial for direct calls (default: the listen address;
+    /// required when listening on 0.0.0.0).
+    #[arg(long, env = "TRELLIS_DIRECT_ADVERTISE")]
+    pub direct_advertise: Option<String>,
+    /// Send every call to another host through NATS, and accept none directly.
+    #[arg(long, env = "TRELLIS_NO_DIRECT_CALLS", conflicts_with_all = ["direct_listen", "direct_advertise"])]
+    pub no_direct_calls: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -95,6 +107,8 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         allow_file_load: args.allow_file_load,
         cache_dir: args.cache_dir.clone(),
         colocation: !args.disable_colocation,
+        direct_listen: (!args.no_direct_calls).then_some(args.direct_listen),
+        direct_advertise: args.direct_advertise.clone(),
         ..HostConfig::default()
     };
     // Built-in capabilities (logging, config, keyvalue, messaging) and providers.

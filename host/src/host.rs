@@ -2,6 +2,7 @@
 //! cleanly (drain, say goodbye, exit).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use trellis_protocol::events::names;
 
 use crate::components::ComponentRegistry;
 use crate::identity::{builtin_labels, human_uptime, HostIdentity};
+use crate::invocation::direct::{DirectListener, DirectPeers};
 use crate::lattice::connection::{self, NatsOptions};
 use crate::lattice::events::EventPublisher;
 use crate::lattice::store::LatticeStore;
@@ -59,6 +61,14 @@ pub struct HostConfig {
     /// Whether calls to a link target running on this host go in-process (default true);
     /// `false` sends every component-to-component call over NATS.
     pub colocation: bool,
+    /// Where to listen for direct calls from peer hosts (see
+    /// [`crate::invocation::direct`]); default `127.0.0.1:0`, which serves peers on this
+    /// machine. `None` turns the direct path off both ways: every remote call goes through
+    /// NATS.
+    pub direct_listen: Option<SocketAddr>,
+    /// The `host:port` peers should dial; defaults to the bound address. Needed when
+    /// `direct_listen` is a wildcard address such as `0.0.0.0:7100`.
+    pub direct_advertise: Option<String>,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -89,6 +99,7 @@ impl std::fmt::Debug for HostConfig {
             .field("allow_file_load", &self.allow_file_load)
             .field("cache_dir", &self.cache_dir)
             .field("providers", &self.provider_launcher.is_some())
+            .field("direct_listen", &self.direct_listen)
             .field(
                 "capabilities",
                 &self
@@ -118,6 +129,8 @@ impl Default for HostConfig {
             capabilities: Vec::new(),
             host_slot: HostSlot::default(),
             colocation: true,
+            direct_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            direct_advertise: None,
         }
     }
 }
@@ -138,6 +151,10 @@ pub struct Host {
     pub runtime: Runtime,
     /// Running components.
     pub components: ComponentRegistry,
+    /// Answers direct calls from peer hosts, when the direct path is on.
+    pub direct_listener: Option<DirectListener>,
+    /// Where this host's calls may go directly, when the direct path is on.
+    pub direct_peers: Option<Arc<DirectPeers>>,
     /// Running providers.
     pub providers: ProviderRegistry,
     /// Starts providers, when this host can.
@@ -283,6 +300,19 @@ impl HostHandle {
             }
             labels.insert(k.clone(), v.clone());
         }
+        let direct_listener = match config.direct_listen {
+            Some(listen) => Some(
+                DirectListener::bind(listen, config.direct_advertise.clone())
+                    .await
+                    .context(
+                        "cannot start the listener for direct calls (or turn the direct path off)",
+                    )?,
+            ),
+            None => None,
+        };
+        let direct_peers = direct_listener
+            .as_ref()
+            .map(|_| Arc::new(DirectPeers::default()));
         let (stop_request, stop_rx) = watch::channel(None);
         let host = Arc::new(Host {
             events: EventPublisher::new(client.clone(), &config.lattice, &identity.host_id),
@@ -292,6 +322,8 @@ impl HostHandle {
             store,
             runtime,
             components: ComponentRegistry::default(),
+            direct_listener,
+            direct_peers,
             providers: ProviderRegistry::default(),
             provider_launcher: config.provider_launcher.clone(),
             allow_file_load: config.allow_file_load,
@@ -324,6 +356,14 @@ impl HostHandle {
             host.identity.host_id,
             host.lattice
         );
+        match &host.direct_listener {
+            Some(listener) => tracing::info!(
+                address = %listener.local_addr(),
+                "accepting direct calls from other hosts on {}",
+                listener.local_addr()
+            ),
+            None => tracing::info!("direct calls are off: calls to other hosts go through NATS"),
+        }
         Ok(Self {
             host,
             stop_rx,

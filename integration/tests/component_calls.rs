@@ -2,13 +2,16 @@
 //! the real `demo_caller` (imports `trellis:demo/inventory`, serves HTTP) and `demo_callee`
 //! (exports it) components, requests through the HTTP server provider over real sockets.
 //!
-//! Covers the caller and callee on two hosts (every value kind crosses the lattice), both on
-//! one host (in-process call), and both on one host with `--disable-colocation` (over NATS);
+//! Covers the caller and callee on two hosts (every value kind crosses the lattice), directly
+//! between the hosts once NATS has said where the callee runs, and with `--no-direct-calls`
+//! (every call over NATS); both on one host (in-process call), and both on one host with
+//! `--disable-colocation --no-direct-calls` (over NATS);
 //! a deleted link and a callee scaled to zero fail the next request at once, with a message;
 //! `wasmcloud:bus/lattice` `set-link-name` routes calls through a named link.
 
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use trellis_integration::{eventually, free_port, guest, HostProcess, Lattice, NatsServer};
@@ -291,11 +294,58 @@ async fn expect_not_running(addr: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn caller_and_callee_on_two_hosts() {
+/// How the calls between the two hosts should travel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Between {
+    /// Straight from host to host after the first call (the default).
+    Direct,
+    /// Every call through NATS (`--no-direct-calls`).
+    Nats,
+}
+
+/// Counts, from outside, the calls to `callee` that cross NATS during `/bench?n=1000`.
+async fn calls_over_nats_in_a_bench(lattice: &Lattice, addr: &str) -> usize {
+    let mut calls = lattice
+        .client
+        .subscribe("trellis.rpc.default.callee.>")
+        .await
+        .unwrap();
+    let mut marks = lattice.client.subscribe("test.marks").await.unwrap();
+    // A mark coming back means the server has both subscriptions (and, later, that every
+    // call message it sent before the mark has arrived).
+    let mark = || async {
+        lattice
+            .client
+            .publish("test.marks", Default::default())
+            .await
+            .unwrap();
+    };
+    mark().await;
+    tokio::time::timeout(Duration::from_secs(10), marks.next())
+        .await
+        .expect("mark");
+    let reply = get(addr, "/bench?n=1000").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    mark().await;
+    tokio::time::timeout(Duration::from_secs(10), marks.next())
+        .await
+        .expect("mark");
+    let mut seen = 0;
+    // Unconstrained: tokio's co-operative budget would end the loop after ~128 polls.
+    while let Some(Some(_)) = tokio::task::unconstrained(calls.next()).now_or_never() {
+        seen += 1;
+    }
+    seen
+}
+
+async fn two_hosts(between: Between) {
     let nats = NatsServer::start().await;
-    let front = HostProcess::start(&nats.url(), "default", &[]).await;
-    let back = HostProcess::start(&nats.url(), "default", &[]).await;
+    let flags: &[&str] = match between {
+        Between::Direct => &[],
+        Between::Nats => &["--no-direct-calls"],
+    };
+    let front = HostProcess::start(&nats.url(), "default", flags).await;
+    let back = HostProcess::start(&nats.url(), "default", flags).await;
     let lattice = Lattice::connect(&nats.url(), "default").await;
     let addr = format!("127.0.0.1:{}", free_port());
 
@@ -305,11 +355,37 @@ async fn caller_and_callee_on_two_hosts() {
     start_http_server(&lattice, &front, &addr).await;
     let logs = || format!("front:\n{}\nback:\n{}", front.logs(), back.logs());
     wait_all_checked(&addr, logs).await;
-    exercise(&addr, &lattice, "two hosts, over NATS").await;
+    let over_nats = calls_over_nats_in_a_bench(&lattice, &addr).await;
+    match between {
+        // One call in 32 probes through NATS; allow for a few first calls.
+        Between::Direct => assert!(
+            over_nats <= 1000 / 32 + 5,
+            "{over_nats} of 1000 calls crossed NATS with the direct path on"
+        ),
+        Between::Nats => assert!(
+            over_nats >= 1000,
+            "only {over_nats} of 1000 calls crossed NATS with --no-direct-calls"
+        ),
+    }
+    let label = match between {
+        Between::Direct => "two hosts, direct",
+        Between::Nats => "two hosts, over NATS",
+    };
+    exercise(&addr, &lattice, label).await;
     wait_all_checked(&addr, logs).await;
 
     scale(&lattice, &back, "demo_callee", "callee", 0).await;
     expect_not_running(&addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caller_and_callee_on_two_hosts_calling_directly() {
+    two_hosts(Between::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caller_and_callee_on_two_hosts_over_nats_only() {
+    two_hosts(Between::Nats).await;
 }
 
 async fn one_host(extra_flags: &[&str], label: &str) {
@@ -337,5 +413,9 @@ async fn caller_and_callee_on_one_host_in_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caller_and_callee_on_one_host_over_nats() {
-    one_host(&["--disable-colocation"], "one host, colocation disabled").await;
+    one_host(
+        &["--disable-colocation", "--no-direct-calls"],
+        "one host, colocation disabled",
+    )
+    .await;
 }

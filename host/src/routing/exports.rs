@@ -47,7 +47,10 @@ pub async fn serve_exports(host: Arc<Host>, forwarder: Arc<CallForwarder>) {
                 host.client.clone(),
                 &host.lattice,
                 &id,
-                ServerOptions::default(),
+                ServerOptions {
+                    direct: host.direct_listener.clone(),
+                    ..ServerOptions::default()
+                },
                 handler,
             )
             .await

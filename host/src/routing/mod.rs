@@ -267,7 +267,13 @@ impl CallForwarder {
         }
         let client = self
             .client
-            .get_or_init(|| InvocationClient::new(host.client.clone(), host.lattice.clone()))
+            .get_or_init(|| {
+                let client = InvocationClient::new(host.client.clone(), host.lattice.clone());
+                match &host.direct_peers {
+                    Some(peers) => client.with_direct_peers(peers.clone()),
+                    None => client,
+                }
+            })
             .clone();
         Ok(Destination::Remote(Box::new(RemoteTarget {
             client,
