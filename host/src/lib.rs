@@ -20,3 +20,14 @@ pub use host::{Host, HostConfig, HostHandle, HostSlot};
 
 /// The host software version reported in inventories and events.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The repository's `components/` directory, for tests that build guests. Cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test, which wins over the directory this crate was
+/// compiled in (a shared target dir can hold test binaries built from another checkout).
+#[cfg(test)]
+pub(crate) fn components_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../components")
+}

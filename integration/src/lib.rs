@@ -22,9 +22,13 @@ use trellis_protocol::subjects::{self, CtlSubjects};
 /// only keeps a broken build from hanging CI.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// The repository root.
+/// The repository root. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test, so that wins
+/// over the directory this crate was compiled in: a shared target dir can hold test binaries
+/// built from another checkout of the same sources.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(".."))

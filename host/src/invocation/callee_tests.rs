@@ -2,7 +2,7 @@
 //! through [`InvocationServer`], called with [`InvocationClient`], values encoded by the codec
 //! with the component's own WIT types, arguments given as JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ const IFACE: &str = "trellis:demo/inventory@0.1.0";
 fn guest_wasm(file: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
+        let components = crate::components_dir();
         let output = std::process::Command::new("bash")
             .arg(components.join("build.sh"))
             .env_remove("CARGO_TARGET_DIR")

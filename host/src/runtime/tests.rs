@@ -21,7 +21,7 @@ fn hello_wasm() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let components = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components");
+            let components = crate::components_dir();
             let installed = std::process::Command::new("rustup")
                 .args(["target", "list", "--installed"])
                 .output()
