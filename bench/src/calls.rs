@@ -1,11 +1,16 @@
 //! Section 2: component-to-component calls (`trellis:demo/inventory`), the invocation
-//! protocol round trip, and plain NATS request/reply of the same size as the floor.
+//! protocol round trip (over NATS, and direct between hosts), and plain NATS request/reply of
+//! the same size as the floor.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use trellis_host::invocation::direct::{DirectListener, DirectPeers};
 use trellis_host::invocation::{CallContext, InvocationClient, InvocationServer, ServerOptions};
 use trellis_integration::{free_port, HostProcess, Lattice, NatsServer};
 
@@ -97,51 +102,107 @@ async fn floor(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> {
         ));
     }
     echo.abort();
+    tcp_floor(bench).await
+}
+
+/// Plain request/response over one loopback TCP connection: the floor of the direct path.
+async fn tcp_floor(bench: &mut Bench) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut buf = [0u8; PAYLOAD.len()];
+        while stream.read_exact(&mut buf).await.is_ok() {
+            if stream.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let stream = Arc::new(tokio::sync::Mutex::new(stream));
+    let r = closed_loop(1, bench.call_duration, move || {
+        let stream = stream.clone();
+        async move {
+            let mut stream = stream.lock().await;
+            stream.write_all(PAYLOAD).await?;
+            let mut buf = [0u8; PAYLOAD.len()];
+            stream.read_exact(&mut buf).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    bench.push(figure(
+        "TCP request/response on loopback (floor of the direct path)",
+        1,
+        &r,
+        "9-byte payload both ways over one tokio TCP connection, echo task in this process",
+    ));
+    echo.abort();
     Ok(())
 }
 
-/// `InvocationClient::invoke` against an `InvocationServer` echo handler on another connection.
+/// `InvocationClient::invoke` against an `InvocationServer` echo handler on another
+/// connection: every call over NATS, then with the direct path (after the first call, calls go
+/// over the listener's TCP connection; one in 32 still crosses NATS).
 async fn invocation(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> {
+    let listener = DirectListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None)
+        .await
+        .context("cannot start the direct listener")?;
     let server = InvocationServer::serve(
         nats.client().await,
         "bench",
         "callee",
-        ServerOptions::default(),
+        ServerOptions {
+            direct: Some(listener),
+            ..ServerOptions::default()
+        },
         |call| async move { Ok(call.params) },
     )
     .await
     .context("cannot start the invocation server")?;
-    let client = InvocationClient::new(nats.client().await, "bench");
-    for in_flight in IN_FLIGHT {
-        let client = client.clone();
-        let r = closed_loop(in_flight, bench.call_duration, move || {
-            let client = client.clone();
-            async move {
-                let result = client
-                    .invoke(
-                        "callee",
-                        INTERFACE,
-                        "integers",
-                        Bytes::from_static(PAYLOAD),
-                        CallContext::default(),
-                    )
-                    .await?;
-                anyhow::ensure!(result.len() == PAYLOAD.len(), "short result");
-                Ok(())
-            }
-        })
-        .await?;
-        let mut f = figure(
-            "Invocation protocol round trip (client -> server over NATS)",
-            in_flight,
-            &r,
+    let over_nats = InvocationClient::new(nats.client().await, "bench");
+    let direct = InvocationClient::new(nats.client().await, "bench")
+        .with_direct_peers(Arc::new(DirectPeers::default()));
+    let paths = [
+        (
+            "Invocation protocol round trip over NATS (client -> server)",
             "InvocationClient -> InvocationServer, separate connections, echo handler (no wasm)",
-        );
-        if in_flight == 1 {
-            f.budget = Some("cross-host p50 < 200 µs".into());
-            f.met = Some(r.p50_ms < 0.2);
+            over_nats,
+        ),
+        (
+            "Invocation protocol round trip, direct (client -> server over TCP)",
+            "as above with DirectPeers and a DirectListener: NATS only to learn where, then \
+             one call in 32",
+            direct,
+        ),
+    ];
+    for (scenario, note, client) in paths {
+        for in_flight in IN_FLIGHT {
+            let client = client.clone();
+            let r = closed_loop(in_flight, bench.call_duration, move || {
+                let client = client.clone();
+                async move {
+                    let result = client
+                        .invoke(
+                            "callee",
+                            INTERFACE,
+                            "integers",
+                            Bytes::from_static(PAYLOAD),
+                            CallContext::default(),
+                        )
+                        .await?;
+                    anyhow::ensure!(result.len() == PAYLOAD.len(), "short result");
+                    Ok(())
+                }
+            })
+            .await?;
+            bench.push(figure(scenario, in_flight, &r, note));
         }
-        bench.push(f);
     }
     drop(server);
     Ok(())
@@ -152,6 +213,8 @@ async fn components(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> 
     let name = "bench-calls";
     let host_a = HostProcess::start(&nats.url(), name, &[]).await;
     let host_b = HostProcess::start(&nats.url(), name, &[]).await;
+    // Host C calls only through NATS, for comparison with host A's direct calls.
+    let host_c = HostProcess::start(&nats.url(), name, &["--no-direct-calls"]).await;
     let lattice = Lattice::connect(&nats.url(), name).await;
     let caller = file_ref(&trellis_integration::guest("demo_caller"));
     let callee = file_ref(&trellis_integration::guest("demo_callee"));
@@ -162,16 +225,24 @@ async fn components(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> 
             "co-located (caller and callee on one host)",
             "caller",
             "callee",
+            &host_a,
         ),
         (
             "across hosts (callee only on host B)",
             "caller-x",
             "callee-b",
+            &host_a,
+        ),
+        (
+            "NATS only across hosts (caller's host has --no-direct-calls)",
+            "caller-n",
+            "callee-b",
+            &host_c,
         ),
     ];
     let mut addrs = Vec::new();
-    for (_, caller_id, callee_id) in cases {
-        lattice::scale(&lattice, &host_a, &caller, caller_id, 32).await?;
+    for (_, caller_id, callee_id, caller_host) in cases {
+        lattice::scale(&lattice, caller_host, &caller, caller_id, 32).await?;
         lattice::link(
             &lattice,
             caller_id,
@@ -187,7 +258,7 @@ async fn components(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> 
         lattice::put_config(&lattice, &config, &[("address", &addr)]).await?;
         lattice::start_provider(
             &lattice,
-            &host_a,
+            caller_host,
             &provider,
             "trellis+builtin://http-server",
             &[],
@@ -216,13 +287,13 @@ async fn components(bench: &mut Bench, nats: &NatsServer) -> anyhow::Result<()> 
                 .unwrap_or_else(|e| format!("{e:#}"));
             bail!(
                 "{caller_id} -> {callee_id}: GET / does not pass ({e:#}); it answers: {last}; \
-                 host A log tail:\n{}",
-                lattice::tail(&host_a.logs())
+                 caller host's log tail:\n{}",
+                lattice::tail(&caller_host.logs())
             );
         }
         addrs.push(addr);
     }
-    for ((label, _, _), addr) in cases.iter().zip(&addrs) {
+    for ((label, _, _, _), addr) in cases.iter().zip(&addrs) {
         for in_flight in IN_FLIGHT {
             let url = format!("http://{addr}/bench?n={CALLS_PER_REQUEST}");
             let r = crate::wrk::run(&url, in_flight as u32, bench.wrk_duration).await?;
