@@ -22,13 +22,14 @@ async fn listener() -> DirectListener {
         .expect("bind the direct listener")
 }
 
+/// Serves `target` over NATS and on `listener`, which the server keeps running.
 async fn serve_direct(
     nats: &async_nats::Client,
     target: &str,
-    listener: &DirectListener,
+    listener: DirectListener,
 ) -> InvocationServer {
     let options = ServerOptions {
-        direct: Some(listener.clone()),
+        direct: Some(listener),
         ..ServerOptions::default()
     };
     InvocationServer::serve(nats.clone(), "test", target, options, demo_handler)
@@ -124,8 +125,8 @@ impl NatsCallCounter {
 #[tokio::test]
 async fn calls_go_direct_once_a_reply_says_where_with_the_same_answers() {
     let server = NatsServer::start(None).await;
-    let listener = listener().await;
-    let _callee = serve_direct(&server.connect().await, "callee", &listener).await;
+    // Nothing but the server holds the listener: serving keeps it up.
+    let _callee = serve_direct(&server.connect().await, "callee", listener().await).await;
     let (client, peers) = direct_client(server.connect().await);
     let mut counter = NatsCallCounter::start(&server).await;
 
@@ -203,7 +204,7 @@ async fn calls_go_direct_once_a_reply_says_where_with_the_same_answers() {
 async fn a_stopped_target_answers_not_served_and_the_call_falls_back_to_nats() {
     let server = NatsServer::start(None).await;
     let listener = listener().await;
-    let callee = serve_direct(&server.connect().await, "callee", &listener).await;
+    let callee = serve_direct(&server.connect().await, "callee", listener.clone()).await;
     let (client, peers) = direct_client(server.connect().await);
     call(&client, "echo", b"x").await.expect("learn");
     assert_eq!(peers.endpoints_of("callee"), 1);
@@ -316,7 +317,7 @@ async fn a_peer_that_goes_away_fails_only_the_call_in_flight_then_nats_takes_ove
 async fn a_wrong_token_is_refused_and_the_call_goes_through_nats() {
     let server = NatsServer::start(None).await;
     let listener = listener().await;
-    let _callee = serve_direct(&server.connect().await, "callee", &listener).await;
+    let _callee = serve_direct(&server.connect().await, "callee", listener.clone()).await;
     let (client, peers) = direct_client(server.connect().await);
     let mut counter = NatsCallCounter::start(&server).await;
     let real = listener.advertisement().to_owned();
@@ -374,7 +375,7 @@ async fn closes(stream: &mut TcpStream) -> bool {
 async fn the_listener_refuses_bad_peers_and_keeps_serving() {
     let server = NatsServer::start(None).await;
     let listener = listener().await;
-    let _callee = serve_direct(&server.connect().await, "callee", &listener).await;
+    let _callee = serve_direct(&server.connect().await, "callee", listener.clone()).await;
     let address = listener.local_addr();
     let token = listener
         .advertisement()

@@ -110,10 +110,11 @@ impl DirectListener {
     }
 
     /// Answers direct calls to `target_id` with `answerer` until the registration is dropped.
+    /// The registration keeps the listener running.
     pub(crate) fn register(&self, target_id: &str, answerer: Arc<Answerer>) -> Registration {
         write_targets(&self.inner.targets).insert(target_id.to_owned(), answerer.clone());
         Registration {
-            targets: Arc::downgrade(&self.inner.targets),
+            listener: self.clone(),
             target_id: target_id.to_owned(),
             answerer,
         }
@@ -131,7 +132,7 @@ fn write_targets(
 /// A target's place in a [`DirectListener`]; dropping it stops direct calls to the target
 /// (callers then get "not served" and go through NATS).
 pub(crate) struct Registration {
-    targets: std::sync::Weak<Targets>,
+    listener: DirectListener,
     target_id: String,
     answerer: Arc<Answerer>,
 }
@@ -146,10 +147,7 @@ impl std::fmt::Debug for Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let Some(targets) = self.targets.upgrade() else {
-            return;
-        };
-        let mut targets = write_targets(&targets);
+        let mut targets = write_targets(&self.listener.inner.targets);
         // A newer server for the same id may have replaced this one: leave it alone.
         if targets
             .get(&self.target_id)
