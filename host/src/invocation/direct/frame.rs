@@ -136,11 +136,13 @@ pub fn encode_call(
     deadline: SystemTime,
     params: &[u8],
 ) -> Bytes {
-    let opt = |v: &Option<String>| v.as_deref().unwrap_or("").to_owned();
+    fn opt(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or("")
+    }
     let fields = [
-        target_id.to_owned(),
-        interface.to_owned(),
-        function.to_owned(),
+        target_id,
+        interface,
+        function,
         opt(&context.source_id),
         opt(&context.link_name),
         opt(&context.traceparent),
@@ -150,7 +152,7 @@ pub fn encode_call(
     let mut out = BytesMut::with_capacity(HEAD_LEN + body_len);
     put_head(&mut out, Kind::Call, call_id, body_len);
     out.put_u64_le(unix_millis(deadline));
-    for field in &fields {
+    for field in fields {
         put_str(&mut out, field);
     }
     out.put_slice(params);

@@ -34,16 +34,17 @@ pub struct DirectPeers {
     max_result: usize,
 }
 
+/// Endpoints are shared (`Arc`) so picking one for a call copies no strings.
 #[derive(Default)]
 struct PeerBook {
     routes: HashMap<String, TargetRoute>,
-    connections: HashMap<Advertisement, ConnectionCell>,
-    refused: HashMap<Advertisement, Instant>,
+    connections: HashMap<Arc<Advertisement>, ConnectionCell>,
+    refused: HashMap<Arc<Advertisement>, Instant>,
 }
 
 #[derive(Default)]
 struct TargetRoute {
-    endpoints: Vec<Advertisement>,
+    endpoints: Vec<Arc<Advertisement>>,
     next: usize,
     calls: u32,
 }
@@ -101,6 +102,7 @@ impl DirectPeers {
         if !endpoint.reachable_from_here() {
             return;
         }
+        let endpoint = Arc::new(endpoint);
         let mut book = self.book();
         let now = Instant::now();
         book.refused.retain(|_, until| *until > now);
@@ -127,7 +129,7 @@ impl DirectPeers {
     }
 
     /// Picks the endpoint for this call, or `None` for NATS (nothing known, or a probe).
-    fn route(&self, target_id: &str) -> Option<(Advertisement, ConnectionCell)> {
+    fn route(&self, target_id: &str) -> Option<(Arc<Advertisement>, ConnectionCell)> {
         let mut book = self.book();
         let route = book.routes.get_mut(target_id)?;
         route.calls = route.calls.wrapping_add(1);
@@ -136,11 +138,14 @@ impl DirectPeers {
         }
         let endpoint = route.endpoints[route.next % route.endpoints.len()].clone();
         route.next = route.next.wrapping_add(1);
-        let cell = book
-            .connections
-            .entry(endpoint.clone())
-            .or_default()
-            .clone();
+        let cell = match book.connections.get(&endpoint) {
+            Some(cell) => cell.clone(),
+            None => book
+                .connections
+                .entry(endpoint.clone())
+                .or_default()
+                .clone(),
+        };
         Some((endpoint, cell))
     }
 
@@ -148,7 +153,7 @@ impl DirectPeers {
     fn forget(&self, target_id: &str, endpoint: &Advertisement) {
         let mut book = self.book();
         if let Some(route) = book.routes.get_mut(target_id) {
-            route.endpoints.retain(|known| known != endpoint);
+            route.endpoints.retain(|known| **known != *endpoint);
             if route.endpoints.is_empty() {
                 book.routes.remove(target_id);
             }
@@ -168,7 +173,7 @@ impl DirectPeers {
     }
 
     /// Stops using `endpoint` for every target for a while.
-    fn refuse(&self, endpoint: &Advertisement) {
+    fn refuse(&self, endpoint: &Arc<Advertisement>) {
         let mut book = self.book();
         for route in book.routes.values_mut() {
             route.endpoints.retain(|known| known != endpoint);
@@ -360,7 +365,8 @@ impl PeerConnection {
                 time_left.as_millis()
             )))),
             Ok(Err(_)) => Attempt::Final(Err(InvocationError::transport(format!(
-                "the direct connection to {} closed during the call",
+                "the direct connection to {} closed during the call; the call may have run, so \
+                 retry only if it is safe to run twice",
                 self.address
             )))),
             Ok(Ok(Answer::Result(results))) => Attempt::Final(Ok(results)),
@@ -368,7 +374,8 @@ impl PeerConnection {
             Ok(Ok(Answer::NotServed)) => Attempt::NotServed,
             Ok(Ok(Answer::Broken(reason))) => {
                 Attempt::Final(Err(InvocationError::transport(format!(
-                    "the direct connection to {} broke during the call: {reason}",
+                    "the direct connection to {} broke during the call ({reason}); the call may \
+                     have run, so retry only if it is safe to run twice",
                     self.address
                 ))))
             }
