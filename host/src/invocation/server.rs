@@ -111,9 +111,23 @@ pub(crate) struct Answerer {
 }
 
 impl Answerer {
-    /// The cap on params and results, in bytes.
-    pub(crate) fn max_payload(&self) -> usize {
-        self.max_payload
+    /// Splits a finished call for sending: the results (over the cap they become
+    /// payload-too-large), and the work to run once they are sent (see [`after_sent`]).
+    pub(crate) fn split(
+        &self,
+        result: Result<Reply, InvocationError>,
+    ) -> (Result<Bytes, InvocationError>, Option<AfterSend>) {
+        match result {
+            Ok(reply) if reply.payload.len() > self.max_payload => (
+                Err(InvocationError::PayloadTooLarge {
+                    size: reply.payload.len() as u64,
+                    limit: self.max_payload as u64,
+                }),
+                reply.after_send,
+            ),
+            Ok(reply) => (Ok(reply.payload), reply.after_send),
+            Err(error) => (Err(error), None),
+        }
     }
 
     /// Waits for a concurrency permit (until `deadline`), then runs the call.
@@ -284,25 +298,17 @@ async fn handle_call(
     let advertisement = advertisement
         .filter(|_| header_str(message.headers.as_ref(), HEADER_PEER) == Some(PEER_ASK));
     let result = run_call(&nats, message, context, answerer, deadline, &mut reply_to).await;
-    let (result, after_send) = match result {
-        Ok(reply) => (Ok(reply.payload), reply.after_send),
-        Err(error) => (Err(error), None),
-    };
-    let max_payload = answerer.max_payload;
-    let sent = send_result(
-        &nats,
-        reply_to,
-        result,
-        max_payload,
-        deadline,
-        advertisement.as_deref(),
-    )
-    .await;
+    let (result, after_send) = answerer.split(result);
+    let sent = send_result(&nats, reply_to, result, deadline, advertisement.as_deref()).await;
     if let Err(error) = sent {
         tracing::warn!(%error, "could not deliver a call's result");
     }
+    after_sent(after_send).await;
+}
+
+/// Runs a reply's after-send work, first letting the task that writes the reply run.
+pub(crate) async fn after_sent(after_send: Option<AfterSend>) {
     if let Some(after_send) = after_send {
-        // Let the connection task write the reply before this work runs on this thread.
         tokio::task::yield_now().await;
         after_send.await;
     }
@@ -413,26 +419,15 @@ async fn next_message(
     }
 }
 
-/// Answers a call: inline for small results (with the direct `advertisement` if given), via
-/// pulled chunks for large ones.
+/// Answers a call (results already capped by [`Answerer::split`]): inline for small results
+/// (with the direct `advertisement` if given), via pulled chunks for large ones.
 async fn send_result(
     nats: &async_nats::Client,
     reply_to: Subject,
     result: Result<Bytes, InvocationError>,
-    max_payload: usize,
     deadline: SystemTime,
     advertisement: Option<&str>,
 ) -> anyhow::Result<()> {
-    let result = result.and_then(|bytes| {
-        if bytes.len() > max_payload {
-            Err(InvocationError::PayloadTooLarge {
-                size: bytes.len() as u64,
-                limit: max_payload as u64,
-            })
-        } else {
-            Ok(bytes)
-        }
-    });
     let server_max = nats.server_info().max_payload;
     // Room for the header block that carries the advertisement, if any.
     let header_room = advertisement.map_or(0, |a| a.len() + 64);

@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::frame::{self, Kind};
 use super::Advertisement;
 use crate::invocation::error::InvocationError;
-use crate::invocation::server::Answerer;
+use crate::invocation::server::{after_sent, Answerer};
 use crate::invocation::wire::DEFAULT_CALL_TIMEOUT;
 use crate::invocation::IncomingCall;
 
@@ -266,21 +266,11 @@ async fn answer_call(call_id: u64, body: Bytes, targets: &Targets, writer: &Mute
         params: call.params,
         context: call.context,
     };
-    match answerer.answer(incoming, deadline).await {
-        Ok(reply) if reply.payload.len() > answerer.max_payload() => {
-            let error = InvocationError::PayloadTooLarge {
-                size: reply.payload.len() as u64,
-                limit: answerer.max_payload() as u64,
-            };
-            send(writer, frame::encode_error(call_id, &error), None).await;
-        }
-        Ok(reply) => {
-            let head = frame::result_head(call_id, reply.payload.len());
-            send(writer, head, Some(reply.payload)).await;
-            if let Some(after_send) = reply.after_send {
-                tokio::task::yield_now().await;
-                after_send.await;
-            }
+    let (result, after_send) = answerer.split(answerer.answer(incoming, deadline).await);
+    match result {
+        Ok(results) => {
+            let head = frame::result_head(call_id, results.len());
+            send(writer, head, Some(results)).await;
         }
         // The component went away between the lookup and the call: nothing ran, so the
         // caller may still find it elsewhere over NATS.
@@ -289,6 +279,7 @@ async fn answer_call(call_id: u64, body: Bytes, targets: &Targets, writer: &Mute
         }
         Err(error) => send(writer, frame::encode_error(call_id, &error), None).await,
     }
+    after_sent(after_send).await;
 }
 
 /// Writes one frame (`head` then `rest`) whole, under the connection's write lock.
