@@ -88,19 +88,17 @@ impl InvocationClient {
         let deadline = context
             .deadline
             .unwrap_or_else(|| SystemTime::now() + self.default_timeout);
-        if params.len() > self.max_payload {
-            return Err(InvocationError::PayloadTooLarge {
-                size: params.len() as u64,
-                limit: self.max_payload as u64,
-            });
-        }
+        self.check_size(params.len() as u64)?;
         if let Some(peers) = &self.direct {
             if params.len() <= MAX_DIRECT_PARAMS {
                 let direct = peers
                     .call(target_id, interface, function, &params, &context, deadline)
                     .await;
                 if let Some(result) = direct {
-                    return result;
+                    // Over the cap like a chunked result would be.
+                    return result.and_then(|results| {
+                        self.check_size(results.len() as u64).map(|()| results)
+                    });
                 }
             }
         }
@@ -137,6 +135,17 @@ impl InvocationClient {
             }
         }
         self.read_reply(reply, deadline).await
+    }
+
+    /// Payload-too-large when `size` bytes of params or results are over this client's cap.
+    fn check_size(&self, size: u64) -> Result<(), InvocationError> {
+        if size > self.max_payload as u64 {
+            return Err(InvocationError::PayloadTooLarge {
+                size,
+                limit: self.max_payload as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Sends `params` in chunks; returns the reply to the last chunk (the call's reply).
@@ -185,12 +194,7 @@ impl InvocationClient {
         let size = header_u64(reply.headers.as_ref(), HEADER_SIZE).ok_or_else(|| {
             InvocationError::transport("a chunked result arrived without a valid trellis-size")
         })?;
-        if size > self.max_payload as u64 {
-            return Err(InvocationError::PayloadTooLarge {
-                size,
-                limit: self.max_payload as u64,
-            });
-        }
+        self.check_size(size)?;
         // `size` is bounded by the cap; still grow as chunks arrive rather than trusting it.
         let size = size as usize;
         let mut result = BytesMut::new();

@@ -190,6 +190,20 @@ async fn calls_go_direct_once_a_reply_says_where_with_the_same_answers() {
         .await
         .expect("big result");
     assert_eq!(big.as_ref(), pattern(five_mb).as_slice());
+    // A caller with a smaller cap refuses it, as it would a chunked result over NATS.
+    let capped = InvocationClient::new(server.connect().await, "test")
+        .with_max_payload(1024 * 1024)
+        .with_direct_peers(peers.clone());
+    let too_large = call(&capped, "big", five_mb.to_string().as_bytes())
+        .await
+        .map(|results| results.len());
+    assert_eq!(
+        too_large,
+        Err(InvocationError::PayloadTooLarge {
+            size: five_mb as u64,
+            limit: 1024 * 1024
+        })
+    );
     let params = pattern(2 * MAX_DIRECT_PARAMS);
     let _ = counter.take().await;
     let echoed = call(&client, "echo", &params).await.expect("big params");
