@@ -305,7 +305,8 @@ impl HostHandle {
                 DirectListener::bind(listen, config.direct_advertise.clone())
                     .await
                     .context(
-                        "cannot start the listener for direct calls (or turn the direct path off)",
+                        "cannot start the listener for direct calls from other hosts: choose another \
+                         address (--direct-listen) or turn direct calls off (--no-direct-calls)",
                     )?,
             ),
             None => None,
