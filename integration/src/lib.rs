@@ -285,6 +285,13 @@ impl HostProcess {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends a signal (e.g. `TERM`, `KILL`) with `kill(1)`.
     pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
@@ -534,5 +541,80 @@ pub async fn http_ok(address: &str, path: &str) -> Option<String> {
     match http_get(address, path).await {
         Some((200, body)) => Some(body),
         _ => None,
+    }
+}
+
+/// A `trellis wadm` (reconciler) child process; killed on drop.
+pub struct WadmProcess {
+    child: Option<Child>,
+    /// Where its logs go.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WadmProcess {
+    /// Starts `trellis wadm` on `nats_url`/`lattice` with `extra` flags. It is ready once
+    /// [`WadmProcess::wait_ready`] sees its API answer.
+    pub fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("wadm.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(trellis_bin())
+            .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
+            .args(extra)
+            .current_dir(repo_root())
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("cannot start trellis wadm");
+        Self {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the reconciler's API answers `model.list` on `lattice`.
+    pub async fn wait_ready(&self, client: &async_nats::Client, lattice: &str) {
+        let subject = format!("wadm.api.{lattice}.model.list");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request(subject.clone(), Vec::new().into()),
+            )
+            .await
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trellis wadm did not answer {subject}\nlog:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The reconciler's log so far (for failure messages).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for WadmProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
