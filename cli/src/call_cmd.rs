@@ -145,7 +145,7 @@ async fn find_component(
     let mut running: Vec<String> = Vec::new();
     for host in &hosts {
         let inventory: Option<HostInventory> = client
-            .ctl(client.subjects().host_get(&host.id), &serde_json::json!({}))
+            .inventory(&host.id)
             .await
             .with_context(|| format!("cannot get the inventory of {}", host.friendly_name))?;
         let Some(inventory) = inventory else {
@@ -197,7 +197,12 @@ fn read_signature(
         );
     }
     let engine = Engine::default();
-    let component = Component::from_file(&engine, path)
+    // Read like the host does: a regular file, never more than the host's default cap.
+    let bytes = trellis_host::runtime::read_component_file(
+        path,
+        trellis_host::runtime::DEFAULT_MAX_COMPONENT_BYTES,
+    )?;
+    let component = Component::new(&engine, &bytes)
         .map_err(|e| anyhow::anyhow!("cannot load {} as a component: {e:#}", path.display()))?;
     let ty = component.component_type();
     let instances: Vec<(String, wasmtime::component::types::ComponentInstance)> = ty

@@ -33,6 +33,16 @@ pub struct HostArgs {
     /// Allow loading components from local paths and `file://` URLs.
     #[arg(long, env = "TRELLIS_ALLOW_FILE_LOAD")]
     pub allow_file_load: bool,
+    /// The largest component file the host loads, in MiB; bigger files (and anything that is
+    /// not a regular file, such as /dev/zero) are refused before they are read.
+    #[arg(
+        long,
+        env = "TRELLIS_MAX_COMPONENT_SIZE_MB",
+        default_value_t = DEFAULT_MAX_COMPONENT_SIZE_MB,
+        value_parser = clap::value_parser!(u64).range(1..=4096),
+        value_name = "MIB"
+    )]
+    pub max_component_size_mb: u64,
     /// The host's nkeys server seed (`SN...`); a fresh identity is made when absent.
     #[arg(long, env = "TRELLIS_HOST_SEED", hide_env_values = true)]
     pub host_seed: Option<String>,
@@ -68,6 +78,10 @@ pub struct HostArgs {
     #[arg(long, env = "TRELLIS_NO_DIRECT_CALLS", conflicts_with_all = ["direct_listen", "direct_advertise"])]
     pub no_direct_calls: bool,
 }
+
+/// The default of `--max-component-size-mb`: the host's default cap, in MiB.
+const DEFAULT_MAX_COMPONENT_SIZE_MB: u64 =
+    trellis_host::runtime::DEFAULT_MAX_COMPONENT_BYTES / (1024 * 1024);
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -105,6 +119,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         host_seed: args.host_seed.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
         allow_file_load: args.allow_file_load,
+        max_component_bytes: args.max_component_size_mb * 1024 * 1024,
         cache_dir: args.cache_dir.clone(),
         colocation: !args.disable_colocation,
         direct_listen: (!args.no_direct_calls).then_some(args.direct_listen),

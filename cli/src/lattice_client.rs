@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
-use trellis_protocol::ctl::{CtlResponse, Host};
+use trellis_protocol::ctl::{CtlResponse, Host, HostInventory, Link, LinkPage, PageRequest};
 use trellis_protocol::subjects::CtlSubjects;
 
 use crate::output::OutputFormat;
@@ -194,6 +194,80 @@ impl LatticeClient {
             bail!("{}", reply.message);
         }
         Ok(reply.message)
+    }
+
+    /// Every link of the lattice. Asks page by page (a Trellis extension) so a lattice with
+    /// more links than one NATS message carries is listed whole; a host that answers with the
+    /// whole list at once (wasmCloud) works too.
+    pub async fn links(&self) -> anyhow::Result<Vec<Link>> {
+        let mut links = std::collections::BTreeMap::new();
+        let mut offset = 0;
+        loop {
+            let request = PageRequest {
+                offset: Some(offset),
+                limit: None,
+            };
+            let reply: Option<serde_json::Value> =
+                self.ctl(self.subjects.link_get(), &request).await?;
+            let page = match reply {
+                None => break,
+                Some(list @ serde_json::Value::Array(_)) => {
+                    let all: Vec<Link> = serde_json::from_value(list)
+                        .context("the host answered link.get with an unreadable list")?;
+                    return Ok(all);
+                }
+                Some(page) => serde_json::from_value::<LinkPage>(page)
+                    .context("the host answered link.get with an unreadable page")?,
+            };
+            for link in page.links {
+                links.insert(link.key(), link);
+            }
+            match page.next_offset {
+                Some(next) if next > offset => offset = next,
+                Some(next) => bail!("link.get answered a page at offset {offset} that points back to {next}"),
+                None => break,
+            }
+        }
+        Ok(links.into_values().collect())
+    }
+
+    /// Everything host `host_id` runs, page by page like [`Self::links`]; `None` when the host
+    /// answered without an inventory.
+    pub async fn inventory(&self, host_id: &str) -> anyhow::Result<Option<HostInventory>> {
+        let mut whole: Option<HostInventory> = None;
+        let mut offset = 0;
+        loop {
+            let request = PageRequest {
+                offset: Some(offset),
+                limit: None,
+            };
+            let Some(page) = self
+                .ctl::<_, HostInventory>(self.subjects.host_get(host_id), &request)
+                .await?
+            else {
+                break;
+            };
+            let next = page.next_offset;
+            match whole.as_mut() {
+                None => whole = Some(page),
+                Some(inventory) => {
+                    inventory.components.extend(page.components);
+                    inventory.providers.extend(page.providers);
+                }
+            }
+            match next {
+                Some(next) if next > offset => offset = next,
+                Some(next) => bail!("host.get answered a page at offset {offset} that points back to {next}"),
+                None => break,
+            }
+        }
+        Ok(whole.map(|mut inventory| {
+            inventory.inventory_truncated = false;
+            inventory.component_count = None;
+            inventory.provider_count = None;
+            inventory.next_offset = None;
+            inventory
+        }))
     }
 
     /// Every host that answers `host.ping` within a short window, sorted by friendly name.

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trellis_protocol::ctl::{Host as HostInfo, HostInventory};
 use trellis_protocol::events::names;
+use trellis_protocol::limits;
 
 use crate::components::ComponentRegistry;
 use crate::identity::{builtin_labels, human_uptime, HostIdentity};
@@ -50,6 +51,9 @@ pub struct HostConfig {
     pub heartbeat_interval: Duration,
     /// Whether `file://` refs and plain paths may be loaded.
     pub allow_file_load: bool,
+    /// The largest component file loaded, in bytes (default
+    /// [`crate::runtime::DEFAULT_MAX_COMPONENT_BYTES`]).
+    pub max_component_bytes: u64,
     /// Where compiled code is cached (a per-user default when absent).
     pub cache_dir: Option<PathBuf>,
     /// Starts capability providers; without one, `provider.start` is refused.
@@ -97,6 +101,7 @@ impl std::fmt::Debug for HostConfig {
             .field("labels", &self.labels)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("allow_file_load", &self.allow_file_load)
+            .field("max_component_bytes", &self.max_component_bytes)
             .field("cache_dir", &self.cache_dir)
             .field("providers", &self.provider_launcher.is_some())
             .field("direct_listen", &self.direct_listen)
@@ -124,6 +129,7 @@ impl Default for HostConfig {
             host_seed: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             allow_file_load: false,
+            max_component_bytes: crate::runtime::DEFAULT_MAX_COMPONENT_BYTES,
             cache_dir: None,
             provider_launcher: None,
             capabilities: Vec::new(),
@@ -176,20 +182,29 @@ impl Host {
         }
     }
 
-    /// Sets a label; `hostcore.*` labels belong to the host and are refused.
+    /// Sets a label within the limits of [`trellis_protocol::limits`] (key and value length,
+    /// number of labels); `hostcore.*` labels belong to the host and are refused.
     pub fn put_label(&self, key: &str, value: &str) -> Result<(), String> {
-        check_label_key(key)?;
+        limits::check_label(key, value)?;
         let mut labels = match self.labels.write() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
+        let user_labels = labels.keys().filter(|k| !is_builtin_label(k)).count();
+        if !labels.contains_key(key) && user_labels >= limits::MAX_LABELS {
+            return Err(format!(
+                "this host already carries {user_labels} labels, the most allowed ({}): \
+                 delete one with label.del first",
+                limits::MAX_LABELS
+            ));
+        }
         labels.insert(key.to_string(), value.to_string());
         Ok(())
     }
 
     /// Removes a label; true when it was set.
     pub fn delete_label(&self, key: &str) -> Result<bool, String> {
-        check_label_key(key)?;
+        limits::check_label_key(key)?;
         let mut labels = match self.labels.write() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
@@ -219,6 +234,17 @@ impl Host {
         }
     }
 
+    /// This host's inventory without the component and provider lists, flagged as truncated
+    /// and with their counts: what a heartbeat carries when the whole inventory does not fit
+    /// one NATS message.
+    pub fn inventory_summary(&self) -> HostInventory {
+        let mut inventory = self.inventory();
+        inventory.component_count = Some(std::mem::take(&mut inventory.components).len());
+        inventory.provider_count = Some(std::mem::take(&mut inventory.providers).len());
+        inventory.inventory_truncated = true;
+        inventory
+    }
+
     /// Everything this host runs.
     pub fn inventory(&self) -> HostInventory {
         let uptime = self.uptime_seconds();
@@ -231,6 +257,7 @@ impl Host {
             version: crate::VERSION.to_string(),
             uptime_human: human_uptime(uptime),
             uptime_seconds: uptime,
+            ..Default::default()
         }
     }
 
@@ -240,16 +267,9 @@ impl Host {
     }
 }
 
-fn check_label_key(key: &str) -> Result<(), String> {
-    if key.trim().is_empty() {
-        return Err("field `key` must not be empty".into());
-    }
-    if key.starts_with("hostcore.") {
-        return Err(format!(
-            "label `{key}` is set by the host itself and cannot be changed"
-        ));
-    }
-    Ok(())
+/// True for the labels the host sets itself (`hostcore.*`).
+fn is_builtin_label(key: &str) -> bool {
+    key.starts_with("hostcore.")
 }
 
 /// A started host. Dropping it stops its tasks abruptly; call [`HostHandle::stop`] to stop
@@ -278,6 +298,18 @@ impl HostHandle {
                 config.lattice
             );
         }
+        let mut labels = builtin_labels();
+        let mut user_labels = BTreeMap::new();
+        for (k, v) in &config.labels {
+            if is_builtin_label(k) {
+                tracing::warn!(label = %k, "ignoring a user label in the reserved hostcore. namespace");
+                continue;
+            }
+            user_labels.insert(k.clone(), v.clone());
+        }
+        limits::check_labels(&user_labels)
+            .map_err(|e| anyhow::anyhow!("invalid host labels (--label): {e}"))?;
+        labels.extend(user_labels);
         let identity = HostIdentity::from_seed(config.host_seed.as_deref())?;
         let mut nats = config.nats.clone();
         if nats.client_name.is_empty() {
@@ -288,18 +320,11 @@ impl HostHandle {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.cache_dir.clone(),
             allow_file_load: config.allow_file_load,
+            max_component_bytes: Some(config.max_component_bytes),
             capabilities: config.capabilities.clone(),
             ..Default::default()
         })
         .context("cannot start the WebAssembly runtime")?;
-        let mut labels = builtin_labels();
-        for (k, v) in &config.labels {
-            if k.starts_with("hostcore.") {
-                tracing::warn!(label = %k, "ignoring a user label in the reserved hostcore. namespace");
-                continue;
-            }
-            labels.insert(k.clone(), v.clone());
-        }
         let direct_listener = match config.direct_listen {
             Some(listen) => Some(
                 DirectListener::bind(listen, config.direct_advertise.clone())

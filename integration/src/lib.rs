@@ -65,23 +65,36 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    max_payload: Option<usize>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Like [`NatsServer::start`] with the server's `max_payload` (largest message) set to
+    /// `bytes` instead of the default 1 MiB.
+    pub async fn start_with_max_payload(bytes: usize) -> Self {
+        Self::start_with(Some(bytes)).await
+    }
+
+    async fn start_with(max_payload: Option<usize>) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
         let mut server = Self {
             child: None,
             port: free_port(),
             store,
+            max_payload,
         };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(find_nats_server())
+        let mut command = Command::new(find_nats_server());
+        command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -90,7 +103,13 @@ impl NatsServer {
                 "-js",
                 "-sd",
             ])
-            .arg(self.store.path())
+            .arg(self.store.path());
+        if let Some(max) = self.max_payload {
+            let config = self.store.path().join("nats.conf");
+            std::fs::write(&config, format!("max_payload: {max}\n")).expect("nats config");
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

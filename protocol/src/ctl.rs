@@ -113,6 +113,69 @@ pub struct HostInventory {
     /// Seconds since the host started.
     #[serde(default)]
     pub uptime_seconds: u64,
+    /// Trellis extension: true when `components` and `providers` do not list everything the
+    /// host runs, because the whole inventory does not fit one NATS message (a heartbeat then
+    /// lists nothing and gives the counts) or because this is one page of a paged `host.get`.
+    /// Absent (false) in a complete inventory, as wasmCloud sends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inventory_truncated: bool,
+    /// Trellis extension: how many components the host runs, when the lists are truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_count: Option<usize>,
+    /// Trellis extension: how many providers the host runs, when the lists are truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_count: Option<usize>,
+    /// Trellis extension: in a page of a paged `host.get`, the offset of the next page
+    /// (components first, then providers); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+}
+
+/// Trellis extension: the body of a paged `link.get` or `host.get`.
+///
+/// An empty body (or `{}`) asks for everything in one reply, as wasmCloud does; a host refuses
+/// that with a message saying how to page when everything would not fit one NATS message.
+/// With `offset` or `limit` the reply is one page: at most `limit` items from `offset`, cut
+/// short where the reply would exceed the server's `max_payload`, with the offset of the next
+/// page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageRequest {
+    /// The first item to return (0 is the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// The most items to return; as many as fit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl PageRequest {
+    /// The first page: as many items as fit.
+    pub fn first() -> Self {
+        Self {
+            offset: Some(0),
+            limit: None,
+        }
+    }
+
+    /// True when this asks for a page rather than for everything.
+    pub fn is_paged(&self) -> bool {
+        self.offset.is_some() || self.limit.is_some()
+    }
+}
+
+/// Trellis extension: one page of links, the reply to a paged `link.get`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkPage {
+    /// The links of this page, in the lattice's stable link order.
+    pub links: Vec<Link>,
+    /// The offset of the first link of this page.
+    pub offset: usize,
+    /// How many links the lattice holds.
+    pub total: usize,
+    /// The offset of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
 }
 
 /// A running component in an inventory.
@@ -458,6 +521,24 @@ mod tests {
         .unwrap();
         assert_eq!(l.name, "default");
         assert_eq!(l.key().storage_key(), "LINKDEF_a=2Eb.wasi.http.default");
+    }
+
+    #[test]
+    fn inventory_extensions_are_absent_unless_used() {
+        let full = serde_json::to_value(HostInventory::default()).unwrap();
+        for field in [
+            "inventory_truncated",
+            "component_count",
+            "provider_count",
+            "next_offset",
+        ] {
+            assert!(full.get(field).is_none(), "{field} in {full}");
+        }
+        let page: PageRequest = serde_json::from_str("{}").unwrap();
+        assert!(!page.is_paged());
+        let page: PageRequest = serde_json::from_str(r#"{"offset":10}"#).unwrap();
+        assert!(page.is_paged());
+        assert!(serde_json::from_str::<PageRequest>(r#"{"ofset":10}"#).is_err());
     }
 
     #[test]

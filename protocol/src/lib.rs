@@ -2,9 +2,11 @@
 //!
 //! Trellis speaks wasmCloud 1.x's control interface so existing tooling keeps working. This
 //! crate holds only the shapes that cross the wire: NATS subjects ([`subjects`]), the
-//! control-interface request and response bodies ([`ctl`]), and lattice events ([`events`]).
+//! control-interface request and response bodies ([`ctl`]), lattice events ([`events`]), and the
+//! limits every request is checked against ([`limits`]).
 //! It has no I/O, so the host, the reconciler and the CLI all share it cheaply.
 
 pub mod ctl;
 pub mod events;
+pub mod limits;
 pub mod subjects;

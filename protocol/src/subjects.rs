@@ -133,14 +133,11 @@ pub fn config_data_bucket(lattice: &str) -> String {
     format!("CONFIGDATA_{lattice}")
 }
 
-/// True when `token` can stand as one NATS subject token: not empty, no `.`, `*`, `>` or
-/// whitespace. Host ids, config names and lattice names all must pass this.
+/// True when `token` can stand as one NATS subject token of at most
+/// [`crate::limits::MAX_ID_BYTES`]: not empty, no `.`, `*`, `>` or whitespace. Host ids, config
+/// names and lattice names all must pass this ([`crate::limits::check_token`] says why not).
 pub fn is_valid_token(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= 256
-        && !token
-            .chars()
-            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+    crate::limits::check_token("token", token, crate::limits::MAX_ID_BYTES).is_ok()
 }
 
 #[cfg(test)]

@@ -229,8 +229,17 @@ impl LatticeState {
 
     /// Replaces a host's view with a full inventory (from `host.get` or a heartbeat), keeping
     /// optimistic entries of commands still in flight.
+    ///
+    /// A truncated inventory (`inventory_truncated`: a heartbeat whose lists did not fit one
+    /// NATS message, or one page of `host.get`) proves the host alive and carries its labels,
+    /// but not what it runs: the components and providers known so far (from earlier
+    /// inventories and from events) are kept rather than taken to have vanished.
     pub fn apply_inventory(&mut self, inv: &HostInventory, now: Instant) {
         if inv.host_id.is_empty() {
+            return;
+        }
+        if inv.inventory_truncated {
+            self.host_mut(&inv.host_id, now).labels = inv.labels.clone();
             return;
         }
         let pending: BTreeSet<String> = self

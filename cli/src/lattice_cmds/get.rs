@@ -95,7 +95,7 @@ async fn get_inventory(
     let mut inventories = Vec::with_capacity(hosts.len());
     for h in &hosts {
         let inventory: HostInventory = client
-            .ctl(client.subjects().host_get(&h.id), &serde_json::json!({}))
+            .inventory(&h.id)
             .await
             .with_context(|| format!("cannot get the inventory of {}", h.friendly_name))?
             .with_context(|| format!("host {} answered without an inventory", h.friendly_name))?;
@@ -160,10 +160,7 @@ fn app_of(annotations: Option<&std::collections::BTreeMap<String, String>>) -> S
 }
 
 async fn get_links(client: &LatticeClient, output: OutputFormat) -> anyhow::Result<()> {
-    let links: Vec<Link> = client
-        .ctl(client.subjects().link_get(), &serde_json::json!({}))
-        .await?
-        .unwrap_or_default();
+    let links: Vec<Link> = client.links().await?;
     if output == OutputFormat::Json {
         return print_json(&links);
     }

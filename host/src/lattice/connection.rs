@@ -86,3 +86,15 @@ pub async fn connect(
     })?;
     Ok((client, rx))
 }
+
+/// What NATS' `max_payload` is when the server has not said yet: the server default, 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The largest message the connected server accepts (its `max_payload`), or
+/// [`DEFAULT_MAX_PAYLOAD`] before the server has said.
+pub fn max_payload(client: &async_nats::Client) -> usize {
+    match client.server_info().max_payload {
+        0 => DEFAULT_MAX_PAYLOAD,
+        max => max,
+    }
+}

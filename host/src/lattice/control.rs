@@ -1,8 +1,11 @@
 //! The control interface: wasmCloud 1.x's subjects and `{success, message, response}` replies.
 //!
 //! Every request is parsed defensively: an unknown operation, a body that is not JSON, a missing
-//! or mistyped field, or an oversized body gets `success: false` with a message that names the
-//! problem. Handlers run concurrently (bounded), so one slow request never wedges the others.
+//! or mistyped field, an oversized body, or a field over its limit ([`trellis_protocol::limits`])
+//! gets `success: false` with a message that names the problem. Handlers run concurrently
+//! (bounded), so one slow request never wedges the others. No reply exceeds the server's
+//! `max_payload`: lists that grow with the lattice page ([`super::paging`]), and any other reply
+//! too big to send becomes an error saying so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +23,13 @@ use trellis_protocol::ctl::{
     UpdateComponentCommand,
 };
 use trellis_protocol::events::names;
-use trellis_protocol::subjects::{self, CtlSubjects, CTL_QUEUE_GROUP};
+use trellis_protocol::limits;
+use trellis_protocol::subjects::{CtlSubjects, CTL_QUEUE_GROUP};
 
 use crate::components::RunningComponent;
 use crate::host::{Host, DEFAULT_STOP_TIMEOUT};
+use crate::lattice::connection;
+use crate::lattice::paging;
 use crate::lattice::store::{ConfigMap, LinkRefused};
 use crate::providers::{ProviderSpec, RunningProvider};
 use crate::runtime::{ComponentLimits, ComponentSpec};
@@ -112,6 +118,12 @@ enum AfterReply {
 }
 
 impl Outcome {
+    fn raw(bytes: Vec<u8>) -> Self {
+        Self {
+            reply: Some(bytes.into()),
+            after: None,
+        }
+    }
     fn reply<T: Serialize>(response: CtlResponse<T>) -> Self {
         let bytes = serde_json::to_vec(&response).unwrap_or_else(|e| {
             format!(r#"{{"success":false,"message":"cannot encode reply: {e}"}}"#).into_bytes()
@@ -146,7 +158,18 @@ async fn handle(host: &Arc<Host>, op: &str, msg: async_nats::Message) {
     } else {
         dispatch(host, op, &msg.payload).await
     };
-    if let (Some(reply_to), Some(body)) = (msg.reply.clone(), outcome.reply) {
+    if let (Some(reply_to), Some(mut body)) = (msg.reply.clone(), outcome.reply) {
+        let max_payload = connection::max_payload(&host.client);
+        if body.len() > max_payload {
+            // NATS would refuse it and the requester would wait in vain: say so instead.
+            body = Outcome::error(format!(
+                "{op}: the reply is {} bytes, more than one NATS message carries (max_payload \
+                 {max_payload} bytes)",
+                body.len()
+            ))
+            .reply
+            .unwrap_or_default();
+        }
         if let Err(e) = host.client.publish(reply_to, body).await {
             tracing::warn!(op, error = %e, "cannot send control reply");
         }
@@ -205,7 +228,15 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
     let tokens: Vec<&str> = op.split('.').collect();
     match tokens.as_slice() {
         ["host", "ping"] => Outcome::reply(CtlResponse::ok(host.info())),
-        ["host", "get", id] if *id == me => Outcome::reply(CtlResponse::ok(host.inventory())),
+        ["host", "get", id] if *id == me => {
+            let max_payload = connection::max_payload(&host.client);
+            match paging::parse_page_request("host.get", body).and_then(|request| {
+                paging::inventory_reply(host.inventory(), request, max_payload)
+            }) {
+                Ok(reply) => Outcome::raw(reply),
+                Err(message) => Outcome::error(message),
+            }
+        }
         ["host", "stop", id] if *id == me => {
             let cmd: StopHostCommand = if body.iter().all(|b| b.is_ascii_whitespace()) {
                 StopHostCommand::default()
@@ -221,7 +252,11 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
         }
         ["component", "scale", id] if *id == me => {
             let cmd: ScaleComponentCommand = parse_or_reply!("component.scale", body);
-            if let Err(message) = check_component_id(&cmd.component_id) {
+            if let Err(message) = check_component_id(&cmd.component_id)
+                .and_then(|()| limits::check_image_ref("component_ref", &cmd.component_ref))
+                .and_then(|()| check_annotations(cmd.annotations.as_ref()))
+                .and_then(|()| limits::check_config_names("config", &cmd.config))
+            {
                 return Outcome::error(format!("component.scale: {message}"));
             }
             if cmd.max_instances > 0 && cmd.component_ref.trim().is_empty() {
@@ -240,7 +275,12 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
         }
         ["component", "update", id] if *id == me => {
             let cmd: UpdateComponentCommand = parse_or_reply!("component.update", body);
-            if let Err(message) = check_component_id(&cmd.component_id) {
+            if let Err(message) = check_component_id(&cmd.component_id)
+                .and_then(|()| {
+                    limits::check_image_ref("new_component_ref", &cmd.new_component_ref)
+                })
+                .and_then(|()| check_annotations(cmd.annotations.as_ref()))
+            {
                 return Outcome::error(format!("component.update: {message}"));
             }
             if cmd.new_component_ref.trim().is_empty() {
@@ -258,7 +298,11 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
         }
         ["provider", "start", id] if *id == me => {
             let cmd: StartProviderCommand = parse_or_reply!("provider.start", body);
-            if let Err(message) = check_id("provider_id", &cmd.provider_id) {
+            if let Err(message) = limits::check_id("provider_id", &cmd.provider_id)
+                .and_then(|()| limits::check_image_ref("provider_ref", &cmd.provider_ref))
+                .and_then(|()| check_annotations(cmd.annotations.as_ref()))
+                .and_then(|()| limits::check_config_names("config", &cmd.config))
+            {
                 return Outcome::error(format!("provider.start: {message}"));
             }
             if cmd.provider_ref.trim().is_empty() {
@@ -371,10 +415,7 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
                 Err(e) => Outcome::error(format!("link.del: {e:#}")),
             }
         }
-        ["link", "get"] => match host.store.list_links().await {
-            Ok(links) => Outcome::reply(CtlResponse::ok(links)),
-            Err(e) => Outcome::error(format!("link.get: {e:#}")),
-        },
+        ["link", "get"] => link_get(host, body).await,
         ["claims", "get"] => {
             // Trellis does not sign components with JWT claims; the list is empty but valid.
             Outcome::reply(CtlResponse::ok(Vec::<HashMap<String, String>>::new()))
@@ -385,11 +426,30 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
     }
 }
 
+/// `link.get`: every link (from this host's copy, as wasmCloud answers it) or one page.
+async fn link_get(host: &Host, body: &[u8]) -> Outcome {
+    let request = match paging::parse_page_request("link.get", body) {
+        Ok(request) => request,
+        Err(message) => return Outcome::error(message),
+    };
+    if !host.store.wait_links_loaded(Duration::from_secs(5)).await {
+        return Outcome::error(
+            "link.get: this host is still loading the lattice's links from JetStream KV; retry in a moment",
+        );
+    }
+    let max_payload = connection::max_payload(&host.client);
+    match host
+        .store
+        .with_links(|links| paging::link_get_reply(links, request, max_payload))
+    {
+        Ok(reply) => Outcome::raw(reply),
+        Err(message) => Outcome::error(message),
+    }
+}
+
 async fn config_op(host: &Arc<Host>, verb: &str, name: &str, body: &[u8]) -> Outcome {
-    if !subjects::is_valid_token(name) {
-        return Outcome::error(format!(
-            "config.{verb}: `{name}` is not a valid config name"
-        ));
+    if let Err(message) = limits::check_config_name("config name", name) {
+        return Outcome::error(format!("config.{verb}: {message}"));
     }
     match verb {
         "put" => {
@@ -436,19 +496,13 @@ async fn config_op(host: &Arc<Host>, verb: &str, name: &str, body: &[u8]) -> Out
 }
 
 fn check_component_id(id: &str) -> Result<(), String> {
-    check_id("component_id", id)
+    limits::check_id("component_id", id)
 }
 
-fn check_id(field: &str, id: &str) -> Result<(), String> {
-    if id.trim().is_empty() {
-        return Err(format!("field `{field}` must not be empty"));
-    }
-    if !subjects::is_valid_token(id) {
-        return Err(format!(
-            "field `{field}` is `{id}`: use letters, digits, `-` or `_` (no dots, spaces or wildcards)"
-        ));
-    }
-    Ok(())
+fn check_annotations(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), String> {
+    annotations.map_or(Ok(()), limits::check_annotations)
 }
 
 /// The data of provider events.

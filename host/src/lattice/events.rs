@@ -25,21 +25,33 @@ impl EventPublisher {
     /// Publishes event `name` with `data`. Events are fire-and-forget: a failure (NATS down) is
     /// logged, never returned, because state lives in KV and heartbeats, not in events.
     pub async fn publish(&self, name: &str, data: impl Serialize) {
+        if let Some(payload) = self.encode(name, data) {
+            self.publish_encoded(name, payload).await;
+        }
+    }
+
+    /// The CloudEvent `name` with `data` as it goes on the wire (to check its size before
+    /// publishing); `None` (logged) when it cannot be encoded.
+    pub fn encode(&self, name: &str, data: impl Serialize) -> Option<Vec<u8>> {
         let data = match serde_json::to_value(data) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(event = name, error = %e, "cannot encode event data");
-                return;
+                return None;
             }
         };
         let event = CloudEvent::new(name, &self.host_id, data);
-        let payload = match serde_json::to_vec(&event) {
-            Ok(p) => p,
+        match serde_json::to_vec(&event) {
+            Ok(p) => Some(p),
             Err(e) => {
                 tracing::error!(event = name, error = %e, "cannot encode event");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Publishes an event encoded by [`EventPublisher::encode`].
+    pub async fn publish_encoded(&self, name: &str, payload: Vec<u8>) {
         let subject = subjects::event(&self.lattice, name);
         if let Err(e) = self.client.publish(subject, payload.into()).await {
             tracing::warn!(event = name, error = %e, "cannot publish event");

@@ -5,4 +5,5 @@ pub mod connection;
 pub mod control;
 pub mod events;
 pub mod heartbeat;
+mod paging;
 pub mod store;

@@ -3,9 +3,15 @@
 //!
 //! KV is the source of truth, so every host (and a restarted one) sees the same state. Each host
 //! also keeps an in-memory copy, refreshed by watching the buckets, for the invocation path:
-//! routing a call must not cost a KV round trip.
+//! routing a call must not cost a KV round trip, and `link.get` lists links from it (as
+//! wasmCloud hosts answer from memory) so a lattice of 100,000 links is listed without 100,000
+//! KV reads. The copy is loaded with one watch over the bucket, not one read per key.
+//!
+//! Every link and config is checked against [`trellis_protocol::limits`] before any KV key is
+//! built from it: an over-long id would make a subject longer than the NATS server accepts,
+//! and the server would close the host's connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,10 +19,10 @@ use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use trellis_protocol::ctl::{Link, LinkKey};
-use trellis_protocol::subjects;
+use trellis_protocol::{limits, subjects};
 
 /// A named config: string keys to string values.
 pub type ConfigMap = HashMap<String, String>;
@@ -49,6 +55,9 @@ pub enum LinkRefused {
 #[derive(Debug, Default)]
 pub struct LinkTable {
     links: BTreeMap<LinkKey, Link>,
+    /// The identity of each link by its KV key: a deletion names only the key, which cannot be
+    /// decoded back.
+    by_storage_key: HashMap<String, LinkKey>,
 }
 
 impl LinkTable {
@@ -72,9 +81,31 @@ impl LinkTable {
             .filter(|l| l.interfaces.iter().any(|i| i == interface))
     }
 
-    /// Every link, in key order.
+    /// Every link, in key order (the same order on every host, so pages line up).
     pub fn all(&self) -> impl Iterator<Item = &Link> {
         self.links.values()
+    }
+
+    /// How many links there are.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// True when there are no links.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Stores `link`; true when that changed anything.
+    pub(crate) fn insert(&mut self, key: LinkKey, link: Link) -> bool {
+        self.by_storage_key.insert(key.storage_key(), key.clone());
+        self.links.insert(key, link.clone()).as_ref() != Some(&link)
+    }
+
+    /// Removes the link `key`; true when it was there.
+    fn remove(&mut self, key: &LinkKey) -> bool {
+        self.by_storage_key.remove(&key.storage_key());
+        self.links.remove(key).is_some()
     }
 
     /// Links whose target is `target_id` (e.g. an HTTP server learning which components to serve).
@@ -102,6 +133,8 @@ pub struct LatticeStore {
     data_kv: kv::Store,
     caches: Arc<RwLock<Caches>>,
     changes: broadcast::Sender<StoreChange>,
+    /// True once the link cache holds everything KV held when the watch started.
+    links_loaded: watch::Receiver<bool>,
     watchers: Vec<JoinHandle<()>>,
 }
 
@@ -138,7 +171,9 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<kv
 }
 
 impl LatticeStore {
-    /// Opens (creating when needed) the lattice's buckets and starts watching them.
+    /// Opens (creating when needed) the lattice's buckets, starts watching them, and waits
+    /// (boundedly) until the caches hold what KV holds, so a starting host routes calls and
+    /// lists links right away.
     pub async fn open(client: async_nats::Client, lattice: &str) -> anyhow::Result<Self> {
         let js = jetstream::new(client);
         let config_kv = tokio::time::timeout(
@@ -159,27 +194,43 @@ impl LatticeStore {
         )??;
         let caches = Arc::new(RwLock::new(Caches::default()));
         let (changes, _) = broadcast::channel(256);
+        let (configs_loaded_tx, mut configs_loaded) = watch::channel(false);
+        let (links_loaded_tx, links_loaded) = watch::channel(false);
         let watchers = vec![
             tokio::spawn(watch_bucket(
                 config_kv.clone(),
                 caches.clone(),
                 changes.clone(),
                 BucketKind::Config,
+                configs_loaded_tx,
             )),
             tokio::spawn(watch_bucket(
                 data_kv.clone(),
                 caches.clone(),
                 changes.clone(),
                 BucketKind::LatticeData,
+                links_loaded_tx,
             )),
         ];
-        Ok(Self {
+        let store = Self {
             config_kv,
             data_kv,
             caches,
             changes,
+            links_loaded,
             watchers,
+        };
+        let loaded = tokio::time::timeout(KV_TIMEOUT * 2, async {
+            let _ = configs_loaded.wait_for(|loaded| *loaded).await;
+            store.wait_links_loaded(KV_TIMEOUT * 2).await
         })
+        .await;
+        if !matches!(loaded, Ok(true)) {
+            tracing::warn!(
+                "the lattice's links and configs are not loaded yet; they will be as KV answers"
+            );
+        }
+        Ok(store)
     }
 
     /// Changes seen by the watchers, for parts of the host that react to links or config.
@@ -195,6 +246,14 @@ impl LatticeStore {
         }
     }
 
+    /// Waits up to `timeout` until the link table holds every link KV held when this host
+    /// started watching; false if it does not by then.
+    pub async fn wait_links_loaded(&self, timeout: Duration) -> bool {
+        let mut loaded = self.links_loaded.clone();
+        let waited = tokio::time::timeout(timeout, loaded.wait_for(|loaded| *loaded)).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
     /// The cached value of a named config, if present.
     pub fn cached_config(&self, name: &str) -> Option<ConfigMap> {
         match self.caches.read() {
@@ -203,8 +262,10 @@ impl LatticeStore {
         }
     }
 
-    /// Stores a named config.
+    /// Stores a named config after checking its name and size.
     pub async fn put_config(&self, name: &str, values: &ConfigMap) -> anyhow::Result<()> {
+        limits::check_config_name("config name", name).map_err(anyhow::Error::msg)?;
+        limits::check_config(values).map_err(anyhow::Error::msg)?;
         let bytes = serde_json::to_vec(values).context("cannot encode config")?;
         kv_call(self.config_kv.put(name, Bytes::from(bytes)))
             .await
@@ -215,6 +276,7 @@ impl LatticeStore {
 
     /// Reads a named config from KV (authoritative, not the cache).
     pub async fn get_config(&self, name: &str) -> anyhow::Result<Option<ConfigMap>> {
+        limits::check_config_name("config name", name).map_err(anyhow::Error::msg)?;
         let value = kv_call(self.config_kv.get(name))
             .await
             .with_context(|| format!("cannot read config {name}"))?;
@@ -241,6 +303,7 @@ impl LatticeStore {
     /// Named configs merged left to right (later names win), as components and providers see
     /// them. A missing name is an error that names it.
     pub async fn merged_config(&self, names: &[String]) -> anyhow::Result<ConfigMap> {
+        limits::check_config_names("config", names).map_err(anyhow::Error::msg)?;
         let mut merged = ConfigMap::new();
         for name in names {
             let values = self.get_config(name).await?.with_context(|| {
@@ -251,27 +314,11 @@ impl LatticeStore {
         Ok(merged)
     }
 
-    /// Stores a link after checking that the configs it names exist and that it does not
-    /// repoint an existing (source, namespace, package, name) to another target.
+    /// Stores a link after checking it ([`limits::check_link`]), that the configs it names
+    /// exist and that it does not repoint an existing (source, namespace, package, name) to
+    /// another target.
     pub async fn put_link(&self, link: &Link) -> Result<(), LinkRefused> {
-        for (field, value) in [
-            ("source_id", &link.source_id),
-            ("target", &link.target),
-            ("name", &link.name),
-            ("wit_namespace", &link.wit_namespace),
-            ("wit_package", &link.wit_package),
-        ] {
-            if value.trim().is_empty() {
-                return Err(LinkRefused::Invalid(format!(
-                    "field `{field}` must not be empty"
-                )));
-            }
-        }
-        if link.interfaces.is_empty() || link.interfaces.iter().any(|i| i.trim().is_empty()) {
-            return Err(LinkRefused::Invalid(
-                "field `interfaces` must list at least one non-empty interface name".into(),
-            ));
-        }
+        limits::check_link(link).map_err(LinkRefused::Invalid)?;
         for name in link.source_config.iter().chain(&link.target_config) {
             if self.get_config(name).await?.is_none() {
                 return Err(LinkRefused::Invalid(format!(
@@ -308,8 +355,10 @@ impl LatticeStore {
         Ok(())
     }
 
-    /// Deletes a link; true when it existed.
+    /// Deletes a link after checking its identity ([`limits::check_link_key`]); true when it
+    /// existed.
     pub async fn delete_link(&self, key: &LinkKey) -> anyhow::Result<bool> {
+        limits::check_link_key(key).map_err(anyhow::Error::msg)?;
         let storage_key = key.storage_key();
         let existed = kv_call(self.data_kv.get(storage_key.clone()))
             .await
@@ -322,28 +371,6 @@ impl LatticeStore {
             self.apply_link(key.clone(), None);
         }
         Ok(existed)
-    }
-
-    /// Every link, read from KV.
-    pub async fn list_links(&self) -> anyhow::Result<Vec<Link>> {
-        let keys = kv_call(async {
-            let keys = self.data_kv.keys().await?;
-            Ok::<Vec<String>, anyhow::Error>(
-                keys.filter_map(|k| async move { k.ok() }).collect().await,
-            )
-        })
-        .await
-        .context("cannot list links")?;
-        let mut links = Vec::new();
-        for key in keys.iter().filter(|k| k.starts_with(LINK_KEY_PREFIX)) {
-            if let Some(bytes) = kv_call(self.data_kv.get(key.clone())).await? {
-                match serde_json::from_slice::<Link>(&bytes) {
-                    Ok(link) => links.push(link),
-                    Err(e) => tracing::warn!(key, error = %e, "skipping a malformed link in KV"),
-                }
-            }
-        }
-        Ok(links)
     }
 
     fn apply_link(&self, key: LinkKey, link: Option<Link>) {
@@ -390,10 +417,8 @@ fn apply(caches: &RwLock<Caches>, changes: &broadcast::Sender<StoreChange>, appl
     let change = match applied {
         Applied::Link(key, link) => {
             let changed = match link {
-                Some(link) => {
-                    guard.links.links.insert(key, (*link).clone()).as_ref() != Some(&*link)
-                }
-                None => guard.links.links.remove(&key).is_some(),
+                Some(link) => guard.links.insert(key, *link),
+                None => guard.links.remove(&key),
             };
             changed.then_some(StoreChange::Links)
         }
@@ -451,12 +476,7 @@ fn apply_entry(
                             Ok(g) => g,
                             Err(p) => p.into_inner(),
                         };
-                        guard
-                            .links
-                            .links
-                            .keys()
-                            .find(|k| k.storage_key() == key)
-                            .cloned()
+                        guard.links.by_storage_key.get(key).cloned()
                     };
                     if let Some(k) = found {
                         apply(caches, changes, Applied::Link(k, None));
@@ -467,17 +487,19 @@ fn apply_entry(
     }
 }
 
-/// Keeps the cache of one bucket in step with KV: a snapshot, then a watch from the snapshot's
-/// revision on. When the watch breaks (NATS restarted), it starts over after a short pause.
+/// Keeps the cache of one bucket in step with KV: one watch that first delivers every live key
+/// (the snapshot), then each change. `loaded` turns true once the first snapshot is in. When
+/// the watch breaks (NATS restarted), it starts over after a pause that grows to 2 s.
 async fn watch_bucket(
     store: kv::Store,
     caches: Arc<RwLock<Caches>>,
     changes: broadcast::Sender<StoreChange>,
     kind: BucketKind,
+    loaded: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match watch_once(&store, &caches, &changes, kind).await {
+        match watch_once(&store, &caches, &changes, kind, &loaded).await {
             Ok(()) => tracing::debug!("KV watch ended; restarting it"),
             Err(e) => tracing::debug!(error = %e, "KV watch failed; retrying"),
         }
@@ -491,23 +513,49 @@ async fn watch_once(
     caches: &RwLock<Caches>,
     changes: &broadcast::Sender<StoreChange>,
     kind: BucketKind,
+    loaded: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
     let status = kv_call(store.status()).await?;
-    let last = status.info.state.last_sequence;
-    // Snapshot: every live key.
-    let keys: Vec<String> = kv_call(async {
-        let keys = store.keys().await?;
-        Ok::<_, anyhow::Error>(keys.filter_map(|k| async move { k.ok() }).collect().await)
-    })
-    .await?;
-    let mut live = std::collections::HashSet::new();
-    for key in &keys {
-        if let Some(value) = kv_call(store.get(key.clone())).await? {
-            apply_entry(kind, key, Some(&value), caches, changes);
-            live.insert(key.clone());
+    let state = &status.info.state;
+    // Keys seen live during the snapshot; `None` once the snapshot is in.
+    let mut snapshot = Some(HashSet::new());
+    let mut watch = if state.messages == 0 {
+        // Nothing to load (a watch over history would end at once): drop what the cache still
+        // holds from before, and follow changes from here.
+        finish_snapshot(kind, &HashSet::new(), caches, changes);
+        loaded.send_replace(true);
+        snapshot = None;
+        kv_call(store.watch_all_from_revision(state.last_sequence + 1)).await?
+    } else {
+        kv_call(store.watch_with_history(">")).await?
+    };
+    while let Some(entry) = watch.next().await {
+        let entry = entry?;
+        let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+        apply_entry(kind, &entry.key, value, caches, changes);
+        if let Some(live) = snapshot.as_mut() {
+            if value.is_some() {
+                live.insert(entry.key.clone());
+            } else {
+                live.remove(&entry.key);
+            }
+            if entry.delta == 0 {
+                finish_snapshot(kind, live, caches, changes);
+                loaded.send_replace(true);
+                snapshot = None;
+            }
         }
     }
-    // Drop cached entries that vanished while we were not watching.
+    Ok(())
+}
+
+/// Drops cached entries that are not in KV any more (deleted while this host was not watching).
+fn finish_snapshot(
+    kind: BucketKind,
+    live: &HashSet<String>,
+    caches: &RwLock<Caches>,
+    changes: &broadcast::Sender<StoreChange>,
+) {
     let stale: Vec<String> = {
         let guard = match caches.read() {
             Ok(g) => g,
@@ -522,21 +570,14 @@ async fn watch_once(
                 .collect(),
             BucketKind::LatticeData => guard
                 .links
-                .links
+                .by_storage_key
                 .keys()
-                .map(|k| k.storage_key())
-                .filter(|k| !live.contains(k))
+                .filter(|k| !live.contains(*k))
+                .cloned()
                 .collect(),
         }
     };
     for key in stale {
         apply_entry(kind, &key, None, caches, changes);
     }
-    let mut watch = kv_call(store.watch_all_from_revision(last + 1)).await?;
-    while let Some(entry) = watch.next().await {
-        let entry = entry?;
-        let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
-        apply_entry(kind, &entry.key, value, caches, changes);
-    }
-    Ok(())
 }

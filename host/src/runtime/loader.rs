@@ -5,11 +5,93 @@
 //! file loading is allowed) and rejects OCI references with a clear error; an OCI loader can
 //! later implement the trait (and delegate file refs to [`DefaultLoader`]) and be passed in
 //! [`super::RuntimeConfig::loader`].
+//!
+//! Files are read with [`read_component_file`]: only regular files (never a device such as
+//! `/dev/zero`, a FIFO or a directory), and never more than the size cap plus one byte, so a
+//! hostile reference cannot make the host read without bound.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use futures::future::BoxFuture;
+
+/// The default cap on a component file: 128 MiB, far above any real component (tens of MiB at
+/// most) and far below what would hurt a host.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// How the cap is raised, for error messages.
+const RAISE_CAP: &str =
+    "raise the cap with `trellis host --max-component-size-mb` (env TRELLIS_MAX_COMPONENT_SIZE_MB)";
+
+/// Reads a component (or any code) file of at most `max_bytes`: refuses anything that is not a
+/// regular file before reading it, and never reads more than `max_bytes + 1` bytes (a file
+/// growing while it is read is refused too). Blocking: call it from `spawn_blocking`.
+pub fn read_component_file(path: &Path, max_bytes: u64) -> anyhow::Result<Vec<u8>> {
+    // Look before opening: opening a FIFO waits for a writer, and opening a device can have
+    // side effects.
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read component file {}", path.display()))?;
+    check_regular(path, &metadata, max_bytes)?;
+    // O_NONBLOCK: if the path was swapped for a FIFO since the check, opening does not wait.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("cannot open component file {}", path.display()))?
+    };
+    // Check what was actually opened.
+    let metadata = file
+        .metadata()
+        .with_context(|| format!("cannot inspect component file {}", path.display()))?;
+    check_regular(path, &metadata, max_bytes)?;
+    let expected = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
+    let mut bytes = Vec::with_capacity(expected);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read component file {}", path.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        bail!(
+            "component file {} grew past the {max_bytes}-byte cap while it was read; {RAISE_CAP}",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+fn check_regular(path: &Path, metadata: &std::fs::Metadata, max_bytes: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        bail!(
+            "{} is {what}; a component must be a regular .wasm file: point the image ref at one",
+            path.display()
+        );
+    }
+    if metadata.len() > max_bytes {
+        bail!(
+            "component file {} is {} bytes, over the {max_bytes}-byte cap on component files; {RAISE_CAP}",
+            path.display(),
+            metadata.len()
+        );
+    }
+    Ok(())
+}
 
 /// Fetches the bytes of a component from its image reference.
 pub trait ComponentLoader: Send + Sync {
@@ -63,10 +145,21 @@ pub fn classify_image_ref(image_ref: &str) -> ImageRefKind {
 }
 
 /// Loads local files (when allowed) and explains what is not supported.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DefaultLoader {
     /// Whether `file://` refs and plain paths may be loaded (the host's `--allow-file-load`).
     pub allow_file_load: bool,
+    /// The largest component file loaded, in bytes (see [`read_component_file`]).
+    pub max_component_bytes: u64,
+}
+
+impl Default for DefaultLoader {
+    fn default() -> Self {
+        Self {
+            allow_file_load: false,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
+    }
 }
 
 impl DefaultLoader {
@@ -80,9 +173,10 @@ impl DefaultLoader {
                          start the host with --allow-file-load"
                     );
                 }
-                tokio::fs::read(&path)
+                let max_bytes = self.max_component_bytes;
+                tokio::task::spawn_blocking(move || read_component_file(&path, max_bytes))
                     .await
-                    .with_context(|| format!("reading component file {}", path.display()))
+                    .context("the file-reading task failed")?
             }
             ImageRefKind::Oci(reference) => bail!(
                 "OCI references are not supported yet: use a file:// path (got {reference:?})"
@@ -97,5 +191,69 @@ impl DefaultLoader {
 impl ComponentLoader for DefaultLoader {
     fn load<'a>(&'a self, image_ref: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
         Box::pin(self.load_ref(image_ref))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_regular_file_under_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wasm");
+        std::fs::write(&path, b"\0asm\x0d\0\x01\0").unwrap();
+        assert_eq!(read_component_file(&path, 8).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn refuses_files_over_the_cap_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.wasm");
+        // Sparse: no disk space used, nothing read.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(2 * 1024 * 1024)
+            .unwrap();
+        let e = format!("{:#}", read_component_file(&path, 1024 * 1024).unwrap_err());
+        assert!(e.contains("2097152 bytes") && e.contains("1048576-byte cap"), "{e}");
+        assert!(e.contains("--max-component-size-mb"), "{e}");
+    }
+
+    #[test]
+    fn refuses_devices_fifos_and_directories() {
+        let e = format!("{:#}", read_component_file(Path::new("/dev/zero"), 1024).unwrap_err());
+        assert!(e.contains("/dev/zero is a device"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", read_component_file(dir.path(), 1024).unwrap_err());
+        assert!(e.contains("is a directory"), "{e}");
+        let fifo = dir.path().join("pipe.wasm");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Would block forever if the loader opened it without looking.
+        let e = format!("{:#}", read_component_file(&fifo, 1024).unwrap_err());
+        assert!(e.contains("is a FIFO"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_default_loader_applies_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wasm");
+        std::fs::write(&path, vec![0u8; 100]).unwrap();
+        let loader = DefaultLoader {
+            allow_file_load: true,
+            max_component_bytes: 99,
+        };
+        let e = format!(
+            "{:#}",
+            loader
+                .load_ref(&format!("file://{}", path.display()))
+                .await
+                .unwrap_err()
+        );
+        assert!(e.contains("99-byte cap"), "{e}");
+        let e = format!("{:#}", loader.load_ref("file:///dev/zero").await.unwrap_err());
+        assert!(e.contains("device"), "{e}");
     }
 }

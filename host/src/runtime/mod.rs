@@ -54,8 +54,9 @@
 //! # Extending it
 //!
 //! - **Loading**: [`ComponentLoader`] fetches bytes for an image ref. [`DefaultLoader`] serves
-//!   `file://` refs and plain paths when [`RuntimeConfig::allow_file_load`] is set and rejects
-//!   OCI refs; an OCI loader plugs in through [`RuntimeConfig::loader`].
+//!   `file://` refs and plain paths when [`RuntimeConfig::allow_file_load`] is set (regular
+//!   files only, at most [`RuntimeConfig::max_component_bytes`]) and rejects OCI refs; an OCI
+//!   loader plugs in through [`RuntimeConfig::loader`].
 //! - **Capabilities** (keyvalue, messaging, logging, config...): implement [`Capability`] and
 //!   pass it in [`RuntimeConfig::capabilities`]. `add_to_linker` registers host functions on the
 //!   shared `Linker<InstanceState>`; `new_instance_state` puts per-instance state in the
@@ -91,7 +92,10 @@ pub use limits::{
     ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB,
     MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY, MAX_QUEUED_REQUESTS_KEY,
 };
-pub use loader::{classify_image_ref, ComponentLoader, DefaultLoader, ImageRefKind};
+pub use loader::{
+    classify_image_ref, read_component_file, ComponentLoader, DefaultLoader, ImageRefKind,
+    DEFAULT_MAX_COMPONENT_BYTES,
+};
 pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
 pub use state::{Capability, Extensions, ImportResolver, InstanceContext, InstanceState};
 /// The response body type of [`PreparedComponent::handle_http`].
@@ -108,7 +112,11 @@ pub struct RuntimeConfig {
     /// Concurrent instances the pooling allocator reserves room for; `None` derives it from
     /// the machine's available memory (16 MiB per slot, between 16 and 1000 slots).
     pub pool_slots: Option<u32>,
-    /// Loader for image refs; `None` means [`DefaultLoader`] with `allow_file_load`.
+    /// The largest component file the default loader reads, in bytes; `None` means
+    /// [`DEFAULT_MAX_COMPONENT_BYTES`]. Ignored when [`RuntimeConfig::loader`] is set.
+    pub max_component_bytes: Option<u64>,
+    /// Loader for image refs; `None` means [`DefaultLoader`] with `allow_file_load` and
+    /// `max_component_bytes`.
     pub loader: Option<Arc<dyn ComponentLoader>>,
     /// Host capabilities added to every component's linker.
     pub capabilities: Vec<Arc<dyn Capability>>,
@@ -119,6 +127,7 @@ impl std::fmt::Debug for RuntimeConfig {
         f.debug_struct("RuntimeConfig")
             .field("cache_dir", &self.cache_dir)
             .field("allow_file_load", &self.allow_file_load)
+            .field("max_component_bytes", &self.max_component_bytes)
             .field("pool_slots", &self.pool_slots)
             .field("custom_loader", &self.loader.is_some())
             .field(
@@ -236,6 +245,9 @@ impl Runtime {
         let loader = config.loader.clone().unwrap_or_else(|| {
             Arc::new(DefaultLoader {
                 allow_file_load: config.allow_file_load,
+                max_component_bytes: config
+                    .max_component_bytes
+                    .unwrap_or(DEFAULT_MAX_COMPONENT_BYTES),
             })
         });
         let ticker = engine::EpochTicker::start(engine.clone())?;

@@ -134,3 +134,34 @@ fn links_follow_events_and_deleted_configs_are_forgotten() {
     );
     assert!(l.applied_configs.is_empty());
 }
+
+#[test]
+fn a_truncated_heartbeat_keeps_the_host_alive_and_its_known_inventory() {
+    let t0 = Instant::now();
+    let mut l = LatticeState::default();
+    l.apply_event(
+        &heartbeat(
+            "H",
+            json!([{"id": "c", "image_ref": "x", "max_instances": 2}]),
+        ),
+        t0,
+    );
+    // The inventory grew past one NATS message: the host sends counts, not lists.
+    let later = t0 + Duration::from_secs(30);
+    let truncated = CloudEvent::new(
+        names::HOST_HEARTBEAT,
+        "H",
+        json!({"host_id": "H", "labels": {"zone": "b"}, "components": [], "providers": [],
+               "inventory_truncated": true, "component_count": 5000, "provider_count": 0}),
+    );
+    assert!(l.apply_event(&truncated, later), "the label change matters");
+    let host = &l.hosts["H"];
+    assert_eq!(host.last_seen, later, "the heartbeat proves the host alive");
+    assert_eq!(host.labels["zone"], "b");
+    assert_eq!(host.components["c"].count, 2, "what was confirmed is kept");
+    assert!(!l.apply_event(&truncated, later), "nothing new the second time");
+    // Not expired: it was heard from just now.
+    assert!(l
+        .expire(later + Duration::from_secs(1), Duration::from_secs(6))
+        .is_empty());
+}
