@@ -504,9 +504,18 @@ fn check_result(result: &str, message: &str, name: &str, lattice: &str) -> anyho
     }
 }
 
+/// Reads a manifest file, refusing one nested too deeply to parse quickly (the reconciler
+/// would refuse it too; its size limit is the reconciler's to enforce).
 fn read_manifest(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read manifest {}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let limits = trellis_wadm::limits::ManifestLimits {
+        max_bytes: usize::MAX,
+        ..Default::default()
+    };
+    trellis_wadm::limits::check_manifest_text(&text, &limits)
+        .with_context(|| format!("{} is not a usable manifest", path.display()))?;
+    Ok(text)
 }
 
 /// True when `s` can be a model name (`^[-\w]+$`) rather than a file path.

@@ -3,6 +3,7 @@
 //! The reply shapes are read leniently (results as strings, every field defaulted) so the CLI
 //! keeps working with wadm itself and with older or newer Trellis reconcilers.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -64,6 +65,12 @@ pub struct ListReply {
     /// One summary per stored model.
     #[serde(default)]
     pub models: Vec<ModelSummary>,
+    /// True when the reconciler cut the list to fit one message; `next` continues it.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The cursor of the next page, sent as `{"after": next}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One model in the list.
@@ -121,6 +128,12 @@ pub struct VersionsReply {
     /// Versions in creation order.
     #[serde(default)]
     pub versions: Vec<VersionInfo>,
+    /// True when the reconciler cut the list to fit one message; `next` continues it.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The cursor of the next page, sent as `{"after": next}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One stored version.
@@ -218,6 +231,52 @@ pub struct ScalerStatus {
     pub status: StatusInfo,
 }
 
+/// A reply whose list the reconciler may cut into pages (Trellis does when one message cannot
+/// carry it all; wadm never does, and then there is one page).
+trait Paged: DeserializeOwned {
+    /// The `(truncated, next)` cursor of this page.
+    fn cursor(&self) -> (bool, Option<&str>);
+    /// Appends `page`'s items; false when it had none.
+    fn append(&mut self, page: Self) -> bool;
+}
+
+impl Paged for ListReply {
+    fn cursor(&self) -> (bool, Option<&str>) {
+        (self.truncated, self.next.as_deref())
+    }
+    fn append(&mut self, page: Self) -> bool {
+        let grew = !page.models.is_empty();
+        self.models.extend(page.models);
+        self.truncated = page.truncated;
+        self.next = page.next;
+        self.message = format!("{} models", self.models.len());
+        grew
+    }
+}
+
+impl Paged for VersionsReply {
+    fn cursor(&self) -> (bool, Option<&str>) {
+        (self.truncated, self.next.as_deref())
+    }
+    fn append(&mut self, page: Self) -> bool {
+        let grew = !page.versions.is_empty();
+        self.versions.extend(page.versions);
+        self.truncated = page.truncated;
+        self.next = page.next;
+        self.message = format!("{} versions", self.versions.len());
+        grew
+    }
+}
+
+/// The body asking for the page after `after`.
+#[derive(Debug, Clone, Serialize)]
+struct PageRequest<'a> {
+    after: &'a str,
+}
+
+/// Most pages read for one list: far more than any lattice needs.
+const MAX_PAGES: usize = 10_000;
+
 /// The body of `get`, `del` and `deploy` requests.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VersionRequest {
@@ -260,22 +319,41 @@ impl<'a> WadmClient<'a> {
             .await
     }
 
-    /// Lists every model.
+    /// Lists every model, page after page when the reconciler cuts the list.
     pub async fn list(&self) -> anyhow::Result<ListReply> {
-        self.lattice
-            .request_raw(self.subject("get"), Vec::new(), Answerer::Reconciler)
+        self.all_pages(self.subject("get")).await
+    }
+
+    /// Lists a model's versions, page after page when the reconciler cuts the list.
+    pub async fn versions(&self, name: &str) -> anyhow::Result<VersionsReply> {
+        self.all_pages(self.subject(&format!("versions.{name}")))
             .await
     }
 
-    /// Lists a model's versions.
-    pub async fn versions(&self, name: &str) -> anyhow::Result<VersionsReply> {
-        self.lattice
-            .request_raw(
-                self.subject(&format!("versions.{name}")),
-                Vec::new(),
-                Answerer::Reconciler,
-            )
-            .await
+    /// Asks `subject` for the first page, then for each next one while the reply is cut.
+    async fn all_pages<R: Paged>(&self, subject: String) -> anyhow::Result<R> {
+        let mut reply: R = self
+            .lattice
+            .request_raw(subject.clone(), Vec::new(), Answerer::Reconciler)
+            .await?;
+        for _ in 0..MAX_PAGES {
+            let after = match reply.cursor() {
+                (true, Some(after)) => after.to_string(),
+                _ => break,
+            };
+            let page: R = self
+                .lattice
+                .request_json(
+                    subject.clone(),
+                    &PageRequest { after: &after },
+                    Answerer::Reconciler,
+                )
+                .await?;
+            if !reply.append(page) || reply.cursor().1 == Some(after.as_str()) {
+                break;
+            }
+        }
+        Ok(reply)
     }
 
     /// Deletes one version, or every version when `version` is `None`.

@@ -41,6 +41,14 @@ pub struct WadmArgs {
     /// Period of the reconcile tick in milliseconds.
     #[arg(long, env = "TRELLIS_RECONCILE_TICK_MS", default_value_t = 500)]
     pub tick_ms: u64,
+    /// Largest manifest `model.put` accepts, in bytes. What can be stored is also bounded by
+    /// the NATS server's max_payload (1 MiB by default).
+    #[arg(
+        long,
+        env = "TRELLIS_WADM_MAX_MANIFEST_BYTES",
+        default_value_t = trellis_wadm::limits::DEFAULT_MAX_MANIFEST_BYTES
+    )]
+    pub max_manifest_bytes: usize,
 }
 
 /// Runs the reconciler until SIGINT or SIGTERM.
@@ -59,6 +67,7 @@ pub async fn run(args: WadmArgs) -> anyhow::Result<()> {
     opts.ctl_prefix = args.ctl_prefix;
     opts.host_dead_after = Duration::from_millis(args.host_dead_after_ms.max(100));
     opts.tick = Duration::from_millis(args.tick_ms.max(50));
+    opts.manifest_limits.max_bytes = args.max_manifest_bytes;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

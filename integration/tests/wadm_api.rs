@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use trellis_integration::{free_port, trellis_bin, WAIT};
+use trellis_integration::{free_port, wadm_request, WadmProcess, WAIT};
 
 /// A nats-server with JetStream; killed on drop. Ready once JetStream answers `$JS.API.INFO`
 /// (any reply: the Debian 2.9 server's account info is not what async-nats 0.51 parses).
@@ -61,44 +61,6 @@ impl Drop for Nats {
     }
 }
 
-/// A `trellis wadm` process; killed on drop.
-struct Wadm {
-    child: Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Wadm {
-    fn start(nats_url: &str, lattice: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("wadm.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(trellis_bin())
-            .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("cannot start trellis wadm");
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Wadm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Api {
     client: async_nats::Client,
     lattice: String,
@@ -108,33 +70,7 @@ impl Api {
     /// Sends `body` to `model.{op}[.{name}]` and returns the JSON reply; retries while nobody
     /// serves the API yet (the reconciler is starting).
     async fn call(&self, op: &str, name: Option<&str>, body: Vec<u8>) -> Value {
-        let subject = match name {
-            Some(n) => format!("wadm.api.{}.model.{op}.{n}", self.lattice),
-            None => format!("wadm.api.{}.model.{op}", self.lattice),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout(
-                WAIT,
-                self.client.request(subject.clone(), body.clone().into()),
-            )
-            .await
-            {
-                Ok(Ok(msg)) => {
-                    return serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
-                        panic!(
-                            "reply on {subject} is not JSON ({e}): {}",
-                            String::from_utf8_lossy(&msg.payload)
-                        )
-                    })
-                }
-                Ok(Err(e)) => {
-                    assert!(Instant::now() < deadline, "no API on {subject}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => panic!("no reply on {subject} within {WAIT:?}"),
-            }
-        }
+        wadm_request(&self.client, &self.lattice, op, name, body).await
     }
 
     async fn json(&self, op: &str, name: Option<&str>, body: Value) -> Value {
@@ -171,7 +107,7 @@ spec:
 async fn put_get_versions_deploy_status_undeploy_delete() {
     let nats = Nats::start().await;
     let lattice = "wadmapi";
-    let mut wadm = Wadm::start(&nats.url(), lattice);
+    let mut wadm = WadmProcess::start(&nats.url(), lattice, &[]);
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let api = Api {
         client: client.clone(),
@@ -290,9 +226,8 @@ async fn put_get_versions_deploy_status_undeploy_delete() {
     assert_eq!(reply["status"]["scalers"][0]["kind"], "SpreadScaler");
 
     // Models and their deployed version survive a reconciler crash.
-    let _ = wadm.child.kill();
-    let _ = wadm.child.wait();
-    wadm = Wadm::start(&nats.url(), lattice);
+    drop(wadm);
+    wadm = WadmProcess::start(&nats.url(), lattice, &[]);
     let reply = api.call("versions", Some("api-test"), Vec::new()).await;
     let deployed: Vec<&str> = reply["versions"]
         .as_array()

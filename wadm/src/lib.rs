@@ -1,7 +1,7 @@
 //! The Trellis reconciler, compatible with wasmCloud's wadm.
 //!
 //! - [`model`] and [`validation`]: OAM `Application` manifests in YAML or JSON, with errors that
-//!   name the field path and line.
+//!   name the field path and line; [`limits`] bounds their size and nesting before parsing.
 //! - [`api`]: the wadm API over NATS (`wadm.api.{lattice}.model.*`); [`api::types`] holds the
 //!   request and response bodies.
 //! - [`lattice`]: the observed lattice, fed by events and queries.
@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod lattice;
+pub mod limits;
 pub mod model;
 pub mod planner;
 pub mod reconciler;

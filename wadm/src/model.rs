@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::limits::{check_manifest_text, BoundsError, ManifestLimits};
 use crate::validation::{self, Diagnostic, Severity};
 
 /// The only accepted `apiVersion`.
@@ -555,10 +556,30 @@ impl ManifestError {
     }
 }
 
-/// Parses a manifest in YAML or JSON (JSON when the first non-blank character is `{`) and
-/// validates it. Errors name the field path and, when known, the line and column.
+impl From<BoundsError> for ManifestError {
+    fn from(e: BoundsError) -> Self {
+        let (line, column) = match e {
+            BoundsError::TooDeep { line, column, .. } => (Some(line), Some(column)),
+            BoundsError::TooLarge { .. } => (None, None),
+        };
+        Self::single(String::new(), line, column, e.to_string())
+    }
+}
+
+/// Parses a manifest in YAML or JSON (JSON when the first non-blank character is `{`) within
+/// the default [`ManifestLimits`] and validates it. Errors name the field path and, when known,
+/// the line and column.
 pub fn parse_manifest(input: &[u8]) -> Result<ParsedManifest, ManifestError> {
-    let manifest = deserialize_manifest(input)?;
+    parse_manifest_with(input, &ManifestLimits::default())
+}
+
+/// [`parse_manifest`] within `limits`: text too large or nested too deeply is refused before
+/// any parser sees it.
+pub fn parse_manifest_with(
+    input: &[u8],
+    limits: &ManifestLimits,
+) -> Result<ParsedManifest, ManifestError> {
+    let manifest = deserialize_manifest_with(input, limits)?;
     let diagnostics = validation::validate(&manifest);
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(ManifestError { diagnostics });
@@ -569,8 +590,24 @@ pub fn parse_manifest(input: &[u8]) -> Result<ParsedManifest, ManifestError> {
     })
 }
 
-/// Deserializes without semantic validation (field shapes and unknown fields only).
+/// Deserializes within the default [`ManifestLimits`] without semantic validation (field shapes
+/// and unknown fields only).
 pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
+    deserialize_manifest_with(input, &ManifestLimits::default())
+}
+
+/// [`deserialize_manifest`] within `limits`.
+pub fn deserialize_manifest_with(
+    input: &[u8],
+    limits: &ManifestLimits,
+) -> Result<Manifest, ManifestError> {
+    if input.len() > limits.max_bytes {
+        return Err(BoundsError::TooLarge {
+            size: input.len(),
+            limit: limits.max_bytes,
+        }
+        .into());
+    }
     let text = std::str::from_utf8(input).map_err(|e| {
         ManifestError::single(
             String::new(),
@@ -588,9 +625,10 @@ pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
             "the manifest is empty".to_string(),
         ));
     }
+    check_manifest_text(text, limits)?;
     if trimmed.starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize::<_, Manifest>(&mut de).map_err(|e| {
+        let manifest = serde_path_to_error::deserialize::<_, Manifest>(&mut de).map_err(|e| {
             let path = display_path(e.path());
             let inner = e.inner();
             ManifestError::single(
@@ -599,7 +637,18 @@ pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
                 Some(inner.column()),
                 strip_json_position(&inner.to_string()),
             )
-        })
+        })?;
+        de.end().map_err(|e| {
+            ManifestError::single(
+                String::new(),
+                Some(e.line()),
+                Some(e.column()),
+                "unexpected data after the JSON document: a manifest is exactly one JSON \
+                 object; remove what follows its closing `}`"
+                    .to_string(),
+            )
+        })?;
+        Ok(manifest)
     } else {
         let de = serde_norway::Deserializer::from_str(text);
         serde_path_to_error::deserialize::<_, Manifest>(de).map_err(|e| {

@@ -20,8 +20,9 @@ use trellis_protocol::subjects::{self, CtlSubjects};
 use crate::api::types::{status_subject, Status};
 use crate::api::ApiServer;
 use crate::lattice::{FailureKey, LatticeState, ObservedComponent, ObservedProvider};
+use crate::limits::ManifestLimits;
 use crate::planner::{self, AppView, Command};
-use crate::store::{Store, StoredModel, MODEL_PREFIX};
+use crate::store::{ModelIndex, Store, StoredModel, MODEL_PREFIX};
 
 /// Settings of a reconciler.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct WadmOptions {
     /// How long to gather `host.ping` replies at start-up (at most; discovery ends sooner once
     /// the hosts that answered go quiet).
     pub ping_wait: Duration,
+    /// Size and nesting bounds of manifests put through the API.
+    pub manifest_limits: ManifestLimits,
 }
 
 impl WadmOptions {
@@ -63,6 +66,7 @@ impl WadmOptions {
             tick: Duration::from_millis(500),
             ctl_timeout: Duration::from_secs(5),
             ping_wait: Duration::from_millis(750),
+            manifest_limits: ManifestLimits::default(),
         }
     }
 }
@@ -107,9 +111,8 @@ pub async fn run_with_client(
     opts: WadmOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let js = async_nats::jetstream::new(client.clone());
-    let store = Store::open(&js, &opts.lattice).await?;
-    let api = ApiServer::new(store.clone(), opts.lattice.clone());
+    let store = Store::open(&client, &opts.lattice).await?;
+    let api = ApiServer::new(store.clone(), opts.lattice.clone()).with_limits(opts.manifest_limits);
     let mut reconciler = Reconciler::new(client.clone(), store.clone(), opts.clone());
     tracing::info!(lattice = %opts.lattice, id = %reconciler.instance_id, "reconciler starting");
 
@@ -202,7 +205,7 @@ impl Reconciler {
                 entry = watch.next() => {
                     match entry {
                         Some(Ok(entry)) => {
-                            self.apply_model_entry(entry);
+                            self.apply_model_entry(entry).await;
                             // A deploy or undeploy plans at once, even when a debounced
                             // pass for earlier events is already due a little later.
                             next_pass = Some(tokio::time::Instant::now());
@@ -245,18 +248,30 @@ impl Reconciler {
         }
     }
 
-    fn apply_model_entry(&mut self, entry: kv::Entry) {
+    /// Takes in a changed model index, reading the manifests of versions it did not know.
+    async fn apply_model_entry(&mut self, entry: kv::Entry) {
         let Some(name) = entry.key.strip_prefix(MODEL_PREFIX) else {
             return;
         };
         match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<StoredModel>(&entry.value) {
-                Ok(model) => {
-                    self.tombstones.remove(name);
-                    self.models.insert(name.to_string(), model);
+            kv::Operation::Put => {
+                let index = match serde_json::from_slice::<ModelIndex>(&entry.value) {
+                    Ok(index) => index,
+                    Err(e) => {
+                        tracing::warn!(model = name, error = %e, "undecodable stored model");
+                        return;
+                    }
+                };
+                match self.store.load_model(index, self.models.get(name)).await {
+                    Ok(model) => {
+                        self.tombstones.remove(name);
+                        self.models.insert(name.to_string(), model);
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = name, error = format!("{e:#}"), "cannot read stored model")
+                    }
                 }
-                Err(e) => tracing::warn!(model = name, error = %e, "undecodable stored model"),
-            },
+            }
             kv::Operation::Delete | kv::Operation::Purge => {
                 if let Some(mut model) = self.models.remove(name) {
                     model.deployed_version = None;
@@ -514,16 +529,18 @@ impl Reconciler {
                 continue;
             }
             let deleted = !self.models.contains_key(&name);
+            // Stored and published within a quarter of a value, so list replies carry several.
+            let fitted = status.clone().fit(self.store.value_limit() / 4);
             let stored = if deleted {
                 self.store.delete_status(&name).await
             } else {
-                self.store.put_status(&name, &status).await
+                self.store.put_status(&name, &fitted).await
             };
             if let Err(e) = stored {
                 tracing::warn!(app = %name, error = %e, "cannot store status");
                 continue;
             }
-            match serde_json::to_vec(&status) {
+            match serde_json::to_vec(&fitted) {
                 Ok(body) => {
                     if let Err(e) = self
                         .client

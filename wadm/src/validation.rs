@@ -99,6 +99,39 @@ const KNOWN_INTERFACES: &[(&str, &str, &[&str])] = &[
     ("wasmcloud", "secrets", &["store", "reveal"]),
 ];
 
+/// Most characters of an application name: it is part of NATS subjects and KV keys.
+pub const MAX_APP_NAME_LEN: usize = 128;
+/// Most characters of a version: every version is listed in the model's stored index.
+pub const MAX_VERSION_LEN: usize = 128;
+/// Most characters of a link name.
+pub const MAX_LINK_NAME_LEN: usize = 256;
+
+/// Why `name` cannot be a link name, or `None` when it can. Link names are matched and stored
+/// on the lattice; NATS wildcards, blanks and control characters in them are refused.
+pub fn link_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the link name is empty; omit `name` for the default link".to_string());
+    }
+    if name.chars().count() > MAX_LINK_NAME_LEN {
+        return Some(format!(
+            "the link name is longer than {MAX_LINK_NAME_LEN} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+    {
+        let what = match c {
+            '*' | '>' => format!("`{c}` is a NATS wildcard"),
+            _ => format!("{c:?} is a blank or control character"),
+        };
+        return Some(format!(
+            "`{name}` is not a valid link name: {what}; use letters, digits, `-` and `_` (e.g. `default`)"
+        ));
+    }
+    None
+}
+
 /// True for a name matching `^[-\w]+$` with ASCII word characters: names end up in NATS
 /// subjects and KV keys, which take ASCII only.
 pub fn is_valid_app_name(name: &str) -> bool {
@@ -167,6 +200,14 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
             "metadata.name",
             format!("`{name}` is not a valid name: use letters, digits, `_` and `-` only"),
         );
+    } else if name.len() > MAX_APP_NAME_LEN {
+        c.error(
+            "metadata.name",
+            format!(
+                "the name is {} characters long; at most {MAX_APP_NAME_LEN} are allowed",
+                name.len()
+            ),
+        );
     }
     if let Some(version) = manifest.metadata.annotations.get(VERSION_ANNOTATION) {
         if version == "latest" {
@@ -178,6 +219,11 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
             c.error(
                 "metadata.annotations.version",
                 format!("`{version}` is not a valid version: it must be non-empty without spaces"),
+            );
+        } else if version.chars().count() > MAX_VERSION_LEN {
+            c.error(
+                "metadata.annotations.version",
+                format!("the version is longer than {MAX_VERSION_LEN} characters; use a shorter one"),
             );
         }
     }
@@ -343,7 +389,15 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
                             "a link needs at least one interface",
                         );
                     }
-                    if !manifest
+                    if link.target.name == comp.name {
+                        c.error(
+                            format!("{path}.target.name"),
+                            format!(
+                                "component `{}` links to itself: a link goes from one component to another; target a different component",
+                                comp.name
+                            ),
+                        );
+                    } else if !manifest
                         .spec
                         .components
                         .iter()
@@ -356,6 +410,9 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
                                 link.target.name
                             ),
                         );
+                    }
+                    if let Some(problem) = link.name.as_deref().and_then(link_name_problem) {
+                        c.error(format!("{path}.name"), problem);
                     }
                     for iface in &link.interfaces {
                         let key = (

@@ -64,6 +64,16 @@ pub struct VersionRequest {
     pub version: Option<String>,
 }
 
+/// Optional body of the list form of `get` (and `list`) and of `versions.{name}`: where the
+/// page starts. wadm's clients send no body and get the first page, which is everything
+/// unless the reply would exceed the NATS max payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    /// Start after this model name (list) or version (versions): a reply's `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
 /// Outcome of `get`, `versions` and the list form of `get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,9 +107,16 @@ pub struct ListModelsResponse {
     /// What happened.
     #[serde(default)]
     pub message: String,
-    /// One summary per model.
+    /// One summary per model, sorted by name.
     #[serde(default)]
     pub models: Vec<ModelSummary>,
+    /// True when `models` stops early because one reply cannot carry more (NATS max payload);
+    /// omitted when the list is complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// When truncated: ask again with `{"after": next}` for the following page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One model in a list.
@@ -133,6 +150,13 @@ pub struct VersionsResponse {
     /// Versions in creation order.
     #[serde(default)]
     pub versions: Vec<VersionInfo>,
+    /// True when `versions` stops early because one reply cannot carry more (NATS max
+    /// payload); omitted when the list is complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// When truncated: ask again with `{"after": next}` for the following page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One version of a model.
@@ -328,6 +352,52 @@ impl Status {
         }
     }
 
+    /// This status within `max_bytes` of JSON. Messages over [`MAX_STATUS_MESSAGE_CHARS`] are
+    /// cut (ending in `…`); if that is not enough, the worst scalers are kept, the rest left out,
+    /// and the application's message says how many. The aggregate type never changes, so a
+    /// fitted status never looks better than the whole one.
+    pub fn fit(mut self, max_bytes: usize) -> Self {
+        if json_len(&self) <= max_bytes {
+            return self;
+        }
+        truncate_chars(&mut self.status.message, MAX_STATUS_MESSAGE_CHARS);
+        for s in &mut self.scalers {
+            truncate_chars(&mut s.status.message, MAX_STATUS_MESSAGE_CHARS);
+        }
+        if json_len(&self) <= max_bytes {
+            return self;
+        }
+        let total = self.scalers.len();
+        // Room for the note below.
+        let mut used = json_len(&Status {
+            status: self.status.clone(),
+            scalers: Vec::new(),
+        }) + 200;
+        let mut order: Vec<usize> = (0..total).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.scalers[i].status.status_type.rank()));
+        let mut keep = vec![false; total];
+        for i in order {
+            let size = json_len(&self.scalers[i]) + 1;
+            if used + size <= max_bytes {
+                used += size;
+                keep[i] = true;
+            }
+        }
+        let mut index = 0;
+        self.scalers.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        let left_out = total - self.scalers.len();
+        if !self.status.message.is_empty() {
+            self.status.message.push(' ');
+        }
+        self.status.message.push_str(&format!(
+            "({left_out} of {total} scalers left out: a status is stored in at most {max_bytes} bytes)"
+        ));
+        self
+    }
+
     /// Aggregates scaler statuses: the worst wins, and its message (with the scaler's name)
     /// becomes the application's. With no scalers the application counts as deployed.
     pub fn aggregate(scalers: Vec<ScalerStatus>) -> Self {
@@ -350,5 +420,20 @@ impl Status {
             status: StatusInfo::new(worst, message),
             scalers,
         }
+    }
+}
+
+/// Most characters of one status message kept by [`Status::fit`].
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 1024;
+
+fn json_len(value: &impl Serialize) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
+/// Cuts `s` to `max` characters, ending in `…` when anything was cut.
+pub fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
     }
 }

@@ -1,9 +1,29 @@
 //! Unit tests of the model, validation and planner.
 
+mod api_tests;
 mod lattice_tests;
+mod limits_tests;
 mod model_tests;
 mod planner_tests;
 mod validation_tests;
+
+/// Every manifest under the repository's `manifests/` directory, as (path, text).
+pub fn repo_manifests() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+    out
+}
 
 /// The reference's example shape: a component with config and secrets, a provider linked to it
 /// with source config, a spreadscaler with weighted spreads.

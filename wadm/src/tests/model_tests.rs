@@ -170,3 +170,24 @@ fn empty_and_garbage_input_say_so() {
     let err = parse_manifest(b"- a\n- b\n").expect_err("rejected");
     assert!(!err.to_string().is_empty());
 }
+
+#[test]
+fn json_with_trailing_data_is_refused() {
+    let json = serde_json::to_string(
+        &parse_manifest(EXAMPLE_YAML.as_bytes())
+            .expect("valid")
+            .manifest,
+    )
+    .expect("json");
+    assert!(parse_manifest(json.as_bytes()).is_ok());
+    assert!(parse_manifest(format!("{json}\n  \n").as_bytes()).is_ok());
+    for garbage in ["x", "{}", "]", "\n{\"a\":1}"] {
+        let err = parse_manifest(format!("{json}{garbage}").as_bytes()).expect_err("trailing");
+        let message = err.to_string();
+        assert!(
+            message.contains("unexpected data after the JSON document"),
+            "{message}"
+        );
+        assert!(err.diagnostics[0].line.is_some(), "{message}");
+    }
+}

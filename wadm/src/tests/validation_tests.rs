@@ -210,11 +210,68 @@ fn wrong_api_version_and_kind() {
 
 #[test]
 fn unknown_interface_is_a_warning_not_an_error() {
-    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: http\n            interfaces: [foo]\n            target: a\n");
+    let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: http\n            interfaces: [foo]\n            target: b\n{COMP_B}");
     let parsed = parse_manifest(manifest("x", "", &comps, "").as_bytes()).expect("accepted");
     assert!(parsed
         .warnings
         .iter()
         .any(|w| w.severity == Severity::Warning
             && w.message.contains("unknown interface `wasi:http/foo`")));
+}
+
+const COMP_B: &str =
+    "    - name: b\n      type: component\n      properties:\n        image: file:///b.wasm\n";
+
+fn link_from_a(target: &str, name: Option<&str>) -> String {
+    let name = name.map_or(String::new(), |n| format!("            name: {n}\n"));
+    format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: keyvalue\n            interfaces: [store]\n            target: {{name: {target}}}\n{name}{COMP_B}")
+}
+
+#[test]
+fn self_link() {
+    rejected(
+        &manifest("x", "", &link_from_a("a", None), ""),
+        "spec.components[0].traits[0].properties.target.name",
+        "component `a` links to itself",
+    );
+    assert!(parse_manifest(manifest("x", "", &link_from_a("b", None), "").as_bytes()).is_ok());
+}
+
+#[test]
+fn wildcard_and_blank_link_names() {
+    for (name, why) in [
+        ("\"*\"", "`*` is a NATS wildcard"),
+        ("\">\"", "`>` is a NATS wildcard"),
+        ("\"a.*\"", "`*` is a NATS wildcard"),
+        ("\"two words\"", "blank or control character"),
+        ("\"\"", "the link name is empty"),
+    ] {
+        rejected(
+            &manifest("x", "", &link_from_a("b", Some(name)), ""),
+            "spec.components[0].traits[0].properties.name",
+            why,
+        );
+    }
+    let ok = manifest("x", "", &link_from_a("b", Some("backup-store_2")), "");
+    assert!(parse_manifest(ok.as_bytes()).is_ok());
+}
+
+#[test]
+fn overlong_name_and_version() {
+    rejected(
+        &manifest(&"n".repeat(129), "", COMP_A, ""),
+        "metadata.name",
+        "at most 128",
+    );
+    assert!(parse_manifest(manifest(&"n".repeat(128), "", COMP_A, "").as_bytes()).is_ok());
+    rejected(
+        &manifest(
+            "x",
+            &format!("  annotations:\n    version: {}\n", "v".repeat(129)),
+            COMP_A,
+            "",
+        ),
+        "metadata.annotations.version",
+        "longer than 128",
+    );
 }
