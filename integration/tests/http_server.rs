@@ -41,6 +41,11 @@ mod raw_http {
     }
 
     impl Connection {
+        /// The socket, to watch it close.
+        pub fn stream_mut(&mut self) -> &mut TcpStream {
+            self.stream.get_mut()
+        }
+
         pub async fn open(addr: &str) -> anyhow::Result<Self> {
             let stream = TcpStream::connect(addr)
                 .await
@@ -135,6 +140,144 @@ mod raw_http {
                 body,
             })
         }
+    }
+
+    /// A response read leniently: how far it got and whether it was complete (a
+    /// `Content-Length` body in full, or a chunked body up to its final `0` chunk).
+    #[derive(Debug)]
+    pub struct Exchange {
+        pub status: u16,
+        pub body: Vec<u8>,
+        pub complete: bool,
+    }
+
+    impl Exchange {
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// Reads one response; a body that stops early (EOF, reset) makes an incomplete
+    /// [`Exchange`], not an error. Errors only when no status line arrives.
+    pub async fn read_exchange<R>(stream: &mut BufReader<R>) -> anyhow::Result<Exchange>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .with_context(|| format!("no status line: {line:?}"))?
+            .parse()?;
+        let mut content_length = None;
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').context("header line")?;
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "content-length" {
+                content_length = Some(value.parse::<usize>()?);
+            } else if name == "transfer-encoding" && value.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        let complete = if let Some(len) = content_length {
+            let mut limited = stream.take(len as u64);
+            let _ = limited.read_to_end(&mut body).await;
+            body.len() == len
+        } else if chunked {
+            read_chunks(stream, &mut body).await.unwrap_or(false)
+        } else {
+            let _ = stream.read_to_end(&mut body).await;
+            true
+        };
+        Ok(Exchange {
+            status,
+            body,
+            complete,
+        })
+    }
+
+    /// Reads chunks into `body`: true after the final `0` chunk, false at an early EOF.
+    async fn read_chunks<R>(stream: &mut BufReader<R>, body: &mut Vec<u8>) -> anyhow::Result<bool>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        loop {
+            let mut size = String::new();
+            if stream.read_line(&mut size).await? == 0 {
+                return Ok(false);
+            }
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)?;
+            if size == 0 {
+                let mut end = String::new();
+                stream.read_line(&mut end).await?;
+                return Ok(end == "\r\n");
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            stream.read_exact(&mut body[start..]).await?;
+            let mut crlf = [0u8; 2];
+            stream.read_exact(&mut crlf).await?;
+        }
+    }
+
+    /// Sends `body` chunked (64 KiB chunks) on a fresh connection while reading the response,
+    /// as a client streaming an upload would. Write errors are ignored: the server may answer
+    /// and close before the whole body is sent.
+    pub async fn chunked_exchange(
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Exchange> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (read, mut write) = stream.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let writer = tokio::spawn(async move {
+            write.write_all(head.as_bytes()).await?;
+            for chunk in body.chunks(64 * 1024) {
+                write
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                write.write_all(chunk).await?;
+                write.write_all(b"\r\n").await?;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
+            // Keep the write half open until the response is read.
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        });
+        let mut reader = BufReader::new(read);
+        let exchange = tokio::time::timeout(Duration::from_secs(60), read_exchange(&mut reader))
+            .await
+            .context("no response within 60 s");
+        writer.abort();
+        exchange?
+    }
+
+    /// `GET path` on a fresh connection, read leniently.
+    pub async fn get_exchange(addr: &str, path: &str) -> anyhow::Result<Exchange> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut reader = BufReader::new(stream);
+        tokio::time::timeout(Duration::from_secs(60), read_exchange(&mut reader))
+            .await
+            .context("no response within 60 s")?
     }
 
     /// One request on a fresh connection.
@@ -516,4 +659,234 @@ async fn unknown_provider_refs_fail_with_the_supported_list() {
         error.contains("not supported") && error.contains("http-server"),
         "{error}"
     );
+}
+
+/// An 11 MB body with a pattern (past the default 10 MiB `max_content_len`).
+fn oversized_body() -> Vec<u8> {
+    (0..11_000_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// No response passes for complete when it is not: a chunked body over `max_content_len` gets
+/// 413 (or, once the component has started answering, a cut-off response), never the
+/// component's success; a component trapping mid-body cuts the response off (no final chunk).
+async fn check_cut_offs(addr: &str) {
+    // `/count` answers only after reading the whole body: nothing has started, so 413.
+    let reply = raw_http::chunked_exchange(addr, "/count", oversized_body())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(
+        reply.text().contains("max_content_len") && !reply.text().contains("read "),
+        "{}",
+        reply.text()
+    );
+
+    // `/echo` answers at once and streams: it is either refused or visibly cut off.
+    let body = oversized_body();
+    let reply = raw_http::chunked_exchange(addr, "/echo", body.clone())
+        .await
+        .unwrap();
+    assert!(
+        reply.status == 413 || (reply.status == 200 && !reply.complete),
+        "an oversized chunked echo must not come back complete: {} complete={} ({} bytes)",
+        reply.status,
+        reply.complete,
+        reply.body.len()
+    );
+    assert!(reply.body.len() < body.len());
+
+    // A trap after the first parts: the parts arrive, the final chunk never does.
+    let reply = raw_http::get_exchange(addr, "/stream-trap").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        !reply.complete,
+        "a response cut off by a trap looked complete: {:?}",
+        reply.text()
+    );
+    assert!(reply.text().starts_with("first part"), "{:?}", reply.text());
+
+    // The server and the component are fine afterwards.
+    let reply = request(addr, "GET", "/", b"").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let reply = request(addr, "POST", "/count", b"12345").await.unwrap();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "read 5 bytes\n"));
+}
+
+/// Limits for the cut-off checks: time to move 11 MB through a debug-built host.
+fn roomy_limits() -> serde_json::Value {
+    json!({"max_execution_time_ms": "20000", "max_memory_mb": "64"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cut_off_responses_are_never_complete_in_process() {
+    let nats = NatsServer::start().await;
+    let host = HostProcess::start(&nats.url(), "default", &[]).await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+
+    put_config(&lattice, "http-addr", &[("address", &addr)]).await;
+    put_config(&lattice, "http-limits", &[("max_content_len", "10M")]).await;
+    start_provider(
+        &lattice,
+        &host,
+        "http-server",
+        "wasmcloud+builtin://http-server",
+        &["http-limits"],
+    )
+    .await;
+    scale(&lattice, &host, "hello", 4, roomy_limits()).await;
+    link(&lattice, "http-server", "hello", &["http-addr"]).await;
+    wait_for_hello(&addr, &host).await;
+    check_cut_offs(&addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cut_off_responses_are_never_complete_over_the_lattice() {
+    let nats = NatsServer::start().await;
+    let front = HostProcess::start(&nats.url(), "default", &[]).await;
+    let back = HostProcess::start(&nats.url(), "default", &[]).await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+
+    put_config(&lattice, "http-addr", &[("address", &addr)]).await;
+    put_config(&lattice, "http-limits", &[("max_content_len", "10M")]).await;
+    start_provider(
+        &lattice,
+        &front,
+        "http-server",
+        "wasmcloud+builtin://http-server",
+        &["http-limits"],
+    )
+    .await;
+    scale(&lattice, &back, "hello", 4, roomy_limits()).await;
+    link(&lattice, "http-server", "hello", &["http-addr"]).await;
+    wait_for_hello(&addr, &front).await;
+    check_cut_offs(&addr).await;
+
+    // The same through the provider running as its own process.
+    let addr2 = format!("127.0.0.1:{}", free_port());
+    put_config(&lattice, "http-addr2", &[("address", &addr2)]).await;
+    put_config(&lattice, "http-process", &[("process", "true")]).await;
+    start_provider(
+        &lattice,
+        &front,
+        "http-proc",
+        "wasmcloud+builtin://http-server",
+        &["http-process"],
+    )
+    .await;
+    link(&lattice, "http-proc", "hello", &["http-addr2"]).await;
+    wait_for_hello(&addr2, &front).await;
+    let reply = raw_http::get_exchange(&addr2, "/stream-trap").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(!reply.complete, "{:?}", reply.text());
+}
+
+/// Waits until the server closes `stream` (EOF or reset), up to a generous bound.
+async fn wait_closed(stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server did not close {what} within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listeners_bound_slow_idle_and_excess_connections() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let nats = NatsServer::start().await;
+    let host = HostProcess::start(&nats.url(), "default", &[]).await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let idle_addr = format!("127.0.0.1:{}", free_port());
+
+    put_config(&lattice, "http-addr", &[("address", &addr)]).await;
+    put_config(&lattice, "http-idle-addr", &[("address", &idle_addr)]).await;
+    put_config(
+        &lattice,
+        "http-tight",
+        &[("header_read_timeout_ms", "300"), ("max_connections", "2")],
+    )
+    .await;
+    put_config(&lattice, "http-idle", &[("idle_timeout_ms", "300")]).await;
+    start_provider(
+        &lattice,
+        &host,
+        "http-server",
+        "wasmcloud+builtin://http-server",
+        &["http-tight"],
+    )
+    .await;
+    start_provider(
+        &lattice,
+        &host,
+        "http-idle",
+        "wasmcloud+builtin://http-server",
+        &["http-idle"],
+    )
+    .await;
+    scale(&lattice, &host, "hello", 4, json!(null)).await;
+    link(&lattice, "http-server", "hello", &["http-addr"]).await;
+    link(&lattice, "http-idle", "hello", &["http-idle-addr"]).await;
+    wait_for_hello(&addr, &host).await;
+    wait_for_hello(&idle_addr, &host).await;
+
+    // A client that sends part of a head and stalls is disconnected.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: slow\r\n")
+        .await
+        .unwrap();
+    wait_closed(&mut slow, "a connection with a stalled request head").await;
+
+    // A keep-alive connection left idle is closed (the other listener's idle timeout).
+    let mut idle = raw_http::Connection::open(&idle_addr).await.unwrap();
+    assert_eq!(idle.send("GET", "/", b"").await.unwrap().status, 200);
+    wait_closed(idle.stream_mut(), "an idle keep-alive connection").await;
+
+    // Two connections fill the cap (connections from earlier requests may still be closing:
+    // those get 503 until they are gone).
+    let mut held = Vec::new();
+    let started = Instant::now();
+    while held.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "two connections were not served under the cap within 20 s"
+        );
+        let mut conn = raw_http::Connection::open(&addr).await.unwrap();
+        let reply = conn.send("GET", "/", b"").await.unwrap();
+        if reply.status == 200 {
+            held.push(conn);
+        } else {
+            assert_eq!(reply.status, 503, "{}", reply.text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A third is refused at once with a message naming the limit...
+    let reply = request(&addr, "GET", "/", b"").await.unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("max_connections"), "{}", reply.text());
+    // ...while the open ones keep being served.
+    for conn in &mut held {
+        let reply = conn.send("GET", "/", b"").await.unwrap();
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, "Hello from Trellis!\n")
+        );
+    }
+    // Closing one makes room again.
+    held.pop();
+    eventually("a new connection served after one closed", || async {
+        let reply = request(&addr, "GET", "/", b"").await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
 }

@@ -4,6 +4,11 @@
 //! - `/`       200 `Hello from Trellis!\n`
 //! - `/echo`   200, streams the request body back in chunks (works for bodies of several MB)
 //! - `/trap`   panics, which traps the instance
+//! - `/count`  reads the whole request body, then answers 200 `read N bytes\n`, or 400
+//!   `reading the request body failed: ERROR\n` when the read fails (e.g. past the server's
+//!   body limit)
+//! - `/stream-trap` answers 200, streams two parts 100 ms apart, then panics mid-body (the
+//!   client must see an incomplete response)
 //! - `/loop`   spins forever (used to test execution deadlines)
 //! - `/grow`   allocates memory without bound (used to test memory limits)
 //! - `/stdout` prints a line to stdout and a line to stderr, then answers 200 `printed\n`
@@ -37,6 +42,8 @@ impl wasi::exports::http::incoming_handler::Guest for HttpHello {
             "/" => respond(response_out, 200, b"Hello from Trellis!\n"),
             "/echo" => echo(request, response_out),
             "/trap" => panic!("the /trap route panics on purpose"),
+            "/count" => count(request, response_out),
+            "/stream-trap" => stream_then_trap(response_out),
             "/loop" => spin_forever(),
             "/grow" => grow_forever(),
             "/stdout" => {
@@ -106,6 +113,43 @@ fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
     }
     drop(input);
     OutgoingBody::finish(outgoing, None).expect("finishing the echoed body");
+}
+
+/// Reads the whole request body and answers with its length (or the read error).
+fn count(request: IncomingRequest, response_out: ResponseOutparam) {
+    let incoming = request.consume().expect("request body is consumed once");
+    let input = incoming.stream().expect("input stream is taken once");
+    let mut total: u64 = 0;
+    let failure = loop {
+        match input.blocking_read(ECHO_CHUNK) {
+            Ok(chunk) => total += chunk.len() as u64,
+            Err(StreamError::Closed) => break None,
+            Err(StreamError::LastOperationFailed(err)) => break Some(err.to_debug_string()),
+        }
+    };
+    drop(input);
+    match failure {
+        None => respond(response_out, 200, format!("read {total} bytes\n").as_bytes()),
+        Some(error) => respond(
+            response_out,
+            400,
+            format!("reading the request body failed after {total} bytes: {error}\n").as_bytes(),
+        ),
+    }
+}
+
+/// Starts a streamed 200 response, sends two parts, then traps before finishing it.
+fn stream_then_trap(response_out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("outgoing body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let mut output = outgoing.write().expect("output stream is taken once");
+    for part in [&b"first part\n"[..], &b"second part\n"[..]] {
+        output.write_all(part).expect("writing a part");
+        output.flush().expect("flushing a part");
+        wasi::clocks::monotonic_clock::subscribe_duration(100_000_000).block();
+    }
+    panic!("the /stream-trap route panics mid-body on purpose");
 }
 
 /// Sends `GET http://{target}` and returns the response status.

@@ -15,12 +15,14 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::log_limit::LogLimiter;
 
 use super::cache::CompileSource;
 use super::concurrency::{InstanceGate, InstancePermit, SpareBudget, SpareToken};
 use super::guest_log::{GuestLog, GuestStream};
+use super::http_body::{HttpOutcome, HttpResponseBody};
 use super::limits::{ComponentLimits, MemoryLimiter};
 use super::outgoing::{AllowedHosts, OutgoingHttpPolicy};
 use super::state::{Capability, Extensions, InstanceContext, InstanceState};
@@ -28,6 +30,9 @@ use super::state::{Capability, Extensions, InstanceContext, InstanceState};
 /// Extra time, past the execution deadline, given to an invocation blocked in host I/O (where
 /// epoch interruption cannot reach it) before it is cancelled.
 const HOST_IO_GRACE: Duration = Duration::from_millis(100);
+
+/// At most one warning per this interval about components failing after their response head.
+static FAILED_AFTER_HEAD: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
 /// Why an invocation failed. Only that invocation is affected: the component keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +90,13 @@ impl InvocationError {
     }
 }
 
-/// What went wrong inside one store, recorded by the limiter and the epoch callback.
+/// What went wrong inside one store, recorded by the limiter and the epoch callback, and how
+/// an HTTP invocation ended (read by its response body).
 #[derive(Debug, Default)]
-struct InvocationFlags {
+pub(super) struct InvocationFlags {
     deadline_hit: AtomicBool,
     memory_hit: Arc<AtomicBool>,
+    pub(super) http: HttpOutcome,
 }
 
 /// Marker error returned by the epoch callback when the deadline has passed.
@@ -367,11 +374,13 @@ impl PreparedComponent {
     /// Waits for a free instance slot (bounded queue), then returns as soon as the guest has
     /// set the response head; the body keeps streaming from the instance afterwards, still
     /// under the execution deadline and still holding its slot. Errors say what went wrong
-    /// and map to HTTP statuses with [`InvocationError::status_code`].
+    /// and map to HTTP statuses with [`InvocationError::status_code`]. When the invocation
+    /// fails after the head (trap, deadline...), the body ends in an error instead of a clean
+    /// end ([`HttpResponseBody`]), so a server can abort the response.
     pub async fn handle_http<B>(
         &self,
         request: http::Request<B>,
-    ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>
+    ) -> Result<http::Response<HttpResponseBody>, InvocationError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -421,11 +430,17 @@ impl PreparedComponent {
         let limits = self.limits.clone();
         let invocation = async move {
             let _permit: InstancePermit = permit;
+            // Records the outcome before the store (and with it the response body) goes,
+            // also when this task is aborted.
+            let mut store = RecordOutcome {
+                store,
+                flags: task_flags.clone(),
+            };
             let run = async {
-                let proxy = proxy_pre.instantiate_async(&mut store).await?;
+                let proxy = proxy_pre.instantiate_async(&mut store.store).await?;
                 proxy
                     .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
+                    .call_handle(&mut store.store, incoming, outparam)
                     .await
             };
             let result = match tokio::time::timeout(limit + HOST_IO_GRACE, run).await {
@@ -435,11 +450,17 @@ impl PreparedComponent {
                     Err(wasmtime::Error::new(DeadlineReached))
                 }
             };
-            // If nobody waits for the result, the response head was already sent: report
-            // failures that happened while streaming the body.
+            let result = result.map_err(|error| classify(&component_id, &limits, &task_flags, error));
+            match &result {
+                Ok(()) => task_flags.http.succeeded(),
+                Err(error) => task_flags.http.failed(|| error.to_string()),
+            }
+            // If nobody waits for the result, the response head was already sent: the body
+            // reports the failure to its reader; log it too (rate-limited).
             if let Err(Err(error)) = done_tx.send(result) {
-                let error = classify(&component_id, &limits, &task_flags, error);
-                tracing::warn!(component_id = &*component_id, %error, "component failed after sending its response head");
+                if let Some(suppressed) = FAILED_AFTER_HEAD.allow() {
+                    tracing::warn!(component_id = &*component_id, %error, suppressed, "component failed after sending its response head; the response body was cut off");
+                }
             }
         };
         let abort = {
@@ -452,7 +473,7 @@ impl PreparedComponent {
             Ok(Ok(response)) => {
                 // The instance goes on producing the body, bounded by its deadline.
                 abort.disarm();
-                Ok(response)
+                Ok(response.map(|body| HttpResponseBody::new(body, flags)))
             }
             Ok(Err(code)) => Err(anyhow!(
                 "component {} answered with the wasi:http error {code:?}",
@@ -463,7 +484,7 @@ impl PreparedComponent {
                 Ok(Ok(())) => {
                     Err(anyhow!("component {} returned without setting a response", self.id).into())
                 }
-                Ok(Err(error)) => Err(classify(&self.id, &self.limits, &flags, error)),
+                Ok(Err(error)) => Err(error),
                 Err(_) => {
                     Err(anyhow!("the invocation of component {} was cancelled", self.id).into())
                 }
@@ -553,6 +574,22 @@ fn ensure_authority<B>(mut request: http::Request<B>) -> http::Request<B> {
         );
     }
     request
+}
+
+/// An HTTP invocation's store; dropped without an outcome recorded (the task was aborted), it
+/// records a failure first, so the response body it produced does not end as if complete.
+struct RecordOutcome {
+    store: Store<InstanceState>,
+    flags: Arc<InvocationFlags>,
+}
+
+impl Drop for RecordOutcome {
+    fn drop(&mut self) {
+        // Runs before the fields (the store) are dropped.
+        self.flags
+            .http
+            .failed(|| "the invocation was cancelled (the component stopped)".to_string());
+    }
 }
 
 /// Aborts the invocation task if the caller stops waiting before the response head.

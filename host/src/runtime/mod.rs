@@ -68,6 +68,7 @@ mod component;
 mod concurrency;
 mod engine;
 mod guest_log;
+mod http_body;
 mod limits;
 mod loader;
 mod outgoing;
@@ -98,8 +99,7 @@ pub use loader::{
 };
 pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
 pub use state::{Capability, Extensions, ImportResolver, InstanceContext, InstanceState};
-/// The response body type of [`PreparedComponent::handle_http`].
-pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+pub use http_body::HttpResponseBody;
 
 /// How to build a [`Runtime`].
 #[derive(Clone, Default)]

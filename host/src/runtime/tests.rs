@@ -173,6 +173,45 @@ async fn echo_streams_a_multi_megabyte_body_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_after_the_head_ends_the_body_in_an_error_not_a_clean_end() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec("stream-trap", &wasm, 2, &[]))
+        .await
+        .expect("prepare");
+    let response = tokio::time::timeout(
+        STEP_TIMEOUT,
+        component.handle_http(request("/stream-trap", "")),
+    )
+    .await
+    .expect("the head in time")
+    .expect("the head is sent before the trap");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let error = loop {
+        let frame = tokio::time::timeout(STEP_TIMEOUT, body.frame())
+            .await
+            .expect("a frame in time");
+        match frame {
+            Some(Ok(frame)) => received.extend_from_slice(&frame.into_data().unwrap_or_default()),
+            Some(Err(error)) => break error,
+            None => panic!(
+                "the body ended cleanly after {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    };
+    assert!(received.starts_with(b"first part"), "{received:?}");
+    let error = format!("{error:?}");
+    assert!(error.contains("cut off") && error.contains("trapped"), "{error}");
+    // The component serves on.
+    assert_hello(&component).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_hits_the_deadline_and_the_next_request_succeeds() {
     let wasm = hello_wasm();
     let cache = tempfile::tempdir().expect("tempdir");

@@ -1,5 +1,6 @@
 //! Serving one request: the body limit, then the component on this host (co-location fast
-//! path) or on another host over the lattice.
+//! path) or on another host over the lattice; the response body that never passes a cut-off
+//! response for a complete one.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,15 +13,101 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
-use trellis_host::runtime::PreparedComponent;
+use trellis_host::runtime::{HttpResponseBody, PreparedComponent};
 
 use super::lattice::forward;
 use super::settings::DEFAULT_REMOTE_TIMEOUT;
 use super::wire::BodyError;
 use super::Shared;
 
-/// The body of every response the server sends.
-pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
+/// The body of every response the server sends: a component's own body (this process), or
+/// any other body (messages, bodies arriving over the lattice). Either ends in an error
+/// instead of a clean end when the response must not pass for complete: the component failed
+/// while producing it, the lattice transfer failed, or the request body passed
+/// `max_content_len` after the response had started. A server then aborts the response.
+pub(crate) struct ResponseBody {
+    source: Source,
+    /// Set when the request body passed the limit.
+    request_over_limit: Option<Arc<AtomicBool>>,
+}
+
+enum Source {
+    Component(HttpResponseBody),
+    Other(UnsyncBoxBody<Bytes, BodyError>),
+}
+
+impl ResponseBody {
+    /// A body produced by a component running in this process.
+    pub fn component(body: HttpResponseBody) -> Self {
+        Self {
+            source: Source::Component(body),
+            request_over_limit: None,
+        }
+    }
+
+    /// Any other body.
+    pub fn other<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BodyError> + Send + 'static,
+    {
+        Self {
+            source: Source::Other(body.boxed_unsync()),
+            request_over_limit: None,
+        }
+    }
+
+    /// Makes the body fail once `flag` is set (the request body passed the limit).
+    fn cut_off_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.request_over_limit = Some(flag);
+        self
+    }
+
+    fn over_limit(&self) -> bool {
+        self.request_over_limit
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = match &mut self.source {
+            Source::Component(body) => Pin::new(body).poll_frame(cx),
+            Source::Other(body) => Pin::new(body).poll_frame(cx),
+        };
+        if polled.is_ready() && self.over_limit() {
+            // What the component made of the failed read (an early end, say) must not reach
+            // the client as a complete response.
+            self.request_over_limit = None;
+            return Poll::Ready(Some(Err(BodyError::InternalError(Some(
+                "the request body passed this server's max_content_len after the response had started"
+                    .to_string(),
+            )))));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.over_limit()
+            && match &self.source {
+                Source::Component(body) => body.is_end_stream(),
+                Source::Other(body) => body.is_end_stream(),
+            }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Component(body) => body.size_hint(),
+            Source::Other(body) => body.size_hint(),
+        }
+    }
+}
 
 /// A plain-text response (errors and refusals), always with a message saying why.
 pub(crate) fn text_response(
@@ -29,11 +116,9 @@ pub(crate) fn text_response(
 ) -> Response<ResponseBody> {
     let mut message = message.into();
     message.push('\n');
-    let mut response = Response::new(
-        http_body_util::Full::new(Bytes::from(message))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = Response::new(ResponseBody::other(
+        http_body_util::Full::new(Bytes::from(message)).map_err(|never| match never {}),
+    ));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -153,7 +238,8 @@ where
     if exceeded.load(Ordering::SeqCst) {
         return too_large(limit);
     }
-    response
+    // The request body may still pass the limit while the response streams.
+    response.map(|body| body.cut_off_when(exceeded))
 }
 
 /// Calls a component running in this process, mapping its failures to statuses with
@@ -185,7 +271,7 @@ where
         None => call.await,
     };
     match result {
-        Ok(response) => response,
+        Ok(response) => response.map(ResponseBody::component),
         Err(error) => {
             let status = error.status_code();
             tracing::warn!(component_id = prepared.id(), %status, error = %format!("{error:#}"), "HTTP request failed in the component");

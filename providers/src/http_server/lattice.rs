@@ -13,7 +13,6 @@ use async_nats::{Message, RequestErrorKind, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::task::{JoinHandle, JoinSet};
 use trellis_host::Host;
@@ -45,10 +44,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A response body that keeps a helper task (serving the request body's chunks) alive until
-/// the response is done.
+/// A response body arriving over the lattice that keeps a helper task (serving the request
+/// body's chunks) alive until the response is done.
 struct GuardedBody {
-    inner: ResponseBody,
+    inner: LatticeBody,
     _guard: Option<AbortOnDrop>,
 }
 
@@ -173,10 +172,10 @@ where
         None => LatticeBody::full(first),
     };
     let body = GuardedBody {
-        inner: body.boxed_unsync(),
+        inner: body,
         _guard: guard,
     };
-    let mut response = Response::new(body.boxed_unsync());
+    let mut response = Response::new(ResponseBody::other(body));
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
     response

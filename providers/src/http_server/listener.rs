@@ -1,5 +1,6 @@
 //! One TCP listener: HTTP/1.1 with keep-alive, requests routed by its (live-updatable) route
-//! table, graceful shutdown.
+//! table, a cap on open connections (`max_connections`: over it, 503 at once), the
+//! header-read and idle timeouts ([`super::connection`]), graceful shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,17 +8,33 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use trellis_host::log_limit::LogLimiter;
 
+use super::connection::{Clock, Timeouts, TrackedBody, TrackedIo};
 use super::dispatch::{dispatch, text_response, ResponseBody};
 use super::routes::RouteTable;
 use super::Shared;
+
+/// Connections over the cap being answered 503 at once; past this they are closed unanswered.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// Longest a refused connection is kept to deliver its 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Most request bytes read (and thrown away) from a refused connection.
+const REFUSAL_DRAIN_MAX: usize = 64 * 1024;
+
+/// At most one warning per this interval about refused connections.
+static AT_CAP: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+/// At most one warning per this interval about failing accepts.
+static ACCEPT_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
 /// A bound listener and the task serving it.
 pub(crate) struct Listener {
@@ -86,41 +103,74 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(!shared.settings.disable_keepalive);
+    let timeouts = Timeouts {
+        header_read: shared.settings.header_read_timeout,
+        idle: shared.settings.idle_timeout,
+    };
+    let max_connections = shared.settings.max_connections;
+    let refusal = refusal_response(max_connections);
+    let addr = tcp.local_addr().ok();
     // Owned here: dropping this task's future aborts every connection.
     let mut connections = JoinSet::new();
+    let mut refusals = JoinSet::new();
     let grace = loop {
         tokio::select! {
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
             accepted = tcp.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: do not spin.
-                        tracing::warn!(%error, "accepting a connection failed");
+                        if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                            tracing::warn!(?addr, %error, suppressed, "accepting a connection failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                while connections.try_join_next().is_some() {}
+                if connections.len() >= max_connections {
+                    if let Some(suppressed) = AT_CAP.allow() {
+                        tracing::warn!(?addr, max_connections, suppressed, "the listener is at its connection cap: answering new connections 503 (raise config `max_connections` if this load is legitimate)");
+                    }
+                    refuse(stream, &refusal, &mut refusals);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
+                let clock = Arc::new(Clock::new());
                 let routes = routes.clone();
                 let shared = shared.clone();
+                let service_clock = clock.clone();
                 let service = service_fn(move |request: hyper::Request<Incoming>| {
+                    service_clock.request_started();
                     let table = routes.read().unwrap_or_else(|p| p.into_inner()).clone();
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(serve(&shared, &table, request).await) }
+                    let clock = service_clock.clone();
+                    async move {
+                        let response = serve(&shared, &table, request).await;
+                        Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, clock)))
+                    }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let io = TokioIo::new(TrackedIo::new(stream, clock.clone()));
+                let connection = builder.serve_connection(io, service);
                 let watched = graceful.watch(connection);
                 connections.spawn(async move {
-                    if let Err(error) = watched.await {
-                        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+                    tokio::select! {
+                        served = watched => if let Err(error) = served {
+                            tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+                        },
+                        expired = clock.watch(timeouts) => {
+                            tracing::debug!(%peer, ?expired, "closing an HTTP connection that outlasted its header-read or idle timeout");
+                        }
                     }
                 });
             }
         }
     };
     drop(tcp);
+    refusals.shutdown().await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
@@ -128,6 +178,45 @@ async fn accept_loop(
         }
     }
     connections.shutdown().await;
+}
+
+/// The bytes sent to a connection over the cap.
+fn refusal_response(max_connections: usize) -> Bytes {
+    let message = format!(
+        "this server is at its limit of {max_connections} open connections (config `max_connections`); retry later\n"
+    );
+    Bytes::from(format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{message}",
+        message.len()
+    ))
+}
+
+/// Answers a connection over the cap with `refusal` and closes it. The request is read and
+/// thrown away for a moment so that closing does not reset the connection before the client
+/// has read the answer; at most [`REFUSALS_IN_FLIGHT`] such goodbyes run at once, beyond that
+/// the connection is closed at once.
+fn refuse(mut stream: TcpStream, refusal: &Bytes, refusals: &mut JoinSet<()>) {
+    while refusals.try_join_next().is_some() {}
+    if refusals.len() >= REFUSALS_IN_FLIGHT {
+        return;
+    }
+    let refusal = refusal.clone();
+    refusals.spawn(async move {
+        let goodbye = async {
+            stream.write_all(&refusal).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut drained = 0;
+            while drained < REFUSAL_DRAIN_MAX {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(REFUSAL_LINGER, goodbye).await;
+    });
 }
 
 async fn serve(

@@ -10,13 +10,20 @@
 //! A request goes to the component directly when it runs on this host (the co-location fast
 //! path, no NATS), else over NATS to whichever host runs it ([`lattice`], [`wire`]). Bodies
 //! stream both ways; larger than `max_content_len` gets 413, past `timeout_ms` 504, a component
-//! that runs nowhere 503, a trap 500, each with a plain message.
+//! that runs nowhere 503, a trap 500, each with a plain message. A response that fails after
+//! it started (the component traps mid-body, the request body passes the limit, the lattice
+//! transfer breaks) is aborted: the connection closes without the final chunk, so the client
+//! sees an incomplete message, never a complete-looking truncated one.
+//!
+//! Every listener bounds its connections ([`settings::Settings`]: `header_read_timeout_ms`,
+//! `idle_timeout_ms`, `max_connections`).
 
 pub mod lattice;
 pub mod process;
 pub mod settings;
 pub mod wire;
 
+mod connection;
 mod dispatch;
 mod listener;
 mod routes;

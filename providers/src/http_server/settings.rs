@@ -13,6 +13,14 @@ pub const DEFAULT_ADDRESS: &str = "0.0.0.0:8000";
 pub const DEFAULT_MAX_CONTENT_LEN: u64 = 10 * 1024 * 1024;
 /// How long a forwarded request may wait for its response head when `timeout_ms` is unset.
 pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `header_read_timeout_ms`: how long a client may take to send a complete request
+/// head (10 s).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle_timeout_ms`: how long a keep-alive connection may wait for its next request
+/// (60 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `max_connections`: open connections per listener (10 000).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The environment variable that, set to `1` or `true`, turns off the co-location fast path.
 pub const DISABLE_COLOCATION_ENV: &str = "TRELLIS_DISABLE_COLOCATION";
 
@@ -27,7 +35,30 @@ pub enum RoutingMode {
     Host,
 }
 
-/// The provider-wide settings.
+/// The provider-wide settings, read from the provider's config (keys case-insensitive):
+///
+/// - `routing_mode`: `address` (default), `path` or `host`.
+/// - `default_address`: the listener of the path and host modes, and of links without an
+///   `address` (default [`DEFAULT_ADDRESS`]).
+/// - `header`: the header the host mode routes by (default `host`).
+/// - `max_content_len`: largest request body in bytes, `K`/`M`/`G` suffixes allowed (default
+///   10M). A larger body gets 413, whether its `Content-Length` says so or it is chunked; when
+///   the component already answered, the response is cut off (the connection is closed
+///   without a final chunk) so the client never takes it for complete.
+/// - `timeout_ms`: deadline for the response head (default: the component's own limit; 60 s
+///   over the lattice); past it 504.
+/// - `header_read_timeout_ms`: how long a client may take to send a complete request head,
+///   counted from the connection's accept or the first byte of a keep-alive request; the
+///   connection is then closed without an answer (default 10 000; `0` turns it off).
+/// - `idle_timeout_ms`: how long a keep-alive connection may sit idle between a response
+///   and the first byte of its next request before it is closed (default 60 000; `0` turns it
+///   off).
+/// - `max_connections`: open connections per listener (default 10 000, at least 1). A
+///   connection over the cap is answered `503` with `connection: close` at once, without
+///   reading its request; connections already open are served as usual.
+/// - `disable_keepalive`: close connections after each response.
+/// - `disable_colocation`: always go over the lattice, even to a component on this host
+///   (also the environment variable [`DISABLE_COLOCATION_ENV`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How requests are routed.
@@ -40,6 +71,12 @@ pub struct Settings {
     pub max_content_len: u64,
     /// Deadline for the response head; `None` leaves it to the component's own limit.
     pub timeout: Option<Duration>,
+    /// How long a client may take to send a request head; `None` waits forever.
+    pub header_read_timeout: Option<Duration>,
+    /// How long a keep-alive connection may wait for its next request; `None` waits forever.
+    pub idle_timeout: Option<Duration>,
+    /// Open connections allowed per listener.
+    pub max_connections: usize,
     /// Whether connections are closed after each response.
     pub disable_keepalive: bool,
     /// Whether a component running on this host is called directly (no NATS hop).
@@ -107,12 +144,24 @@ impl Settings {
             None | Some("") => DEFAULT_MAX_CONTENT_LEN,
             Some(value) => parse_size(value).context("config `max_content_len`")?,
         };
-        let timeout = match get_ci(config, "timeout_ms") {
-            None | Some("") => None,
-            Some(value) => Some(Duration::from_millis(value.parse::<u64>().with_context(
-                || format!("config `timeout_ms` is `{value}`: use a number of milliseconds"),
-            )?))
-            .filter(|d| !d.is_zero()),
+        let timeout = millis(config, "timeout_ms", None)?;
+        let header_read_timeout = millis(
+            config,
+            "header_read_timeout_ms",
+            Some(DEFAULT_HEADER_READ_TIMEOUT),
+        )?;
+        let idle_timeout = millis(config, "idle_timeout_ms", Some(DEFAULT_IDLE_TIMEOUT))?;
+        let max_connections = match get_ci(config, "max_connections") {
+            None | Some("") => DEFAULT_MAX_CONNECTIONS,
+            Some(value) => value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| {
+                    format!(
+                        "config `max_connections` is `{value}`: use a number of connections, at least 1"
+                    )
+                })?,
         };
         let disable_keepalive = get_ci(config, "disable_keepalive").is_some_and(is_truthy);
         let colocation_env = std::env::var(DISABLE_COLOCATION_ENV).is_ok_and(|v| is_truthy(&v));
@@ -123,9 +172,29 @@ impl Settings {
             host_header,
             max_content_len,
             timeout,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
             disable_keepalive,
             colocation: !colocation_env && !colocation_config,
         })
+    }
+}
+
+/// Reads a duration in milliseconds: `default` when unset or empty, `None` for `0`.
+fn millis(
+    config: &HashMap<String, String>,
+    key: &str,
+    default: Option<Duration>,
+) -> anyhow::Result<Option<Duration>> {
+    match get_ci(config, key) {
+        None | Some("") => Ok(default),
+        Some(value) => {
+            let ms = value.parse::<u64>().with_context(|| {
+                format!("config `{key}` is `{value}`: use a number of milliseconds (0 turns it off)")
+            })?;
+            Ok(Some(Duration::from_millis(ms)).filter(|d| !d.is_zero()))
+        }
     }
 }
 
@@ -168,6 +237,31 @@ mod tests {
         assert_eq!(s.max_content_len, DEFAULT_MAX_CONTENT_LEN);
         assert_eq!(s.host_header, "host");
         assert!(s.timeout.is_none());
+        assert_eq!(s.header_read_timeout, Some(DEFAULT_HEADER_READ_TIMEOUT));
+        assert_eq!(s.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn connection_limits() {
+        let s = Settings::from_config(&config(&[
+            ("Header_Read_Timeout_Ms", "250"),
+            ("idle_timeout_ms", "0"),
+            ("MAX_CONNECTIONS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(s.header_read_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(s.idle_timeout, None);
+        assert_eq!(s.max_connections, 2);
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections", "many"),
+            ("idle_timeout_ms", "1s"),
+            ("header_read_timeout_ms", "-1"),
+        ] {
+            let e = Settings::from_config(&config(&[(key, value)])).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{e:#}");
+        }
     }
 
     #[test]
