@@ -590,7 +590,7 @@ pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
     }
     if trimmed.starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize::<_, Manifest>(&mut de).map_err(|e| {
+        let manifest = serde_path_to_error::deserialize::<_, Manifest>(&mut de).map_err(|e| {
             let path = display_path(e.path());
             let inner = e.inner();
             ManifestError::single(
@@ -599,7 +599,17 @@ pub fn deserialize_manifest(input: &[u8]) -> Result<Manifest, ManifestError> {
                 Some(inner.column()),
                 strip_json_position(&inner.to_string()),
             )
-        })
+        })?;
+        // Anything but whitespace after the document is a mistake (two documents, a paste).
+        de.end().map_err(|e| {
+            ManifestError::single(
+                String::new(),
+                Some(e.line()),
+                Some(e.column()),
+                "unexpected text after the JSON manifest; send one JSON object".to_string(),
+            )
+        })?;
+        Ok(manifest)
     } else {
         let de = serde_norway::Deserializer::from_str(text);
         serde_path_to_error::deserialize::<_, Manifest>(de).map_err(|e| {
