@@ -99,10 +99,15 @@ const KNOWN_INTERFACES: &[(&str, &str, &[&str])] = &[
     ("wasmcloud", "secrets", &["store", "reveal"]),
 ];
 
-/// True for a name matching `^[-\w]+$` with ASCII word characters: names end up in NATS
-/// subjects and KV keys, which take ASCII only.
+/// Longest application name, in bytes: names end up in NATS subjects and KV keys, which the
+/// server refuses past its control-line limit (4 KiB by default) with the connection itself.
+pub const MAX_APP_NAME_LEN: usize = 256;
+
+/// True for a name matching `^[-\w]+$` with ASCII word characters, at most
+/// [`MAX_APP_NAME_LEN`] long: names end up in NATS subjects and KV keys, which take ASCII only.
 pub fn is_valid_app_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_APP_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -162,7 +167,15 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
             format!("unsupported kind `{}`, expected `{KIND}`", manifest.kind),
         );
     }
-    if !is_valid_app_name(name) {
+    if name.len() > MAX_APP_NAME_LEN {
+        c.error(
+            "metadata.name",
+            format!(
+                "the name is {} bytes long; at most {MAX_APP_NAME_LEN} are allowed",
+                name.len()
+            ),
+        );
+    } else if !is_valid_app_name(name) {
         c.error(
             "metadata.name",
             format!("`{name}` is not a valid name: use letters, digits, `_` and `-` only"),
