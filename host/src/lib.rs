@@ -18,6 +18,9 @@ pub mod providers;
 pub mod routing;
 pub mod runtime;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use host::{Host, HostConfig, HostHandle, HostSlot};
 
 /// The host software version reported in inventories and events.

@@ -136,6 +136,7 @@ pub fn link_name_problem(name: &str) -> Option<String> {
 /// subjects and KV keys, which take ASCII only.
 pub fn is_valid_app_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_APP_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -195,7 +196,15 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
             format!("unsupported kind `{}`, expected `{KIND}`", manifest.kind),
         );
     }
-    if !is_valid_app_name(name) {
+    if name.len() > MAX_APP_NAME_LEN {
+        c.error(
+            "metadata.name",
+            format!(
+                "the name is {} bytes long; at most {MAX_APP_NAME_LEN} are allowed",
+                name.len()
+            ),
+        );
+    } else if !is_valid_app_name(name) {
         c.error(
             "metadata.name",
             format!("`{name}` is not a valid name: use letters, digits, `_` and `-` only"),

@@ -462,3 +462,47 @@ async fn the_listener_refuses_bad_peers_and_keeps_serving() {
     }
     assert_eq!(peers.endpoints_of("callee"), 1);
 }
+
+#[tokio::test]
+async fn calls_that_do_not_fit_a_frame_go_through_nats_whole() {
+    let server = NatsServer::start(None).await;
+    let _callee = serve_direct(&server.connect().await, "callee", listener().await).await;
+    let (client, peers) = direct_client(server.connect().await);
+    call(&client, "echo", b"learn").await.expect("learn");
+    assert_eq!(peers.endpoints_of("callee"), 1);
+    let mut counter = NatsCallCounter::start(&server).await;
+
+    // A frame string holds 64 KiB: a longer source id would arrive cut.
+    let source = "s".repeat(70_000);
+    let context = CallContext {
+        source_id: Some(source.clone()),
+        ..CallContext::default()
+    };
+    let reply = client
+        .invoke("callee", IFACE, "context", Bytes::new(), context)
+        .await
+        .expect("context");
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(reply.split('|').nth(1), Some(source.as_str()));
+    assert_eq!(counter.take().await, 1, "a long source id goes through NATS");
+
+    // Params at the direct cap plus 120 KB of context: over the listener's frame cap, which
+    // would close the connection under the call.
+    let params = pattern(MAX_DIRECT_PARAMS);
+    let context = CallContext {
+        traceparent: Some("t".repeat(60_000)),
+        link_name: Some("l".repeat(60_000)),
+        ..CallContext::default()
+    };
+    let echoed = client
+        .invoke("callee", IFACE, "echo", Bytes::from(params.clone()), context)
+        .await
+        .expect("echo");
+    assert_eq!(echoed.as_ref(), params.as_slice());
+    assert!(counter.take().await >= 1, "an oversized frame goes through NATS");
+
+    // Ordinary calls still go directly.
+    assert_eq!(call(&client, "echo", b"after").await.expect("echo"), "after");
+    assert_eq!(counter.take().await, 0, "the direct connection still works");
+    assert_eq!(peers.endpoints_of("callee"), 1);
+}

@@ -193,7 +193,7 @@ async fn handle(host: &Arc<Host>, op: &str, msg: async_nats::Message) {
 }
 
 /// Parses a JSON body into `T`, naming the offending field on failure.
-fn parse<T: DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, String> {
+pub(crate) fn parse<T: DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, String> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(format!(
             "{op}: the request body is empty; expected a JSON object"

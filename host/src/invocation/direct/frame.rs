@@ -126,7 +126,45 @@ pub struct CallFrame {
     pub params: Bytes,
 }
 
-/// Encodes a call frame with the effective `deadline`.
+/// The strings of a call frame, in order.
+fn call_fields<'a>(
+    target_id: &'a str,
+    interface: &'a str,
+    function: &'a str,
+    context: &'a CallContext,
+) -> [&'a str; 7] {
+    fn opt(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or("")
+    }
+    [
+        target_id,
+        interface,
+        function,
+        opt(&context.source_id),
+        opt(&context.link_name),
+        opt(&context.traceparent),
+        opt(&context.content_encoding),
+    ]
+}
+
+/// Bytes of the body of a call frame, or `None` when one of its strings is over the 64 KiB a
+/// frame string can hold ([`encode_call`] would cut it): such a call must go through NATS.
+pub fn call_body_len(
+    target_id: &str,
+    interface: &str,
+    function: &str,
+    context: &CallContext,
+    params_len: usize,
+) -> Option<usize> {
+    call_fields(target_id, interface, function, context)
+        .iter()
+        .try_fold(8 + params_len, |len, field| {
+            (field.len() <= usize::from(u16::MAX)).then_some(len + 2 + field.len())
+        })
+}
+
+/// Encodes a call frame with the effective `deadline`. A string over 64 KiB is cut; callers
+/// check [`call_body_len`] first.
 pub fn encode_call(
     call_id: u64,
     target_id: &str,
@@ -136,18 +174,7 @@ pub fn encode_call(
     deadline: SystemTime,
     params: &[u8],
 ) -> Bytes {
-    fn opt(v: &Option<String>) -> &str {
-        v.as_deref().unwrap_or("")
-    }
-    let fields = [
-        target_id,
-        interface,
-        function,
-        opt(&context.source_id),
-        opt(&context.link_name),
-        opt(&context.traceparent),
-        opt(&context.content_encoding),
-    ];
+    let fields = call_fields(target_id, interface, function, context);
     let body_len = 8 + fields.iter().map(|f| str_len(f)).sum::<usize>() + params.len();
     let mut out = BytesMut::with_capacity(HEAD_LEN + body_len);
     put_head(&mut out, Kind::Call, call_id, body_len);

@@ -15,7 +15,8 @@
 //!
 //! **Same semantics as NATS.** The call frame carries the same context (deadline, source,
 //! link, traceparent, encoding) and the answer the same typed errors. Params over
-//! [`MAX_DIRECT_PARAMS`] go through NATS, which chunks them.
+//! [`MAX_DIRECT_PARAMS`] go through NATS, which chunks them; so does a call with a name or
+//! context string over the 64 KiB a frame string holds.
 //!
 //! **Falling back.** A call goes through NATS instead, and the endpoint is forgotten, when the
 //! connection cannot be made or the token is refused (the peer restarted, or the advertised

@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, OnceCell};
 use tokio::task::JoinHandle;
 
 use super::frame::{self, Kind};
+use super::listener::MAX_CALL_FRAME;
 use super::{Advertisement, MAX_ENDPOINTS, PROBE_EVERY};
 use crate::invocation::error::InvocationError;
 use crate::invocation::wire::{remaining, CallContext, DEFAULT_MAX_CALL_PAYLOAD};
@@ -194,6 +195,10 @@ impl DirectPeers {
         context: &CallContext,
         deadline: SystemTime,
     ) -> Option<Result<Bytes, InvocationError>> {
+        // A string too long for a frame would be cut, and a frame over the listener's limit
+        // would make it close the connection under every call on it: NATS carries those.
+        frame::call_body_len(target_id, interface, function, context, params.len())
+            .filter(|len| *len <= MAX_CALL_FRAME)?;
         let (endpoint, cell) = self.route(target_id)?;
         let max_body = self.max_result + 64 * 1024;
         let connected = cell
