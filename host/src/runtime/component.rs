@@ -19,11 +19,16 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use super::cache::CompileSource;
-use super::concurrency::{InstanceGate, InstancePermit, SpareBudget, SpareToken};
+use super::concurrency::{InstanceGate, InstancePermit, Refusal, SpareBudget, SpareToken};
 use super::guest_log::{GuestLog, GuestStream};
 use super::limits::{ComponentLimits, MemoryLimiter};
 use super::outgoing::{AllowedHosts, OutgoingHttpPolicy};
 use super::state::{Capability, Extensions, InstanceContext, InstanceState};
+use super::throttle::FailureLog;
+
+/// What a refused request is told about when to try again (HTTP `Retry-After`, whole seconds):
+/// the queue it found full drains in well under a second unless the component is stuck.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// Extra time, past the execution deadline, given to an invocation blocked in host I/O (where
 /// epoch interruption cannot reach it) before it is cancelled.
@@ -32,8 +37,9 @@ const HOST_IO_GRACE: Duration = Duration::from_millis(100);
 /// Why an invocation failed. Only that invocation is affected: the component keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
-    /// Every instance is busy and the wait queue is full (HTTP 503).
-    #[error("component {component_id} is at its limit of {max_instances} concurrent instances and {queued} requests are already queued")]
+    /// Every instance is busy and the wait queue is full, or the component runs zero
+    /// instances: refused at once (HTTP 503 with `Retry-After`).
+    #[error("component {component_id} is overloaded: all of its {max_instances} instances are busy and {queued} requests are already waiting (the wait queue's bound, component limit `max_queued_requests`); raise its instance count or retry later")]
     Busy {
         /// The component.
         component_id: String,
@@ -41,6 +47,17 @@ pub enum InvocationError {
         max_instances: u32,
         /// Requests waiting when this one was refused.
         queued: usize,
+    },
+    /// Every instance stayed busy for as long as the request may wait (its
+    /// `max_execution_time_ms`) (HTTP 504).
+    #[error("component {component_id} had none of its {max_instances} instances free within {waited_ms} ms (component limit `max_execution_time_ms`): it is overloaded or its instances are stuck; raise its instance count or make its requests faster")]
+    NoFreeInstance {
+        /// The component.
+        component_id: String,
+        /// Its concurrency cap.
+        max_instances: u32,
+        /// How long the request waited.
+        waited_ms: u64,
     },
     /// The invocation ran past its execution deadline and was stopped (HTTP 504).
     #[error("component {component_id} exceeded its execution deadline of {limit_ms} ms")]
@@ -77,10 +94,47 @@ impl InvocationError {
     pub fn status_code(&self) -> http::StatusCode {
         match self {
             InvocationError::Busy { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
-            InvocationError::DeadlineExceeded { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvocationError::NoFreeInstance { .. } | InvocationError::DeadlineExceeded { .. } => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             InvocationError::MemoryExceeded { .. }
             | InvocationError::Trap { .. }
             | InvocationError::Other(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// When a refused request may be retried, in seconds (HTTP `Retry-After`); `None` for
+    /// failures a retry would not fix sooner.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        matches!(self, InvocationError::Busy { .. }).then_some(RETRY_AFTER_SECS)
+    }
+
+    /// Whether the component never ran: every instance was busy (refused or waited too long).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            InvocationError::Busy { .. } | InvocationError::NoFreeInstance { .. }
+        )
+    }
+
+    fn refused(component_id: &str, refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full {
+                max_instances,
+                queued,
+            } => InvocationError::Busy {
+                component_id: component_id.to_string(),
+                max_instances,
+                queued,
+            },
+            Refusal::TimedOut {
+                max_instances,
+                waited,
+            } => InvocationError::NoFreeInstance {
+                component_id: component_id.to_string(),
+                max_instances,
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
         }
     }
 }
@@ -123,6 +177,8 @@ pub struct PreparedComponent {
     pub(crate) spare: Mutex<Option<SpareInstance>>,
     /// The runtime-wide cap on spares.
     pub(crate) spare_budget: Arc<SpareBudget>,
+    /// Logs refusals and failures, at most once a second each.
+    pub(crate) failures: Arc<FailureLog>,
 }
 
 /// A fresh instance made before its call arrived: never called, so taking it keeps the
@@ -217,22 +273,23 @@ impl PreparedComponent {
     }
 
     /// Instantiates the component for one non-HTTP invocation (e.g. a call forwarded over the
-    /// lattice): waits for a slot like [`Self::handle_http`], and returns the store and
+    /// lattice): waits for a slot like [`Self::handle_http`] (in arrival order, at most the
+    /// execution deadline, refused at once past the queue bound), and returns the store and
     /// instance with the memory limit and the execution deadline armed. Look exports up on
     /// [`Invocation::instance`], call them with [`Invocation::store`], and turn their errors
     /// into [`InvocationError`]s with [`Invocation::error`]. The slot is freed on drop.
     /// Time spent awaiting host I/O is not interrupted by the deadline: wrap calls in
     /// `tokio::time::timeout(component.limits().max_execution_time(), ...)`.
     pub async fn instantiate(&self) -> Result<Invocation, InvocationError> {
-        let permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|full| InvocationError::Busy {
-                component_id: self.id.to_string(),
-                max_instances: full.max_instances,
-                queued: full.queued,
-            })?;
+        let result = self.instantiate_unlogged().await;
+        if let Err(error) = &result {
+            self.failures.note(&self.id, error);
+        }
+        result
+    }
+
+    async fn instantiate_unlogged(&self) -> Result<Invocation, InvocationError> {
+        let permit = self.acquire_instance().await?;
         let FreshInstance {
             store,
             instance,
@@ -256,8 +313,18 @@ impl PreparedComponent {
             component_id: self.id.clone(),
             limits: self.limits.clone(),
             flags,
+            failures: self.failures.clone(),
             _permit: permit,
         })
+    }
+
+    /// Waits for a free instance slot, at most the execution deadline (see
+    /// [`InstanceGate::acquire`]).
+    async fn acquire_instance(&self) -> Result<InstancePermit, InvocationError> {
+        self.gate
+            .acquire(self.limits.max_execution_time())
+            .await
+            .map_err(|refusal| InvocationError::refused(&self.id, refusal))
     }
 
     /// Builds a store (deadline armed from now, so a start function that never ends traps)
@@ -364,11 +431,28 @@ impl PreparedComponent {
 
     /// Handles one HTTP request in a fresh instance.
     ///
-    /// Waits for a free instance slot (bounded queue), then returns as soon as the guest has
-    /// set the response head; the body keeps streaming from the instance afterwards, still
-    /// under the execution deadline and still holding its slot. Errors say what went wrong
-    /// and map to HTTP statuses with [`InvocationError::status_code`].
+    /// Waits for a free instance slot (in arrival order, at most the execution deadline; at
+    /// once refused when the wait queue is full), then returns as soon as the guest has set
+    /// the response head; the body keeps streaming from the instance afterwards, still under
+    /// the execution deadline and still holding its slot. Errors say what went wrong and map
+    /// to HTTP statuses with [`InvocationError::status_code`] (and
+    /// [`InvocationError::retry_after_secs`]); they are logged at most once a second.
     pub async fn handle_http<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let result = self.serve_http(request).await;
+        if let Err(error) = &result {
+            self.failures.note(&self.id, error);
+        }
+        result
+    }
+
+    async fn serve_http<B>(
         &self,
         request: http::Request<B>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>
@@ -383,15 +467,7 @@ impl PreparedComponent {
             )
             .into());
         };
-        let permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|full| InvocationError::Busy {
-                component_id: self.id.to_string(),
-                max_instances: full.max_instances,
-                queued: full.queued,
-            })?;
+        let permit = self.acquire_instance().await?;
 
         let flags = Arc::new(InvocationFlags::default());
         let mut store = self.build_store(&flags)?;
@@ -419,6 +495,7 @@ impl PreparedComponent {
         let component_id = self.id.clone();
         let task_flags = flags.clone();
         let limits = self.limits.clone();
+        let failures = self.failures.clone();
         let invocation = async move {
             let _permit: InstancePermit = permit;
             let run = async {
@@ -439,7 +516,8 @@ impl PreparedComponent {
             // failures that happened while streaming the body.
             if let Err(Err(error)) = done_tx.send(result) {
                 let error = classify(&component_id, &limits, &task_flags, error);
-                tracing::warn!(component_id = &*component_id, %error, "component failed after sending its response head");
+                tracing::debug!(component_id = &*component_id, %error, "component failed after sending its response head");
+                failures.note(&component_id, &error);
             }
         };
         let abort = {
@@ -481,13 +559,17 @@ pub struct Invocation {
     component_id: Arc<str>,
     limits: ComponentLimits,
     flags: Arc<InvocationFlags>,
+    failures: Arc<FailureLog>,
     _permit: InstancePermit,
 }
 
 impl Invocation {
-    /// Classifies an error returned by a call into this instance (deadline, memory, trap...).
+    /// Classifies an error returned by a call into this instance (deadline, memory, trap...)
+    /// and logs it (at most one line a second per component).
     pub fn error(&self, error: wasmtime::Error) -> InvocationError {
-        classify(&self.component_id, &self.limits, &self.flags, error)
+        let error = classify(&self.component_id, &self.limits, &self.flags, error);
+        self.failures.note(&self.component_id, &error);
+        error
     }
 }
 
