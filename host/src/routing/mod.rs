@@ -472,7 +472,8 @@ async fn call_export(
 /// Maps a runtime failure of the target to the error the caller sees.
 fn runtime_failure(error: crate::runtime::InvocationError) -> InvocationError {
     match error {
-        crate::runtime::InvocationError::DeadlineExceeded { .. } => {
+        crate::runtime::InvocationError::DeadlineExceeded { .. }
+        | crate::runtime::InvocationError::NoFreeInstance { .. } => {
             InvocationError::deadline(error.to_string())
         }
         other => InvocationError::trap(format!("{other:#}")),

@@ -17,28 +17,29 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use crate::log_limit::LogLimiter;
-
 use super::cache::CompileSource;
-use super::concurrency::{InstanceGate, InstancePermit, SpareBudget, SpareToken};
+use super::concurrency::{InstanceGate, InstancePermit, Refusal, SpareBudget, SpareToken};
 use super::guest_log::{GuestLog, GuestStream};
 use super::http_body::{HttpOutcome, HttpResponseBody};
 use super::limits::{ComponentLimits, MemoryLimiter};
 use super::outgoing::{AllowedHosts, OutgoingHttpPolicy};
 use super::state::{Capability, Extensions, InstanceContext, InstanceState};
+use super::throttle::FailureLog;
+
+/// What a refused request is told about when to try again (HTTP `Retry-After`, whole seconds):
+/// the queue it found full drains in well under a second unless the component is stuck.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// Extra time, past the execution deadline, given to an invocation blocked in host I/O (where
 /// epoch interruption cannot reach it) before it is cancelled.
 const HOST_IO_GRACE: Duration = Duration::from_millis(100);
 
-/// At most one warning per this interval about components failing after their response head.
-static FAILED_AFTER_HEAD: LogLimiter = LogLimiter::new(Duration::from_secs(10));
-
 /// Why an invocation failed. Only that invocation is affected: the component keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
-    /// Every instance is busy and the wait queue is full (HTTP 503).
-    #[error("component {component_id} is at its limit of {max_instances} concurrent instances and {queued} requests are already queued")]
+    /// Every instance is busy and the wait queue is full, or the component runs zero
+    /// instances: refused at once (HTTP 503 with `Retry-After`).
+    #[error("component {component_id} is overloaded: all of its {max_instances} instances are busy and {queued} requests are already waiting (the wait queue's bound, component limit `max_queued_requests`); raise its instance count or retry later")]
     Busy {
         /// The component.
         component_id: String,
@@ -46,6 +47,17 @@ pub enum InvocationError {
         max_instances: u32,
         /// Requests waiting when this one was refused.
         queued: usize,
+    },
+    /// Every instance stayed busy for as long as the request may wait (its
+    /// `max_execution_time_ms`) (HTTP 504).
+    #[error("component {component_id} had none of its {max_instances} instances free within {waited_ms} ms (component limit `max_execution_time_ms`): it is overloaded or its instances are stuck; raise its instance count or make its requests faster")]
+    NoFreeInstance {
+        /// The component.
+        component_id: String,
+        /// Its concurrency cap.
+        max_instances: u32,
+        /// How long the request waited.
+        waited_ms: u64,
     },
     /// The invocation ran past its execution deadline and was stopped (HTTP 504).
     #[error("component {component_id} exceeded its execution deadline of {limit_ms} ms")]
@@ -82,10 +94,47 @@ impl InvocationError {
     pub fn status_code(&self) -> http::StatusCode {
         match self {
             InvocationError::Busy { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
-            InvocationError::DeadlineExceeded { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            InvocationError::NoFreeInstance { .. } | InvocationError::DeadlineExceeded { .. } => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             InvocationError::MemoryExceeded { .. }
             | InvocationError::Trap { .. }
             | InvocationError::Other(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// When a refused request may be retried, in seconds (HTTP `Retry-After`); `None` for
+    /// failures a retry would not fix sooner.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        matches!(self, InvocationError::Busy { .. }).then_some(RETRY_AFTER_SECS)
+    }
+
+    /// Whether the component never ran: every instance was busy (refused or waited too long).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            InvocationError::Busy { .. } | InvocationError::NoFreeInstance { .. }
+        )
+    }
+
+    fn refused(component_id: &str, refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full {
+                max_instances,
+                queued,
+            } => InvocationError::Busy {
+                component_id: component_id.to_string(),
+                max_instances,
+                queued,
+            },
+            Refusal::TimedOut {
+                max_instances,
+                waited,
+            } => InvocationError::NoFreeInstance {
+                component_id: component_id.to_string(),
+                max_instances,
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
         }
     }
 }
@@ -130,6 +179,8 @@ pub struct PreparedComponent {
     pub(crate) spare: Mutex<Option<SpareInstance>>,
     /// The runtime-wide cap on spares.
     pub(crate) spare_budget: Arc<SpareBudget>,
+    /// Logs refusals and failures, at most once a second each.
+    pub(crate) failures: Arc<FailureLog>,
 }
 
 /// A fresh instance made before its call arrived: never called, so taking it keeps the
@@ -224,22 +275,23 @@ impl PreparedComponent {
     }
 
     /// Instantiates the component for one non-HTTP invocation (e.g. a call forwarded over the
-    /// lattice): waits for a slot like [`Self::handle_http`], and returns the store and
+    /// lattice): waits for a slot like [`Self::handle_http`] (in arrival order, at most the
+    /// execution deadline, refused at once past the queue bound), and returns the store and
     /// instance with the memory limit and the execution deadline armed. Look exports up on
     /// [`Invocation::instance`], call them with [`Invocation::store`], and turn their errors
     /// into [`InvocationError`]s with [`Invocation::error`]. The slot is freed on drop.
     /// Time spent awaiting host I/O is not interrupted by the deadline: wrap calls in
     /// `tokio::time::timeout(component.limits().max_execution_time(), ...)`.
     pub async fn instantiate(&self) -> Result<Invocation, InvocationError> {
-        let permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|full| InvocationError::Busy {
-                component_id: self.id.to_string(),
-                max_instances: full.max_instances,
-                queued: full.queued,
-            })?;
+        let result = self.instantiate_unlogged().await;
+        if let Err(error) = &result {
+            self.failures.note(&self.id, error);
+        }
+        result
+    }
+
+    async fn instantiate_unlogged(&self) -> Result<Invocation, InvocationError> {
+        let permit = self.acquire_instance().await?;
         let FreshInstance {
             store,
             instance,
@@ -263,8 +315,18 @@ impl PreparedComponent {
             component_id: self.id.clone(),
             limits: self.limits.clone(),
             flags,
+            failures: self.failures.clone(),
             _permit: permit,
         })
+    }
+
+    /// Waits for a free instance slot, at most the execution deadline (see
+    /// [`InstanceGate::acquire`]).
+    async fn acquire_instance(&self) -> Result<InstancePermit, InvocationError> {
+        self.gate
+            .acquire(self.limits.max_execution_time())
+            .await
+            .map_err(|refusal| InvocationError::refused(&self.id, refusal))
     }
 
     /// Builds a store (deadline armed from now, so a start function that never ends traps)
@@ -371,13 +433,30 @@ impl PreparedComponent {
 
     /// Handles one HTTP request in a fresh instance.
     ///
-    /// Waits for a free instance slot (bounded queue), then returns as soon as the guest has
-    /// set the response head; the body keeps streaming from the instance afterwards, still
-    /// under the execution deadline and still holding its slot. Errors say what went wrong
-    /// and map to HTTP statuses with [`InvocationError::status_code`]. When the invocation
-    /// fails after the head (trap, deadline...), the body ends in an error instead of a clean
-    /// end ([`HttpResponseBody`]), so a server can abort the response.
+    /// Waits for a free instance slot (in arrival order, at most the execution deadline; at
+    /// once refused when the wait queue is full), then returns as soon as the guest has set
+    /// the response head; the body keeps streaming from the instance afterwards, still under
+    /// the execution deadline and still holding its slot. Errors say what went wrong and map
+    /// to HTTP statuses with [`InvocationError::status_code`] (and
+    /// [`InvocationError::retry_after_secs`]); they are logged at most once a second. When the
+    /// invocation fails after the head (trap, deadline...), the body ends in an error instead
+    /// of a clean end ([`HttpResponseBody`]), so a server can abort the response.
     pub async fn handle_http<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<HttpResponseBody>, InvocationError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let result = self.serve_http(request).await;
+        if let Err(error) = &result {
+            self.failures.note(&self.id, error);
+        }
+        result
+    }
+
+    async fn serve_http<B>(
         &self,
         request: http::Request<B>,
     ) -> Result<http::Response<HttpResponseBody>, InvocationError>
@@ -392,15 +471,7 @@ impl PreparedComponent {
             )
             .into());
         };
-        let permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|full| InvocationError::Busy {
-                component_id: self.id.to_string(),
-                max_instances: full.max_instances,
-                queued: full.queued,
-            })?;
+        let permit = self.acquire_instance().await?;
 
         let flags = Arc::new(InvocationFlags::default());
         let mut store = self.build_store(&flags)?;
@@ -428,6 +499,7 @@ impl PreparedComponent {
         let component_id = self.id.clone();
         let task_flags = flags.clone();
         let limits = self.limits.clone();
+        let failures = self.failures.clone();
         let invocation = async move {
             let _permit: InstancePermit = permit;
             // Records the outcome before the store (and with it the response body) goes,
@@ -458,9 +530,8 @@ impl PreparedComponent {
             // If nobody waits for the result, the response head was already sent: the body
             // reports the failure to its reader; log it too (rate-limited).
             if let Err(Err(error)) = done_tx.send(result) {
-                if let Some(suppressed) = FAILED_AFTER_HEAD.allow() {
-                    tracing::warn!(component_id = &*component_id, %error, suppressed, "component failed after sending its response head; the response body was cut off");
-                }
+                // Rate-limited: a flood of failing requests is one line a second.
+                failures.note(&component_id, &error);
             }
         };
         let abort = {
@@ -502,13 +573,17 @@ pub struct Invocation {
     component_id: Arc<str>,
     limits: ComponentLimits,
     flags: Arc<InvocationFlags>,
+    failures: Arc<FailureLog>,
     _permit: InstancePermit,
 }
 
 impl Invocation {
-    /// Classifies an error returned by a call into this instance (deadline, memory, trap...).
+    /// Classifies an error returned by a call into this instance (deadline, memory, trap...)
+    /// and logs it (at most one line a second per component).
     pub fn error(&self, error: wasmtime::Error) -> InvocationError {
-        classify(&self.component_id, &self.limits, &self.flags, error)
+        let error = classify(&self.component_id, &self.limits, &self.flags, error);
+        self.failures.note(&self.component_id, &error);
+        error
     }
 }
 

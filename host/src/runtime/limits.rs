@@ -20,23 +20,49 @@ pub const MAX_QUEUED_REQUESTS_KEY: &str = "max_queued_requests";
 /// room for buffering bodies of several MB while still letting a 512 MB device run several
 /// instances concurrently without a single runaway guest exhausting the host.
 pub const DEFAULT_MAX_MEMORY_MB: u32 = 64;
-/// Default execution deadline of one invocation: 30 s.
+/// Default execution deadline of one invocation: 10 s (`max_execution_time_ms` overrides it
+/// per component).
 ///
-/// wasmCloud uses 10 minutes, which keeps a stuck instance (and its concurrency slot) busy far
-/// longer than any HTTP client waits; 30 s matches common HTTP gateway timeouts.
-pub const DEFAULT_MAX_EXECUTION_TIME_MS: u64 = 30_000;
-/// Upper bound of the default wait queue of a component (the default is 4x its max instances).
-pub const DEFAULT_MAX_QUEUE_CAP: u32 = 1000;
+/// Components here mostly serve HTTP. A handler answers in milliseconds; one still running
+/// after 10 s is almost always stuck (a loop, an upstream that never answers), and until the
+/// deadline stops it, it holds one of the component's `count` instances that the component's
+/// other requests are waiting for: with `count: 1` a single looping request stalls the whole
+/// component for this long. wasmCloud's 10 minutes, or the 30 s used before, kept a stuck
+/// instance far longer than any HTTP client waits. The same bound also limits how long a
+/// request waits for a free instance, so the longest a client can wait on the runtime is
+/// twice this, 20 s: still below the 30 s at which common HTTP clients and gateways give up,
+/// and the http server's 60 s default for requests forwarded over the lattice. Components
+/// that legitimately run longer (streaming, long polling, batch work) raise it with
+/// `max_execution_time_ms`.
+pub const DEFAULT_MAX_EXECUTION_TIME_MS: u64 = 10_000;
+/// Default wait-queue places per instance of a component (see [`DEFAULT_MAX_QUEUE_CAP`]).
+///
+/// A request that finds every instance busy waits for one until its deadline, as in
+/// wasmCloud 1.x; the queue bound only decides when waiting is hopeless and the request is
+/// better refused at once (503 with `Retry-After`). A burst is not overload: 50 clients
+/// hitting `count: 1` need 49 places, and refusing them (the former default of 4 per
+/// instance turned away a third to two thirds of such requests) only makes clients retry.
+/// Real overload is a queue that cannot drain before its requests' deadlines: at 10 ms a
+/// request (a slow-ish handler; hello takes about 0.1 ms) one instance serves 1000 requests
+/// within the 10 s default deadline, so past 1000 waiters per instance most would time out
+/// anyway. Waiting costs the gate no memory beyond a queue entry (the request's connection
+/// is open whether it waits or is refused).
+pub const DEFAULT_QUEUED_PER_INSTANCE: u32 = 1000;
+/// Most requests the default wait queue of one component holds, whatever its instance count:
+/// 10 000 waiting requests are 10 000 open connections, more than a small host's file
+/// descriptor limit usually allows, so a longer queue is overload on any device.
+pub const DEFAULT_MAX_QUEUE_CAP: u32 = 10_000;
 
 /// Resource limits applied to each instance of one component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentLimits {
     /// Maximum total linear memory of one instance, in MiB.
     pub max_memory_mb: u32,
-    /// Maximum wall-clock time of one invocation, in milliseconds.
+    /// Maximum wall-clock time of one invocation, in milliseconds; a request waiting for a
+    /// free instance also waits at most this long.
     pub max_execution_time_ms: u64,
-    /// Maximum number of requests waiting for a free instance; `None` means 4x the max
-    /// instances, capped at 1000 (`DEFAULT_MAX_QUEUE_CAP`).
+    /// Maximum number of requests waiting for a free instance; `None` means
+    /// [`DEFAULT_QUEUED_PER_INSTANCE`] per instance, at most [`DEFAULT_MAX_QUEUE_CAP`].
     pub max_queued_requests: Option<u32>,
 }
 
@@ -102,8 +128,11 @@ impl ComponentLimits {
 
     /// How many requests may wait for an instance when the component runs `max_instances`.
     pub fn queue_bound(&self, max_instances: u32) -> u32 {
-        self.max_queued_requests
-            .unwrap_or_else(|| max_instances.saturating_mul(4).min(DEFAULT_MAX_QUEUE_CAP))
+        self.max_queued_requests.unwrap_or_else(|| {
+            max_instances
+                .saturating_mul(DEFAULT_QUEUED_PER_INSTANCE)
+                .min(DEFAULT_MAX_QUEUE_CAP)
+        })
     }
 }
 

@@ -35,12 +35,18 @@
 //!   ([`InvocationError`]).
 //! - **Limits** ([`ComponentLimits`], from the `component_limits` map): `max_memory_mb`
 //!   (default 64) caps the linear memory of one instance; `max_execution_time_ms` (default
-//!   30 000) caps one invocation, enforced by epoch interruption (a ticker thread owned by the
-//!   runtime, stopped when the last clone of the runtime and of its components is dropped);
-//!   `max_queued_requests` bounds the wait queue (default 4x max instances, at most 1000).
-//! - **Concurrency**: at most `max_instances` instances of a component run at once
-//!   ([`PreparedComponent::set_max_instances`] changes it live); excess requests wait in a
-//!   bounded queue, then fail with [`InvocationError::Busy`].
+//!   10 000) caps one invocation, enforced by epoch interruption (a ticker thread owned by the
+//!   runtime, stopped when the last clone of the runtime and of its components is dropped),
+//!   and also how long a request waits for a free instance; `max_queued_requests` bounds the
+//!   wait queue (default 1000 per instance, at most 10 000).
+//! - **Concurrency** (wasmCloud 1.x semantics): at most `max_instances` instances of a
+//!   component run at once ([`PreparedComponent::set_max_instances`] changes it live). A
+//!   request that finds none free waits for one, in arrival order, up to its
+//!   `max_execution_time_ms` ([`InvocationError::NoFreeInstance`], HTTP 504, past that); it
+//!   is refused at once ([`InvocationError::Busy`], HTTP 503 with `Retry-After`) only when
+//!   the wait queue is at its bound. Instances are created outside any lock, so one stuck
+//!   instance never delays the creation of the others. Refusals and failures are logged at
+//!   most once a second per component, with how many there were.
 //! - **Compiled-code cache**: keyed by the sha256 of the .wasm and the engine's compatibility
 //!   fingerprint, written atomically, in [`RuntimeConfig::cache_dir`] (default
 //!   [`default_cache_dir`]). A restart does not recompile.
@@ -73,6 +79,7 @@ mod limits;
 mod loader;
 mod outgoing;
 mod state;
+mod throttle;
 
 #[cfg(test)]
 mod tests;
@@ -88,10 +95,11 @@ use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{default_cache_dir, CompileSource};
-pub use component::{Invocation, InvocationError, PreparedComponent};
+pub use component::{Invocation, InvocationError, PreparedComponent, RETRY_AFTER_SECS};
 pub use limits::{
-    ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB,
-    MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY, MAX_QUEUED_REQUESTS_KEY,
+    ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_QUEUE_CAP,
+    DEFAULT_QUEUED_PER_INSTANCE, MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY,
+    MAX_QUEUED_REQUESTS_KEY,
 };
 pub use loader::{
     classify_image_ref, read_component_file, ComponentLoader, DefaultLoader, ImageRefKind,
@@ -385,6 +393,7 @@ impl Runtime {
             tasks: Mutex::new(JoinSet::new()),
             spare: Mutex::new(None),
             spare_budget,
+            failures: Arc::new(throttle::FailureLog::new()),
         }))
     }
 }

@@ -312,9 +312,10 @@ async fn a_full_queue_rejects_with_busy_and_scaling_up_admits_more() {
         "got {error:?}"
     );
     assert_eq!(error.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error.retry_after_secs(), Some(RETRY_AFTER_SECS));
     assert_eq!(
         error.to_string(),
-        "component busy is at its limit of 1 concurrent instances and 1 requests are already queued"
+        "component busy is overloaded: all of its 1 instances are busy and 1 requests are already waiting (the wait queue's bound, component limit `max_queued_requests`); raise its instance count or retry later"
     );
 
     // Scaling up lets the queued request run while the loop still holds its instance.
@@ -343,6 +344,150 @@ async fn a_full_queue_rejects_with_busy_and_scaling_up_admits_more() {
         matches!(error, InvocationError::Busy { .. }),
         "got {error:?}"
     );
+}
+
+/// A request body the test feeds chunk by chunk; it ends when the sender is dropped.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(hyper::body::Frame::data(data))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_finding_every_instance_busy_waits_instead_of_being_refused() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec(
+            "waiting",
+            &wasm,
+            1,
+            &[(MAX_EXECUTION_TIME_MS_KEY, "60000")],
+        ))
+        .await
+        .expect("prepare");
+    // /echo answers its head at once and holds its instance until the request body ends.
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel(1);
+    let echo_request = http::Request::post("http://localhost/echo")
+        .body(ChannelBody(body_rx))
+        .expect("request");
+    let echo = tokio::time::timeout(STEP_TIMEOUT, component.handle_http(echo_request))
+        .await
+        .expect("echo answered its head in time")
+        .expect("echo runs");
+    assert_eq!(component.in_flight(), 1);
+
+    let queued = tokio::spawn({
+        let component = component.clone();
+        async move { call(&component, "/", "").await }
+    });
+    wait_until(|| component.queued() == 1).await;
+    assert!(!queued.is_finished(), "it waits, not refused");
+
+    body_tx
+        .send(Bytes::from_static(b"ping"))
+        .await
+        .expect("echo reads its body");
+    drop(body_tx);
+    let echoed = tokio::time::timeout(STEP_TIMEOUT, echo.into_body().collect())
+        .await
+        .expect("echo finished in time")
+        .expect("echo body")
+        .to_bytes();
+    assert_eq!(&echoed[..], b"ping");
+    let (status, body) = tokio::time::timeout(STEP_TIMEOUT, queued)
+        .await
+        .expect("the waiting request finished in time")
+        .expect("joined")
+        .expect("the waiting request is served once the instance frees");
+    assert_eq!((status, &body[..]), (200, &b"Hello from Trellis!\n"[..]));
+    wait_until(|| component.in_flight() == 0 && component.queued() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_an_instance_at_most_its_execution_deadline() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    let component = runtime
+        .prepare(spec(
+            "stuck",
+            &wasm,
+            1,
+            &[(MAX_EXECUTION_TIME_MS_KEY, "300")],
+        ))
+        .await
+        .expect("prepare");
+    // An instance held outside any call: it never runs, so no deadline frees it.
+    let held = component.instantiate().await.expect("instantiate");
+    let error = call(&component, "/", "")
+        .await
+        .expect_err("no instance comes free");
+    assert!(
+        matches!(
+            error,
+            InvocationError::NoFreeInstance {
+                max_instances: 1,
+                waited_ms: 300,
+                ..
+            }
+        ),
+        "got {error:?}"
+    );
+    assert_eq!(error.status_code(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error.retry_after_secs(), None);
+    assert!(error.is_refusal());
+    assert_eq!(
+        error.to_string(),
+        "component stuck had none of its 1 instances free within 300 ms (component limit `max_execution_time_ms`): it is overloaded or its instances are stuck; raise its instance count or make its requests faster"
+    );
+    assert_eq!(component.queued(), 0);
+    drop(held);
+    assert_eq!(component.in_flight(), 0);
+    assert_hello(&component).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_request_does_not_keep_the_other_instances_from_being_created() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    // A deadline far beyond the test: the loop holds its instance throughout.
+    let component = runtime
+        .prepare(spec(
+            "looper-2",
+            &wasm,
+            2,
+            &[(MAX_EXECUTION_TIME_MS_KEY, "600000")],
+        ))
+        .await
+        .expect("prepare");
+    let looping = tokio::spawn({
+        let component = component.clone();
+        async move { call(&component, "/loop", "").await }
+    });
+    wait_until(|| component.in_flight() == 1).await;
+    // The second instance is created and serves, again and again, beside the loop.
+    for _ in 0..5 {
+        assert_hello(&component).await;
+        wait_until(|| component.in_flight() == 1).await;
+    }
+    assert!(!looping.is_finished(), "the loop still runs");
+    assert_eq!(component.queued(), 0, "nobody had to wait");
+    // A caller that gives up stops its instance (at the loop's next epoch yield).
+    looping.abort();
+    wait_until(|| component.in_flight() == 0).await;
 }
 
 /// Polls `condition` every few ms until it holds (fails after [`STEP_TIMEOUT`]).
@@ -537,8 +682,11 @@ fn limits_parse_and_round_trip() {
         defaults.max_execution_time_ms,
         DEFAULT_MAX_EXECUTION_TIME_MS
     );
-    assert_eq!(defaults.queue_bound(3), 12);
-    assert_eq!(defaults.queue_bound(10_000), 1000);
+    assert_eq!(defaults.max_execution_time_ms, 10_000);
+    assert_eq!(defaults.queue_bound(1), 1000);
+    assert_eq!(defaults.queue_bound(3), 3000);
+    assert_eq!(defaults.queue_bound(100), 10_000);
+    assert_eq!(defaults.queue_bound(u32::MAX), 10_000);
 
     let map: HashMap<String, String> = [
         (MAX_MEMORY_MB_KEY, "128"),

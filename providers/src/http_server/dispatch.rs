@@ -243,7 +243,7 @@ where
 }
 
 /// Calls a component running in this process, mapping its failures to statuses with
-/// messages (503 busy, 504 deadline, 500 trap and others).
+/// messages (503 busy with `Retry-After`, 504 deadline, 500 trap and others).
 pub(crate) async fn call_component<B>(
     prepared: &PreparedComponent,
     request: Request<B>,
@@ -274,8 +274,16 @@ where
         Ok(response) => response.map(ResponseBody::component),
         Err(error) => {
             let status = error.status_code();
-            tracing::warn!(component_id = prepared.id(), %status, error = %format!("{error:#}"), "HTTP request failed in the component");
-            text_response(status, format!("{error}"))
+            // The runtime logs failures at most once a second per component; one warning per
+            // request would turn a flood of requests into a flood of log lines.
+            tracing::debug!(component_id = prepared.id(), %status, error = %format!("{error:#}"), "HTTP request failed in the component");
+            let mut response = text_response(status, format!("{error}"));
+            if let Some(secs) = error.retry_after_secs() {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            }
+            response
         }
     }
 }
