@@ -1,6 +1,7 @@
 //! `wasi:keyvalue` end to end: the `http_keyvalue_counter` component behind the HTTP server
-//! provider, counting in NATS JetStream KV (surviving a host restart) and in Redis, and a
-//! clear error when the component has no keyvalue link.
+//! provider, counting in NATS JetStream KV (surviving a host restart) and in Redis (with
+//! wasmCloud's key layout, or behind a `key_prefix`), 50 concurrent increments of one key
+//! on either, and a clear error when the component has no keyvalue link.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -100,13 +101,17 @@ async fn start_provider(
     }
 }
 
+/// Instances of the counter: enough for every request of [`concurrent_increments`] at once.
+const COUNTER_INSTANCES: u32 = 50;
+
 async fn scale_counter(lattice: &Lattice, host: &HostProcess, component_id: &str) {
     let mut events = lattice.events().await;
     let component_ref = format!("file://{}", guest("http_keyvalue_counter").display());
     ok(
         lattice,
         lattice.subjects.component_scale(&host.id),
-        json!({"component_ref": component_ref, "component_id": component_id, "count": 4}),
+        json!({"component_ref": component_ref, "component_id": component_id,
+               "count": COUNTER_INSTANCES}),
     )
     .await;
     events
@@ -216,6 +221,76 @@ async fn count(addr: &str, path: &str, host: &HostProcess) -> u64 {
     body.trim()
         .parse()
         .unwrap_or_else(|_| panic!("GET {path} did not answer a number: {body:?}"))
+}
+
+/// Sends `n` increments of `path` at once; every one must answer 200 with a number. Returns
+/// the answers, sorted.
+async fn concurrent_increments(addr: &str, path: &str, n: usize, host: &HostProcess) -> Vec<u64> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        let addr = addr.to_string();
+        let path = path.to_string();
+        all.push(tokio::spawn(async move { http_get(&addr, &path).await }));
+    }
+    let mut answers = Vec::with_capacity(n);
+    for request in all {
+        let (status, body) = request
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nhost log:\n{}", host.logs()));
+        assert_eq!(
+            status,
+            200,
+            "an increment failed: {body}\nhost log:\n{}",
+            host.logs()
+        );
+        answers.push(
+            body.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("GET {path} did not answer a number: {body:?}")),
+        );
+    }
+    answers.sort_unstable();
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_nats_increments_of_one_key_all_count_once() {
+    let nats = NatsServer::start().await;
+    let host = HostProcess::start(&nats.url(), "default", &[]).await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    put_config(&lattice, "counter-addr", &[("address", &addr)]).await;
+    deploy_counter(
+        &lattice,
+        &host,
+        "counter-addr",
+        "ghcr.io/wasmcloud/keyvalue-nats:0.3.1",
+        &[],
+    )
+    .await;
+    let (status, body) = first_answer(&addr, "/warmup", &host).await;
+    assert_eq!(status, 200, "{body}\nhost log:\n{}", host.logs());
+
+    for round in 0..3u64 {
+        let answers = concurrent_increments(&addr, "/hot", 50, &host).await;
+        let expected: Vec<u64> = (round * 50 + 1..=round * 50 + 50).collect();
+        assert_eq!(
+            answers, expected,
+            "each increment has its own result, none lost or counted twice"
+        );
+    }
+    assert_eq!(count(&addr, "/get/hot", &host).await, 150);
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stored = js
+        .get_key_value("default")
+        .await
+        .expect("the `default` KV bucket exists")
+        .get("hot")
+        .await
+        .expect("read")
+        .expect("the key is stored");
+    assert_eq!(&stored[..], b"150");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,7 +499,7 @@ impl Drop for RedisServer {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_counter_counts_in_redis() {
+async fn redis_counter_uses_wasmclouds_key_layout() {
     let redis = RedisServer::start().await;
     let nats = NatsServer::start().await;
     let host = HostProcess::start(&nats.url(), "default", &[]).await;
@@ -433,6 +508,12 @@ async fn redis_counter_counts_in_redis() {
     put_config(&lattice, "counter-addr", &[("address", &addr)]).await;
     put_config(&lattice, "redis-url", &[("URL", &redis.url())]).await;
 
+    // A counter as a wasmCloud application left it: the key exactly as the component names
+    // it, no bucket prefix.
+    assert_eq!(
+        redis.command(&["SET", "counter", "41"]).await.expect("SET"),
+        "+OK\r\n"
+    );
     deploy_counter(
         &lattice,
         &host,
@@ -441,18 +522,22 @@ async fn redis_counter_counts_in_redis() {
         &["redis-url"],
     )
     .await;
-    let (status, body) = first_answer(&addr, "/hits", &host).await;
+    let (status, body) = first_answer(&addr, "/", &host).await;
     assert_eq!(
         (status, body.trim()),
-        (200, "1"),
+        (200, "42"),
         "host log:\n{}",
         host.logs()
     );
-    assert_eq!(count(&addr, "/hits", &host).await, 2);
+    let stored = redis.command(&["GET", "counter"]).await.expect("GET");
+    assert_eq!(stored, "$2\r\n42\r\n");
 
-    // The count is in Redis under the bucket prefix, not in NATS.
-    let stored = redis.command(&["GET", "default:hits"]).await.expect("GET");
-    assert_eq!(stored, "$1\r\n2\r\n");
+    assert_eq!(count(&addr, "/hits", &host).await, 1);
+    assert_eq!(count(&addr, "/hits", &host).await, 2);
+    let stored = redis.command(&["GET", "hits"]).await.expect("GET");
+    assert_eq!(stored, "$1\r\n2\r\n", "stored under the key itself");
+    let prefixed = redis.command(&["EXISTS", "default:hits"]).await.expect("EXISTS");
+    assert_eq!(prefixed, ":0\r\n", "no bucket prefix");
     let js = async_nats::jetstream::new(nats.client().await);
     assert!(
         js.get_key_value("default").await.is_err(),
@@ -461,13 +546,10 @@ async fn redis_counter_counts_in_redis() {
 
     let batch = "batch-a=1,batch-b=2,batch-missing=-;exists-after-delete=false";
     assert_eq!(text(&addr, "/batch", &host).await, batch);
-    assert_eq!(text(&addr, "/keys", &host).await, "hits");
+    assert_eq!(text(&addr, "/keys", &host).await, "counter\nhits");
 
     // A value set in Redis directly is what the component sees next.
-    redis
-        .command(&["SET", "default:hits", "41"])
-        .await
-        .expect("SET");
+    redis.command(&["SET", "hits", "41"]).await.expect("SET");
     assert_eq!(count(&addr, "/hits", &host).await, 42);
     assert_eq!(
         count(&addr, "/cas/hits", &host).await,
@@ -478,5 +560,59 @@ async fn redis_counter_counts_in_redis() {
         count(&addr, "/dec/hits", &host).await,
         42,
         "draft2 signed increment"
+    );
+
+    // INCRBY: 50 concurrent increments of one key each count once.
+    let answers = concurrent_increments(&addr, "/hot", 50, &host).await;
+    assert_eq!(answers, (1..=50).collect::<Vec<u64>>());
+    let stored = redis.command(&["GET", "hot"]).await.expect("GET");
+    assert_eq!(stored, "$2\r\n50\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_key_prefix_reads_data_in_the_old_trellis_layout() {
+    let redis = RedisServer::start().await;
+    let nats = NatsServer::start().await;
+    let host = HostProcess::start(&nats.url(), "default", &[]).await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    put_config(&lattice, "counter-addr", &[("address", &addr)]).await;
+    put_config(
+        &lattice,
+        "redis-prefixed",
+        &[("URL", &redis.url()), ("key_prefix", "{bucket}:")],
+    )
+    .await;
+
+    // Written by an earlier Trellis, which stored every key as `{bucket}:{key}`; and a key of
+    // another application in the same database.
+    redis
+        .command(&["SET", "default:visits", "7"])
+        .await
+        .expect("SET");
+    redis.command(&["SET", "visits", "1000"]).await.expect("SET");
+    deploy_counter(
+        &lattice,
+        &host,
+        "counter-addr",
+        "ghcr.io/wasmcloud/keyvalue-redis:0.28.1",
+        &["redis-prefixed"],
+    )
+    .await;
+    let (status, body) = first_answer(&addr, "/visits", &host).await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "8"),
+        "host log:\n{}",
+        host.logs()
+    );
+    let stored = redis.command(&["GET", "default:visits"]).await.expect("GET");
+    assert_eq!(stored, "$1\r\n8\r\n");
+    let other = redis.command(&["GET", "visits"]).await.expect("GET");
+    assert_eq!(other, "$4\r\n1000\r\n", "keys outside the prefix are untouched");
+    assert_eq!(
+        text(&addr, "/keys", &host).await,
+        "visits",
+        "list-keys sees only the bucket's keys, without the prefix"
     );
 }

@@ -1,9 +1,10 @@
 //! The storage behind `wasi:keyvalue`: NATS JetStream KV, Redis, or memory.
 //!
-//! A bucket opened by a component becomes an [`OpenBucket`]: a JetStream KV bucket, a key
-//! prefix (`{bucket}:`) in one Redis database, or a map in this process. Connections and
-//! bucket handles are shared by every instance through [`BackendPool`], so opening a bucket
-//! in a fresh instance (one per invocation) costs no network round trip after the first time.
+//! A bucket opened by a component becomes an [`OpenBucket`]: a JetStream KV bucket, one Redis
+//! database (keys as the component names them, or behind the link's `key_prefix`), or a map
+//! in this process. Connections and bucket handles are shared by every instance through
+//! [`BackendPool`], so opening a bucket in a fresh instance (one per invocation) costs no
+//! network round trip after the first time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,14 +14,13 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::combiner::{CasStore, Combiner, Versioned};
+
 /// How long one storage operation may take before the guest gets an error.
 pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most keys returned by one `list-keys` page.
 pub(crate) const LIST_PAGE_SIZE: usize = 1000;
-
-/// How many times `increment` retries when another writer changed the key meanwhile.
-const INCREMENT_ATTEMPTS: usize = 100;
 
 /// An error a storage operation reports to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl StorageError {
 }
 
 /// Which storage a link selects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum BackendKind {
     /// JetStream KV on the lattice's own NATS connection.
     Nats,
@@ -50,21 +50,52 @@ pub(crate) enum BackendKind {
     Memory { scope: String },
 }
 
+/// Shown in logs and errors: a Redis URL without its password.
+impl std::fmt::Debug for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendKind::Nats => f.write_str("Nats"),
+            BackendKind::Redis { url } => write!(f, "Redis({})", redacted(url)),
+            BackendKind::Memory { scope } => write!(f, "Memory({scope})"),
+        }
+    }
+}
+
+/// `url` with any credentials (`user:password@`) replaced by `***@`, for logs and errors.
+pub(crate) fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]).into(),
+        None => url.into(),
+    }
+}
+
 /// The settings a link resolves to: where the data lives and the bucket to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BucketTarget {
     /// The storage.
     pub(crate) kind: BackendKind,
-    /// The bucket name (JetStream bucket, Redis key prefix, map name).
+    /// The bucket name (JetStream bucket, map name; on Redis only `{bucket}` in `key_prefix`).
     pub(crate) bucket: String,
+    /// What Redis keys start with (`key_prefix` with `{bucket}` filled in); empty: none.
+    pub(crate) key_prefix: String,
 }
 
 /// Config key choosing the backend explicitly: `nats`, `redis` or `memory`.
 pub(crate) const BACKEND_KEY: &str = "backend";
 /// Config key naming the bucket; when absent, the identifier given to `open` is used.
 pub(crate) const BUCKET_KEY: &str = "bucket";
-/// Config keys holding the Redis URL (wasmCloud's keyvalue-redis uses `URL`).
-pub(crate) const URL_KEYS: [&str; 2] = ["URL", "url"];
+/// Config key holding the Redis URL, in any letter case (as wasmCloud's keyvalue-redis).
+pub(crate) const URL_KEY: &str = "URL";
+/// Config key putting a prefix before every Redis key; `{bucket}` in it stands for the bucket
+/// name. Absent or empty: keys are stored as the component names them (wasmCloud's layout).
+pub(crate) const KEY_PREFIX_KEY: &str = "key_prefix";
+/// What `{bucket}` in a `key_prefix` stands for.
+const BUCKET_PLACEHOLDER: &str = "{bucket}";
 
 /// The backend the provider ref implies, if it implies one.
 pub(crate) fn kind_from_image_ref(image_ref: &str) -> Option<&'static str> {
@@ -90,7 +121,10 @@ pub(crate) fn resolve_target(
     scope: &str,
     identifier: &str,
 ) -> Result<BucketTarget, StorageError> {
-    let url = URL_KEYS.iter().find_map(|k| settings.get(*k)).cloned();
+    let url = settings
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(URL_KEY))
+        .map(|(_, v)| v.clone());
     let explicit = settings
         .get(BACKEND_KEY)
         .map(|b| b.trim().to_ascii_lowercase());
@@ -126,7 +160,21 @@ pub(crate) fn resolve_target(
     } else {
         requested.to_string()
     };
-    Ok(BucketTarget { kind, bucket })
+    let key_prefix = match settings.get(KEY_PREFIX_KEY).map(String::as_str) {
+        None | Some("") => String::new(),
+        Some(_) if !matches!(kind, BackendKind::Redis { .. }) => {
+            return Err(StorageError::Other(format!(
+                "`{KEY_PREFIX_KEY}` applies to the Redis backend only, and this keyvalue link \
+                 selects {kind:?}: remove `{KEY_PREFIX_KEY}` or set `{BACKEND_KEY}=redis`"
+            )))
+        }
+        Some(template) => template.replace(BUCKET_PLACEHOLDER, &bucket),
+    };
+    Ok(BucketTarget {
+        kind,
+        bucket,
+        key_prefix,
+    })
 }
 
 /// Maps a bucket name to a JetStream KV bucket name (letters, digits, `-`, `_`), refusing the
@@ -157,17 +205,33 @@ pub(crate) fn jetstream_bucket_name(bucket: &str) -> Result<String, StorageError
 /// The keys and values of one in-memory bucket.
 pub(crate) type MemoryMap = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 
+/// A JetStream KV bucket and the combiner its increments go through.
+pub(crate) struct NatsBucket {
+    store: Arc<kv::Store>,
+    increments: Arc<Combiner<kv::Store>>,
+}
+
+impl NatsBucket {
+    fn new(store: kv::Store) -> Self {
+        let store = Arc::new(store);
+        Self {
+            increments: Arc::new(Combiner::new(store.clone())),
+            store,
+        }
+    }
+}
+
 /// A bucket a guest has opened.
 #[derive(Clone)]
 pub(crate) enum OpenBucket {
     /// A JetStream KV bucket.
-    Nats(Arc<kv::Store>),
+    Nats(Arc<NatsBucket>),
     /// Keys `{prefix}{key}` in a Redis database.
     Redis {
         /// The shared connection.
         connection: redis::aio::MultiplexedConnection,
-        /// `{bucket}:`.
-        prefix: String,
+        /// The resolved `key_prefix` (usually empty).
+        prefix: Arc<str>,
         /// The server's URL, to reconnect after a broken connection.
         url: String,
         /// The pool the connection came from.
@@ -182,7 +246,7 @@ impl std::fmt::Debug for OpenBucket {
         match self {
             OpenBucket::Nats(_) => f.write_str("OpenBucket::Nats"),
             OpenBucket::Redis { prefix, url, .. } => {
-                write!(f, "OpenBucket::Redis({url}, {prefix})")
+                write!(f, "OpenBucket::Redis({}, prefix {prefix:?})", redacted(url))
             }
             OpenBucket::Memory(_) => f.write_str("OpenBucket::Memory"),
         }
@@ -192,7 +256,7 @@ impl std::fmt::Debug for OpenBucket {
 /// Connections and bucket handles shared by every instance of every component.
 #[derive(Default)]
 pub(crate) struct BackendPool {
-    nats_buckets: Mutex<HashMap<String, Arc<kv::Store>>>,
+    nats_buckets: Mutex<HashMap<String, Arc<NatsBucket>>>,
     redis: Mutex<HashMap<String, redis::aio::MultiplexedConnection>>,
     memory: Mutex<HashMap<(String, String), MemoryMap>>,
 }
@@ -231,21 +295,23 @@ impl BackendPool {
                 if let Some(store) = lock(&self.nats_buckets).get(&name) {
                     return Ok(OpenBucket::Nats(store.clone()));
                 }
-                let store = Arc::new(
-                    timed(
-                        "opening the JetStream KV bucket",
-                        open_nats_bucket(client, &name),
-                    )
-                    .await?,
-                );
-                lock(&self.nats_buckets).insert(name, store.clone());
-                Ok(OpenBucket::Nats(store))
+                let store = timed(
+                    "opening the JetStream KV bucket",
+                    open_nats_bucket(client, &name),
+                )
+                .await?;
+                // Two first opens may race: keep the bucket (and combiner) that got in first.
+                let bucket = lock(&self.nats_buckets)
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(NatsBucket::new(store)))
+                    .clone();
+                Ok(OpenBucket::Nats(bucket))
             }
             BackendKind::Redis { url } => {
                 let connection = self.redis_connection(url).await?;
                 Ok(OpenBucket::Redis {
                     connection,
-                    prefix: format!("{}:", target.bucket),
+                    prefix: Arc::from(target.key_prefix.as_str()),
                     url: url.clone(),
                     pool: self.clone(),
                 })
@@ -268,12 +334,22 @@ impl BackendPool {
             return Ok(c.clone());
         }
         let client = redis::Client::open(url)
-            .map_err(|e| StorageError::other(&format!("the Redis URL `{url}` is not valid"), e))?;
+            .map_err(|e| {
+                StorageError::other(
+                    &format!("the Redis URL `{}` is not valid", redacted(url)),
+                    e,
+                )
+            })?;
         let connection = timed("connecting to Redis", async {
             client
                 .get_multiplexed_async_connection()
                 .await
-                .map_err(|e| StorageError::other(&format!("cannot connect to Redis at {url}"), e))
+                .map_err(|e| {
+                    StorageError::other(
+                        &format!("cannot connect to Redis at {}", redacted(url)),
+                        e,
+                    )
+                })
         })
         .await?;
         lock(&self.redis).insert(url.to_string(), connection.clone());
@@ -319,7 +395,7 @@ fn nats_key_error(key: &str) -> StorageError {
 }
 
 /// Parses a stored counter (decimal text; an empty value counts as 0).
-fn parse_counter(key: &str, value: &[u8]) -> Result<i128, StorageError> {
+pub(crate) fn parse_counter(key: &str, value: &[u8]) -> Result<i128, StorageError> {
     let text = std::str::from_utf8(value)
         .map_err(|_| StorageError::Other(format!("the value of `{key}` is not a number")))?
         .trim();
@@ -353,7 +429,13 @@ impl CounterRange {
     };
 }
 
-fn add(key: &str, current: i128, delta: i128, range: CounterRange) -> Result<i128, StorageError> {
+/// `current + delta`, refusing a current value or a result outside `range`.
+pub(crate) fn add(
+    key: &str,
+    current: i128,
+    delta: i128,
+    range: CounterRange,
+) -> Result<i128, StorageError> {
     if current < range.min || current > range.max {
         return Err(StorageError::Other(format!(
             "the value of `{key}` ({current}) is out of range for this counter"
@@ -399,7 +481,8 @@ impl OpenBucket {
     /// The value of `key`.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
@@ -414,7 +497,7 @@ impl OpenBucket {
             } => {
                 let mut c = connection.clone();
                 redis::cmd("GET")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .query_async::<Option<Vec<u8>>>(&mut c)
                     .await
                     .map_err(|e| self.redis_failed("GET", e))
@@ -426,7 +509,8 @@ impl OpenBucket {
     /// Sets `key` to `value`.
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
@@ -441,7 +525,7 @@ impl OpenBucket {
             } => {
                 let mut c = connection.clone();
                 redis::cmd("SET")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .arg(value)
                     .query_async::<()>(&mut c)
                     .await
@@ -457,7 +541,8 @@ impl OpenBucket {
     /// Removes `key` (a missing key is fine).
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
@@ -471,7 +556,7 @@ impl OpenBucket {
             } => {
                 let mut c = connection.clone();
                 redis::cmd("DEL")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .query_async::<i64>(&mut c)
                     .await
                     .map(|_| ())
@@ -492,7 +577,7 @@ impl OpenBucket {
             } => {
                 let mut c = connection.clone();
                 redis::cmd("EXISTS")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .query_async::<i64>(&mut c)
                     .await
                     .map(|n| n > 0)
@@ -505,7 +590,8 @@ impl OpenBucket {
     /// Every key, sorted.
     pub(crate) async fn keys(&self) -> Result<Vec<String>, StorageError> {
         let mut keys = match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 let stream = store
                     .keys()
                     .await
@@ -527,7 +613,7 @@ impl OpenBucket {
                 let mut cursor: u64 = 0;
                 let mut keys = Vec::new();
                 loop {
-                    let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                    let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
                         .arg(&pattern)
@@ -536,10 +622,14 @@ impl OpenBucket {
                         .query_async(&mut c)
                         .await
                         .map_err(|e| self.redis_failed("SCAN", e))?;
-                    keys.extend(
-                        page.into_iter()
-                            .filter_map(|k| k.strip_prefix(prefix.as_str()).map(str::to_string)),
-                    );
+                    // Keys that are not UTF-8 cannot be WIT strings: a component cannot have
+                    // written them, and they are left out.
+                    keys.extend(page.into_iter().filter_map(|k| {
+                        String::from_utf8(k)
+                            .ok()?
+                            .strip_prefix(prefix.as_ref())
+                            .map(str::to_string)
+                    }));
                     if next == 0 {
                         break;
                     }
@@ -563,11 +653,11 @@ impl OpenBucket {
         range: CounterRange,
     ) -> Result<i128, StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
-                nats_increment(store, key, delta, range).await
+                nats.increments.increment(key, delta, range).await
             }
             OpenBucket::Redis {
                 connection, prefix, ..
@@ -580,7 +670,7 @@ impl OpenBucket {
                 })?;
                 let mut c = connection.clone();
                 let value: i64 = redis::cmd("INCRBY")
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .arg(delta)
                     .query_async(&mut c)
                     .await
@@ -609,7 +699,8 @@ impl OpenBucket {
     /// The value of `key` now, remembered for [`OpenBucket::swap`].
     pub(crate) async fn snapshot(&self, key: &str) -> Result<Snapshot, StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 if !valid_nats_key(key) {
                     return Err(nats_key_error(key));
                 }
@@ -647,7 +738,8 @@ impl OpenBucket {
         value: Vec<u8>,
     ) -> Result<bool, StorageError> {
         match self {
-            OpenBucket::Nats(store) => {
+            OpenBucket::Nats(nats) => {
+                let store = &nats.store;
                 let value = Bytes::from(value);
                 if snapshot.revision == 0 {
                     return match store.create(key, value).await {
@@ -678,7 +770,7 @@ impl OpenBucket {
                 let swapped: i64 = redis::cmd("EVAL")
                     .arg(SWAP)
                     .arg(1)
-                    .arg(format!("{prefix}{key}"))
+                    .arg(redis_key(prefix, key).as_ref())
                     .arg(present)
                     .arg(expected)
                     .arg(value)
@@ -699,49 +791,49 @@ impl OpenBucket {
     }
 }
 
-/// Compare-and-set loop on the key's revision: correct with any number of concurrent writers
-/// on any number of hosts.
-async fn nats_increment(
-    store: &kv::Store,
-    key: &str,
-    delta: i128,
-    range: CounterRange,
-) -> Result<i128, StorageError> {
-    for _ in 0..INCREMENT_ATTEMPTS {
-        let entry = store
+/// Versioned reads and compare-and-set writes on the key's JetStream revision, for the
+/// increment combiner.
+impl CasStore for kv::Store {
+    async fn read(&self, key: &str) -> Result<Versioned, StorageError> {
+        let entry = self
             .entry(key)
             .await
             .map_err(|e| StorageError::other("NATS KV read failed", e))?;
-        match entry {
-            Some(entry) => {
-                let current = if entry.operation == kv::Operation::Put {
-                    parse_counter(key, &entry.value)?
-                } else {
-                    0
-                };
-                let next = add(key, current, delta, range)?;
-                match store
-                    .update(key, Bytes::from(next.to_string()), entry.revision)
-                    .await
-                {
-                    Ok(_) => return Ok(next),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(StorageError::other("NATS KV update failed", e)),
-                }
-            }
-            None => {
-                let next = add(key, 0, delta, range)?;
-                match store.create(key, Bytes::from(next.to_string())).await {
-                    Ok(_) => return Ok(next),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(StorageError::other("NATS KV create failed", e)),
-                }
-            }
+        Ok(match entry {
+            Some(e) => Versioned {
+                version: e.revision,
+                value: (e.operation == kv::Operation::Put).then_some(e.value),
+            },
+            None => Versioned {
+                version: 0,
+                value: None,
+            },
+        })
+    }
+
+    async fn write(&self, key: &str, version: u64, value: Bytes) -> Result<Option<u64>, StorageError> {
+        if version == 0 {
+            return match self.create(key, value).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(StorageError::other("NATS KV create failed", e)),
+            };
+        }
+        match self.update(key, value, version).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(StorageError::other("NATS KV update failed", e)),
         }
     }
-    Err(StorageError::Other(format!(
-        "`{key}` kept changing under concurrent writers; gave up after {INCREMENT_ATTEMPTS} attempts"
-    )))
+}
+
+/// The Redis key for `key` behind `prefix`, copying only when there is a prefix.
+fn redis_key<'a>(prefix: &str, key: &'a str) -> std::borrow::Cow<'a, str> {
+    if prefix.is_empty() {
+        std::borrow::Cow::Borrowed(key)
+    } else {
+        std::borrow::Cow::Owned(format!("{prefix}{key}"))
+    }
 }
 
 /// Escapes Redis glob characters so a bucket name matches itself only.
@@ -807,6 +899,51 @@ mod tests {
     }
 
     #[test]
+    fn redis_keys_have_no_prefix_unless_one_is_set() {
+        let url = [("URL", "redis://127.0.0.1:7000")];
+        let plain = resolve_target(&settings(&url), None, "kv", "counts").expect("target");
+        assert_eq!(plain.key_prefix, "", "keys as the component names them");
+        assert_eq!(redis_key(&plain.key_prefix, "hits"), "hits");
+
+        let per_bucket = [("url", "redis://127.0.0.1:7000"), ("key_prefix", "{bucket}:")];
+        let old_layout =
+            resolve_target(&settings(&per_bucket), None, "kv", "counts").expect("target");
+        assert!(matches!(old_layout.kind, BackendKind::Redis { .. }), "url in any case");
+        assert_eq!(old_layout.key_prefix, "counts:");
+        assert_eq!(redis_key(&old_layout.key_prefix, "hits"), "counts:hits");
+
+        let fixed = [("Url", "redis://127.0.0.1:7000"), ("key_prefix", "app1/")];
+        let fixed = resolve_target(&settings(&fixed), None, "kv", "counts").expect("target");
+        assert!(matches!(fixed.kind, BackendKind::Redis { .. }));
+        assert_eq!(fixed.key_prefix, "app1/");
+    }
+
+    #[test]
+    fn redis_passwords_stay_out_of_logs_and_errors() {
+        assert_eq!(
+            redacted("redis://user:s3cret@db.example:6379/2"),
+            "redis://***@db.example:6379/2"
+        );
+        assert_eq!(redacted("rediss://:s3cret@db/0?x=a@b"), "rediss://***@db/0?x=a@b");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let kind = BackendKind::Redis {
+            url: "redis://:s3cret@h".into(),
+        };
+        assert!(!format!("{kind:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn key_prefix_is_refused_on_backends_other_than_redis() {
+        let StorageError::Other(message) =
+            resolve_target(&settings(&[("key_prefix", "x:")]), None, "kv", "b")
+                .expect_err("nats has no key prefix")
+        else {
+            panic!("unexpected error kind");
+        };
+        assert!(message.contains("Redis backend only"), "{message}");
+    }
+
+    #[test]
     fn image_refs_imply_backends() {
         assert_eq!(
             kind_from_image_ref("ghcr.io/wasmcloud/keyvalue-redis:0.28.1"),
@@ -861,6 +998,7 @@ mod tests {
         let target = BucketTarget {
             kind: BackendKind::Memory { scope: "p".into() },
             bucket: "b".into(),
+            key_prefix: String::new(),
         };
         // The memory backend never touches NATS; any client handle would do, but we have none
         // here, so exercise the bucket directly.

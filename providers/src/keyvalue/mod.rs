@@ -18,8 +18,17 @@
 //!   Redis; otherwise NATS JetStream KV on the lattice's own connection (durable).
 //! - The bucket is the `bucket` setting when present, else the identifier passed to `open`
 //!   (`default` when empty). On NATS it is a JetStream KV bucket of that name (created on
-//!   first use; the lattice's own buckets are refused); on Redis a key prefix `{bucket}:`; in
-//!   memory a map scoped to the link target.
+//!   first use; the lattice's own buckets are refused); in memory a map scoped to the link
+//!   target. On Redis it is, as with wasmCloud's keyvalue-redis, not part of the key: keys are
+//!   stored exactly as the component names them, in the database the URL selects (e.g.
+//!   `redis://host:6379/2`), so a Redis that a wasmCloud application used reads the same.
+//! - `key_prefix` (Redis only; default empty): text put before every Redis key, with
+//!   `{bucket}` standing for the bucket name. `key_prefix={bucket}:` keeps each bucket's keys
+//!   apart; it is also the layout Trellis used before it followed wasmCloud's (every key was
+//!   `{bucket}:{key}`), so data written then stays readable with that setting, or can be
+//!   renamed once in Redis (see `docs/keyvalue.md`).
+//! - The Redis URL is the `URL` setting, in any letter case (`redis://127.0.0.1:6379` when
+//!   absent).
 //!
 //! [`start`] is what `provider.start` runs for `ghcr.io/wasmcloud/keyvalue-nats:*`,
 //! `keyvalue-redis` and `trellis+builtin://keyvalue`: it validates and records the
@@ -27,8 +36,17 @@
 //!
 //! Keys on NATS must be valid NATS KV keys (letters, digits, `-/_=.`). Counters
 //! (`increment`) are stored as decimal text, so `get` on a counter returns e.g. `b"42"`.
+//!
+//! # Increments under contention
+//!
+//! On Redis `increment` is one `INCRBY` (atomic in Redis). NATS KV has no increment, only
+//! compare-and-set on a key's revision: concurrent increments of one key on one host are
+//! combined into one compare-and-set of their sum, each caller still getting its own result,
+//! and conflicts with other hosts are retried after a random pause until a deadline
+//! (the `combiner` module).
 
 mod backend;
+mod combiner;
 mod draft2;
 
 pub use draft2::CasHandle;
@@ -452,8 +470,9 @@ pub fn start(host: Arc<Host>, spec: ProviderSpec) -> anyhow::Result<Box<dyn Runn
     if let backend::BackendKind::Redis { url } = &target.kind {
         redis::Client::open(url.as_str()).map_err(|e| {
             anyhow::anyhow!(
-                "keyvalue provider {}: the Redis URL `{url}` is not valid: {e}",
-                spec.id
+                "keyvalue provider {}: the Redis URL `{}` is not valid: {e}",
+                spec.id,
+                backend::redacted(url)
             )
         })?;
     }
