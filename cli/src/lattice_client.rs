@@ -224,7 +224,9 @@ impl LatticeClient {
             }
             match page.next_offset {
                 Some(next) if next > offset => offset = next,
-                Some(next) => bail!("link.get answered a page at offset {offset} that points back to {next}"),
+                Some(next) => {
+                    bail!("link.get answered a page at offset {offset} that points back to {next}")
+                }
                 None => break,
             }
         }
@@ -257,7 +259,9 @@ impl LatticeClient {
             }
             match next {
                 Some(next) if next > offset => offset = next,
-                Some(next) => bail!("host.get answered a page at offset {offset} that points back to {next}"),
+                Some(next) => {
+                    bail!("host.get answered a page at offset {offset} that points back to {next}")
+                }
                 None => break,
             }
         }

@@ -359,49 +359,6 @@ impl Drop for HostProcess {
     }
 }
 
-/// A `trellis wadm` process; killed on drop.
-pub struct WadmProcess {
-    child: Child,
-    /// Where its logs go.
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl WadmProcess {
-    /// Starts `trellis wadm` on `nats_url`/`lattice` with `extra` flags. It serves its API
-    /// shortly after; [`wadm_request`] waits for that.
-    pub fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("wadm.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(trellis_bin())
-            .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("cannot start trellis wadm");
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// The log so far (for failure messages).
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for WadmProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sends `body` to the wadm API operation `op` (`put`, `get`, `versions`, ...) on model
 /// `name` (none for `put` and the list) and returns the JSON reply. Retries while nobody
 /// serves the API yet; panics when nothing answers within [`WAIT`].
@@ -418,8 +375,7 @@ pub async fn wadm_request(
     };
     let deadline = Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, client.request(subject.clone(), body.clone().into()))
-            .await
+        match tokio::time::timeout(WAIT, client.request(subject.clone(), body.clone().into())).await
         {
             Ok(Ok(msg)) => {
                 return serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {

@@ -29,8 +29,7 @@ fn lost_connection(host: &HostProcess) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_zero_and_oversized_files_fail_to_scale_without_reading_them() {
     let nats = NatsServer::start().await;
-    let host =
-        HostProcess::start(&nats.url(), "default", &["--max-component-size-mb", "1"]).await;
+    let host = HostProcess::start(&nats.url(), "default", &["--max-component-size-mb", "1"]).await;
     let lattice = Lattice::connect(&nats.url(), "default").await;
     let mut events = lattice.events().await;
     let rss_before = rss_kib(host.pid());
@@ -124,7 +123,11 @@ async fn oversized_labels_and_configs_are_refused_and_the_host_keeps_heartbeatin
             .unwrap();
         assert!(!reply.success);
         assert!(reply.message.starts_with("label.put:"), "{}", reply.message);
-        assert!(reply.message.contains("limit is 1024 bytes"), "{}", reply.message);
+        assert!(
+            reply.message.contains("limit is 1024 bytes"),
+            "{}",
+            reply.message
+        );
     }
     let reply = lattice
         .request::<()>(
@@ -134,7 +137,11 @@ async fn oversized_labels_and_configs_are_refused_and_the_host_keeps_heartbeatin
         .await
         .unwrap();
     assert!(!reply.success);
-    assert!(reply.message.contains("limit is 128 bytes"), "{}", reply.message);
+    assert!(
+        reply.message.contains("limit is 128 bytes"),
+        "{}",
+        reply.message
+    );
 
     // At most 64 user labels.
     for i in 0..64 {
@@ -187,7 +194,11 @@ async fn oversized_labels_and_configs_are_refused_and_the_host_keeps_heartbeatin
         .unwrap();
     assert!(beat.data["labels"].get("big0").is_none());
     let pinged = lattice.wait_for_host(&host.id).await.unwrap();
-    assert_eq!(pinged.labels.len(), 64 + 3, "64 user labels and the built-in ones");
+    assert_eq!(
+        pinged.labels.len(),
+        64 + 3,
+        "64 user labels and the built-in ones"
+    );
     assert!(!lost_connection(&host), "{}", host.logs());
 
     // An oversized label at start-up stops the host before it joins, naming the limit.
@@ -222,12 +233,17 @@ async fn hostile_links_get_errors_and_the_connection_survives() {
     let long = "s".repeat(5000);
     for _ in 0..10 {
         let reply = lattice
-            .request::<()>(lattice.subjects.link_put(), &link(&long, "target", "default"))
+            .request::<()>(
+                lattice.subjects.link_put(),
+                &link(&long, "target", "default"),
+            )
             .await
             .unwrap();
         assert!(!reply.success);
         assert!(
-            reply.message.contains("`source_id` is 5000 bytes long; the limit is 256 bytes"),
+            reply
+                .message
+                .contains("`source_id` is 5000 bytes long; the limit is 256 bytes"),
             "{}",
             reply.message
         );
@@ -248,7 +264,11 @@ async fn hostile_links_get_errors_and_the_connection_survives() {
         .await
         .unwrap();
     assert!(!reply.success);
-    assert!(reply.message.contains("cannot link to itself"), "{}", reply.message);
+    assert!(
+        reply.message.contains("cannot link to itself"),
+        "{}",
+        reply.message
+    );
     for name in ["*", ">"] {
         let reply = lattice
             .request::<()>(lattice.subjects.link_put(), &link("a", "b", name))
@@ -271,7 +291,10 @@ async fn hostile_links_get_errors_and_the_connection_survives() {
         .response
         .unwrap();
     assert_eq!(links.len(), 1);
-    assert_eq!((links[0].source_id.as_str(), links[0].target.as_str()), ("a", "b"));
+    assert_eq!(
+        (links[0].source_id.as_str(), links[0].target.as_str()),
+        ("a", "b")
+    );
     lattice.wait_for_host(&host.id).await.unwrap();
     assert!(!lost_connection(&host), "{}", host.logs());
 }
@@ -322,7 +345,11 @@ async fn link_get_pages_through_twenty_thousand_links() {
         .unwrap();
     assert!(!reply.success);
     assert!(reply.message.contains("20000 links"), "{}", reply.message);
-    assert!(reply.message.contains("{\"offset\":0}"), "{}", reply.message);
+    assert!(
+        reply.message.contains("{\"offset\":0}"),
+        "{}",
+        reply.message
+    );
     // So does the empty body wasmCloud clients send.
     let reply = lattice
         .request_raw::<Vec<Link>>(lattice.subjects.link_get(), Vec::new())
@@ -369,7 +396,10 @@ async fn link_get_pages_through_twenty_thousand_links() {
 
     // A link put through the host joins them; the CLI pages by itself.
     let reply = lattice
-        .request::<()>(lattice.subjects.link_put(), &link("zz-last", "b", "default"))
+        .request::<()>(
+            lattice.subjects.link_put(),
+            &link("zz-last", "b", "default"),
+        )
         .await
         .unwrap();
     assert!(reply.success, "{}", reply.message);
@@ -431,7 +461,11 @@ async fn an_inventory_too_big_for_one_message_is_summarised_and_paged() {
         .await
         .unwrap();
     assert!(!reply.success);
-    assert!(reply.message.contains("{\"offset\":0}"), "{}", reply.message);
+    assert!(
+        reply.message.contains("{\"offset\":0}"),
+        "{}",
+        reply.message
+    );
     let page = lattice
         .request::<HostInventory>(lattice.subjects.host_get(&host.id), &json!({"offset": 0}))
         .await
@@ -444,7 +478,15 @@ async fn an_inventory_too_big_for_one_message_is_summarised_and_paged() {
     let data = tempfile::tempdir().unwrap();
     let (ok, stdout, stderr) = trellis_cli(
         data.path(),
-        &["get", "inventory", &host.id, "-o", "json", "--nats-url", &nats.url()],
+        &[
+            "get",
+            "inventory",
+            &host.id,
+            "-o",
+            "json",
+            "--nats-url",
+            &nats.url(),
+        ],
     )
     .await;
     assert!(ok, "{stderr}");

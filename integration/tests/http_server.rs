@@ -241,9 +241,8 @@ mod raw_http {
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         let (read, mut write) = stream.into_split();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
+        let head =
+            format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\n\r\n");
         let writer = tokio::spawn(async move {
             write.write_all(head.as_bytes()).await?;
             for chunk in body.chunks(64 * 1024) {
@@ -709,7 +708,10 @@ async fn check_cut_offs(addr: &str) {
     let reply = request(addr, "GET", "/", b"").await.unwrap();
     assert_eq!(reply.status, 200);
     let reply = request(addr, "POST", "/count", b"12345").await.unwrap();
-    assert_eq!((reply.status, reply.text().as_str()), (200, "read 5 bytes\n"));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "read 5 bytes\n")
+    );
 }
 
 /// Limits for the cut-off checks: time to move 11 MB through a debug-built host.
@@ -777,7 +779,9 @@ async fn cut_off_responses_are_never_complete_over_the_lattice() {
     .await;
     link(&lattice, "http-proc", "hello", &["http-addr2"]).await;
     wait_for_hello(&addr2, &front).await;
-    let reply = raw_http::get_exchange(&addr2, "/stream-trap").await.unwrap();
+    let reply = raw_http::get_exchange(&addr2, "/stream-trap")
+        .await
+        .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(!reply.complete, "{:?}", reply.text());
 }
@@ -795,7 +799,10 @@ async fn wait_closed(stream: &mut tokio::net::TcpStream, what: &str) {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the server did not close {what} within 30 s");
+    assert!(
+        closed.is_ok(),
+        "the server did not close {what} within 30 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -536,7 +536,10 @@ async fn redis_counter_uses_wasmclouds_key_layout() {
     assert_eq!(count(&addr, "/hits", &host).await, 2);
     let stored = redis.command(&["GET", "hits"]).await.expect("GET");
     assert_eq!(stored, "$1\r\n2\r\n", "stored under the key itself");
-    let prefixed = redis.command(&["EXISTS", "default:hits"]).await.expect("EXISTS");
+    let prefixed = redis
+        .command(&["EXISTS", "default:hits"])
+        .await
+        .expect("EXISTS");
     assert_eq!(prefixed, ":0\r\n", "no bucket prefix");
     let js = async_nats::jetstream::new(nats.client().await);
     assert!(
@@ -590,7 +593,10 @@ async fn redis_key_prefix_reads_data_in_the_old_trellis_layout() {
         .command(&["SET", "default:visits", "7"])
         .await
         .expect("SET");
-    redis.command(&["SET", "visits", "1000"]).await.expect("SET");
+    redis
+        .command(&["SET", "visits", "1000"])
+        .await
+        .expect("SET");
     deploy_counter(
         &lattice,
         &host,
@@ -606,10 +612,16 @@ async fn redis_key_prefix_reads_data_in_the_old_trellis_layout() {
         "host log:\n{}",
         host.logs()
     );
-    let stored = redis.command(&["GET", "default:visits"]).await.expect("GET");
+    let stored = redis
+        .command(&["GET", "default:visits"])
+        .await
+        .expect("GET");
     assert_eq!(stored, "$1\r\n8\r\n");
     let other = redis.command(&["GET", "visits"]).await.expect("GET");
-    assert_eq!(other, "$4\r\n1000\r\n", "keys outside the prefix are untouched");
+    assert_eq!(
+        other, "$4\r\n1000\r\n",
+        "keys outside the prefix are untouched"
+    );
     assert_eq!(
         text(&addr, "/keys", &host).await,
         "visits",

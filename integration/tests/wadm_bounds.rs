@@ -110,7 +110,12 @@ async fn nested_and_oversized_manifests_are_refused_while_the_api_answers() {
         "{reply}"
     );
     let reply = api.call("versions", Some("steady"), Vec::new()).await;
-    assert_eq!(reply["versions"].as_array().map(Vec::len), Some(1), "{reply}\n{}", wadm.logs());
+    assert_eq!(
+        reply["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{reply}\n{}",
+        wadm.logs()
+    );
 }
 
 #[tokio::test]
@@ -120,7 +125,11 @@ async fn eleven_large_versions_are_stored_and_the_reconciler_keeps_working() {
     // Eleven versions of a ~100 KB manifest: together well over NATS' 1 MiB message.
     for i in 1..=11 {
         let reply = api
-            .call("put", None, manifest("big", &format!("v{i}"), "large", 100_000))
+            .call(
+                "put",
+                None,
+                manifest("big", &format!("v{i}"), "large", 100_000),
+            )
             .await;
         let expected = if i == 1 { "created" } else { "newversion" };
         assert_eq!(reply["result"], expected, "{reply}\n{}", wadm.logs());
@@ -139,7 +148,10 @@ async fn eleven_large_versions_are_stored_and_the_reconciler_keeps_working() {
         .call("get", Some("big"), json!({"version": "v3"}).to_string())
         .await;
     assert_eq!(reply["result"], "success", "{reply}");
-    assert_eq!(reply["manifest"]["metadata"]["annotations"]["version"], "v3");
+    assert_eq!(
+        reply["manifest"]["metadata"]["annotations"]["version"],
+        "v3"
+    );
     let padding = &reply["manifest"]["spec"]["components"][0]["properties"]["config"][0];
     assert!(
         padding["properties"].as_object().map(|o| o.len()) > Some(900),
@@ -211,7 +223,11 @@ async fn a_list_too_large_for_one_message_comes_in_pages() {
     let description = "d".repeat(100_000);
     for i in 0..12 {
         let reply = api
-            .call("put", None, manifest(&format!("app{i:02}"), "v1", &description, 0))
+            .call(
+                "put",
+                None,
+                manifest(&format!("app{i:02}"), "v1", &description, 0),
+            )
             .await;
         assert_eq!(reply["result"], "created", "{reply}\n{}", wadm.logs());
     }
@@ -224,18 +240,30 @@ async fn a_list_too_large_for_one_message_comes_in_pages() {
         pages += 1;
         let models = reply["models"].as_array().expect("models");
         assert!(!models.is_empty(), "{reply}");
-        names.extend(models.iter().filter_map(|m| m["name"].as_str().map(String::from)));
+        names.extend(
+            models
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(String::from)),
+        );
         if reply["truncated"] != true {
             assert!(reply.get("next").is_none(), "{reply}");
             break;
         }
-        let next = reply["next"].as_str().expect("a cut list says where to go on");
-        assert!(message(&reply).contains(&format!("{{\"after\":\"{next}\"}}")), "{reply}");
+        let next = reply["next"]
+            .as_str()
+            .expect("a cut list says where to go on");
+        assert!(
+            message(&reply).contains(&format!("{{\"after\":\"{next}\"}}")),
+            "{reply}"
+        );
         body = json!({ "after": next }).to_string().into_bytes();
     }
     let expected: Vec<String> = (0..12).map(|i| format!("app{i:02}")).collect();
     assert_eq!(names, expected);
-    assert!(pages >= 2, "twelve 100 KB descriptions do not fit one message");
+    assert!(
+        pages >= 2,
+        "twelve 100 KB descriptions do not fit one message"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +281,10 @@ async fn trailing_json_self_links_and_wildcard_link_names_are_refused() {
         "{reply}"
     );
     let reply = api.call("put", None, json_manifest).await;
-    assert_eq!(reply["result"], "created", "the same JSON alone is fine: {reply}");
+    assert_eq!(
+        reply["result"], "created",
+        "the same JSON alone is fine: {reply}"
+    );
 
     let linked = |target: &str, name: &str| {
         format!(
@@ -347,7 +378,10 @@ async fn models_stored_in_the_old_layout_still_read_and_move_on_write() {
     let reply = api
         .call("get", Some("old"), json!({"version": "v1"}).to_string())
         .await;
-    assert_eq!(reply["manifest"]["metadata"]["annotations"]["version"], "v1", "{reply}");
+    assert_eq!(
+        reply["manifest"]["metadata"]["annotations"]["version"], "v1",
+        "{reply}"
+    );
 }
 
 /// A manifest as the API stores it (JSON), for writing old-layout models directly.

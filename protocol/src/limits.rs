@@ -230,8 +230,7 @@ pub fn check_annotations(annotations: &BTreeMap<String, String>) -> Result<(), S
         ));
     }
     for (key, value) in annotations {
-        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || key.chars().any(char::is_control)
-        {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || key.chars().any(char::is_control) {
             return Err(format!(
                 "annotation key `{}` must be 1 to {MAX_LABEL_KEY_BYTES} bytes without control characters",
                 preview(key)
@@ -267,7 +266,9 @@ pub fn check_config(values: &HashMap<String, String>) -> Result<(), String> {
             ));
         }
     }
-    let size = serde_json::to_vec(values).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(values)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_CONFIG_BYTES {
         return Err(format!(
             "the config is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES} bytes: split it \
@@ -304,7 +305,10 @@ mod tests {
         let mut l = link();
         l.source_id = "a".repeat(5000);
         let e = check_link(&l).unwrap_err();
-        assert!(e.contains("source_id") && e.contains("5000") && e.contains("256"), "{e}");
+        assert!(
+            e.contains("source_id") && e.contains("5000") && e.contains("256"),
+            "{e}"
+        );
         // The message itself stays small.
         assert!(e.len() < 200, "{e}");
     }
@@ -313,7 +317,9 @@ mod tests {
     fn self_links_and_wildcard_names_are_refused() {
         let mut l = link();
         l.target = l.source_id.clone();
-        assert!(check_link(&l).unwrap_err().contains("cannot link to itself"));
+        assert!(check_link(&l)
+            .unwrap_err()
+            .contains("cannot link to itself"));
         for name in ["*", ">", "a.b", "a b", ""] {
             let mut l = link();
             l.name = name.into();
@@ -393,6 +399,9 @@ mod tests {
     fn previews_are_short() {
         assert_eq!(preview("short"), "short");
         let p = preview(&"é".repeat(100));
-        assert!(p.starts_with(&"é".repeat(64)) && p.contains("200 bytes"), "{p}");
+        assert!(
+            p.starts_with(&"é".repeat(64)) && p.contains("200 bytes"),
+            "{p}"
+        );
     }
 }

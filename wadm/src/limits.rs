@@ -445,9 +445,12 @@ impl<'a> Scan<'a> {
             while !self.is_blankz(0) {
                 let c = self.s[self.pos];
                 let flow_indicator = matches!(c, b',' | b'[' | b']' | b'{' | b'}');
-                if c == b':' && (self.is_blankz(1) || self.in_flow() && {
-                    matches!(self.at(1), Some(b',' | b'?' | b'[' | b']' | b'{' | b'}'))
-                }) {
+                if c == b':'
+                    && (self.is_blankz(1)
+                        || self.in_flow() && {
+                            matches!(self.at(1), Some(b',' | b'?' | b'[' | b']' | b'{' | b'}'))
+                        })
+                {
                     return;
                 }
                 if self.in_flow() && flow_indicator {

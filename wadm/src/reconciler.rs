@@ -268,7 +268,11 @@ impl Reconciler {
                         self.models.insert(name.to_string(), model);
                     }
                     Err(e) => {
-                        tracing::warn!(model = name, error = format!("{e:#}"), "cannot read stored model")
+                        tracing::warn!(
+                            model = name,
+                            error = format!("{e:#}"),
+                            "cannot read stored model"
+                        )
                     }
                 }
             }

@@ -140,7 +140,10 @@ impl ModelIndex {
     }
 
     fn manifest_ids(&self) -> BTreeSet<&str> {
-        self.versions.iter().filter_map(|v| v.id.as_deref()).collect()
+        self.versions
+            .iter()
+            .filter_map(|v| v.id.as_deref())
+            .collect()
     }
 }
 
@@ -378,9 +381,11 @@ impl Store {
             .await
             .with_context(|| format!("reading {name} version {}", entry.version))?;
         match value {
-            Some(v) if !v.is_empty() => Ok(Some(serde_json::from_slice(&v).with_context(
-                || format!("decoding stored {name} version {}", entry.version),
-            )?)),
+            Some(v) if !v.is_empty() => {
+                Ok(Some(serde_json::from_slice(&v).with_context(|| {
+                    format!("decoding stored {name} version {}", entry.version)
+                })?))
+            }
             _ => Ok(None),
         }
     }
@@ -411,7 +416,9 @@ impl Store {
                     id: entry.id.clone(),
                     manifest,
                 }),
-                None => tracing::debug!(model = %index.name, version = %entry.version, "stored manifest vanished"),
+                None => {
+                    tracing::debug!(model = %index.name, version = %entry.version, "stored manifest vanished")
+                }
             }
         }
         Ok(StoredModel {

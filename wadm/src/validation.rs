@@ -232,7 +232,9 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
         } else if version.chars().count() > MAX_VERSION_LEN {
             c.error(
                 "metadata.annotations.version",
-                format!("the version is longer than {MAX_VERSION_LEN} characters; use a shorter one"),
+                format!(
+                    "the version is longer than {MAX_VERSION_LEN} characters; use a shorter one"
+                ),
             );
         }
     }

@@ -165,7 +165,11 @@ fn types_of(params: &[Ty]) -> Vec<Type> {
         }
         let component = Component::new(engine(), &wat)
             .unwrap_or_else(|e| panic!("generated WAT does not compile: {e:#}\n{wat}"));
-        let types: Vec<Type> = match component.component_type().get_import(engine(), "f") {
+        let types: Vec<Type> = match component
+            .component_type()
+            .get_import(engine(), "f")
+            .map(|e| e.ty)
+        {
             Some(ComponentItem::ComponentFunc(func)) => func.params().map(|(_, ty)| ty).collect(),
             other => panic!("the generated import is not a function: {other:?}"),
         };
@@ -230,8 +234,12 @@ fn val(ty: &Ty) -> BoxedStrategy<Val> {
         Ty::U32 => any::<u32>().prop_map(Val::U32).boxed(),
         Ty::S64 => any::<i64>().prop_map(Val::S64).boxed(),
         Ty::U64 => any::<u64>().prop_map(Val::U64).boxed(),
-        Ty::F32 => any::<u32>().prop_map(|b| Val::Float32(f32::from_bits(b))).boxed(),
-        Ty::F64 => any::<u64>().prop_map(|b| Val::Float64(f64::from_bits(b))).boxed(),
+        Ty::F32 => any::<u32>()
+            .prop_map(|b| Val::Float32(f32::from_bits(b)))
+            .boxed(),
+        Ty::F64 => any::<u64>()
+            .prop_map(|b| Val::Float64(f64::from_bits(b)))
+            .boxed(),
         Ty::Char => any::<char>().prop_map(Val::Char).boxed(),
         Ty::String => text(12).prop_map(Val::String).boxed(),
         Ty::List(t) => vec(val(t), 0..4).prop_map(Val::List).boxed(),
@@ -360,7 +368,7 @@ proptest! {
     #[test]
     fn values_round_trip_through_json((tys, values) in signature_and_values()) {
         let types = types_of(&tys);
-        for ((ty, value), wit) in values.iter().zip(&types).zip(&tys) {
+        for ((value, wit), ty) in values.iter().zip(&types).zip(&tys) {
             let json = json::val_to_json(value, wit).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let text = serde_json::to_string(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let reread: Value = serde_json::from_str(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -406,7 +414,10 @@ fn nesting_past_the_limit_is_refused() {
     };
     let (types, value) = nest(MAX_DEPTH);
     let bytes = codec::encode_values(std::slice::from_ref(&value), &types).expect("encodes");
-    assert_eq!(codec::decode_values(&bytes, &types).expect("decodes"), vec![value]);
+    assert_eq!(
+        codec::decode_values(&bytes, &types).expect("decodes"),
+        vec![value]
+    );
 
     let (types, value) = nest(MAX_DEPTH + 1);
     let error = codec::encode_values(std::slice::from_ref(&value), &types).expect_err("encoded");

@@ -36,6 +36,7 @@ enum Field {
 }
 
 /// One request type: its operation, its fields (`name`, shape, required) and its decoder.
+#[derive(Debug)]
 struct Request {
     op: &'static str,
     fields: &'static [(&'static str, Field, bool)],
@@ -51,7 +52,10 @@ fn decode<T: DeserializeOwned + Serialize + PartialEq + Debug>(
     // Whatever decodes must survive its own encoding unchanged.
     let again = serde_json::to_vec(&value).map_err(|e| format!("re-encoding: {e}"))?;
     let back: T = parse(op, &again).map_err(|e| format!("re-decoding {value:?}: {e}"))?;
-    assert_eq!(back, value, "{op}: a decoded request changed through its own encoding");
+    assert_eq!(
+        back, value,
+        "{op}: a decoded request changed through its own encoding"
+    );
     serde_json::to_value(&value).map_err(|e| format!("re-encoding: {e}"))
 }
 
@@ -226,11 +230,15 @@ fn field_value(field: Field) -> BoxedStrategy<Value> {
         Count => any::<u32>().prop_map(Value::from).boxed(),
         Millis => any::<u64>().prop_map(Value::from).boxed(),
         Flag => any::<bool>().prop_map(Value::Bool).boxed(),
-        Names => vec(text(8), 0..4)
-            .prop_map(|names| Value::from(names))
-            .boxed(),
+        Names => vec(text(8), 0..4).prop_map(Value::from).boxed(),
         Labels => btree_map(text(8), text(8), 0..4)
-            .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k, Value::String(v))).collect()))
+            .prop_map(|map| {
+                Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                )
+            })
             .boxed(),
     }
 }
@@ -241,8 +249,11 @@ fn valid_body(request: &'static Request) -> BoxedStrategy<(Value, Vec<u8>)> {
     if request.fields.is_empty() {
         return btree_map(text(12), text(12), 0..6)
             .prop_map(|map| {
-                let value =
-                    Value::Object(map.into_iter().map(|(k, v)| (k, Value::String(v))).collect());
+                let value = Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                );
                 let body = serde_json::to_vec(&value).unwrap_or_default();
                 (value, body)
             })
@@ -262,7 +273,13 @@ fn valid_body(request: &'static Request) -> BoxedStrategy<(Value, Vec<u8>)> {
         .collect();
     (fields, "[ \t\r\n]{0,3}", "[ \t\r\n]{0,3}")
         .prop_map(|(fields, before, after)| {
-            let value = Value::Object(fields.into_iter().flatten().map(|(k, v)| (k.to_owned(), v)).collect());
+            let value = Value::Object(
+                fields
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            );
             let mut body = before.into_bytes();
             body.extend(serde_json::to_vec(&value).unwrap_or_default());
             body.extend(after.into_bytes());

@@ -47,7 +47,10 @@ impl AsyncRead for Trickle<'_> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let chunk = this.chunks.get(this.turn % this.chunks.len().max(1)).copied();
+        let chunk = this
+            .chunks
+            .get(this.turn % this.chunks.len().max(1))
+            .copied();
         this.turn += 1;
         let n = chunk
             .unwrap_or(usize::MAX)
@@ -60,7 +63,11 @@ impl AsyncRead for Trickle<'_> {
 }
 
 /// Reads every frame of `stream` until a clean end or an error; returns them and the error.
-fn read_all(stream: &[u8], chunks: &[usize], max_body: usize) -> (Vec<(Head, Bytes)>, Option<String>) {
+fn read_all(
+    stream: &[u8],
+    chunks: &[usize],
+    max_body: usize,
+) -> (Vec<(Head, Bytes)>, Option<String>) {
     let mut reader = Trickle::new(stream, chunks);
     let mut frames = Vec::new();
     // Every frame consumes at least a head, so this bounds the loop.
@@ -71,7 +78,10 @@ fn read_all(stream: &[u8], chunks: &[usize], max_body: usize) -> (Vec<(Head, Byt
             Err(reason) => return (frames, Some(reason)),
         }
     }
-    panic!("read_frame returned more frames than a {}-byte stream holds", stream.len());
+    panic!(
+        "read_frame returned more frames than a {}-byte stream holds",
+        stream.len()
+    );
 }
 
 /// An optional context field as the frame can carry it: absent, or non-empty.
@@ -109,12 +119,23 @@ fn call() -> impl Strategy<Value = GeneratedCall> {
     (
         any::<u64>(),
         (text(24), text(48), text(24)),
-        (optional_text(), optional_text(), optional_text(), optional_text()),
+        (
+            optional_text(),
+            optional_text(),
+            optional_text(),
+            optional_text(),
+        ),
         any::<u64>(),
         vec(any::<u8>(), 0..128),
     )
         .prop_map(
-            |(call_id, (target_id, interface, function), (source, link, trace, encoding), deadline_ms, params)| {
+            |(
+                call_id,
+                (target_id, interface, function),
+                (source, link, trace, encoding),
+                deadline_ms,
+                params,
+            )| {
                 GeneratedCall {
                     call_id,
                     target_id,
@@ -157,8 +178,11 @@ fn any_frame() -> impl Strategy<Value = (Bytes, Kind, u64)> {
             bytes.extend_from_slice(&results);
             (Bytes::from(bytes), Kind::Result, id)
         }),
-        (any::<u64>(), invocation_error())
-            .prop_map(|(id, error)| (frame::encode_error(id, &error), Kind::Error, id)),
+        (any::<u64>(), invocation_error()).prop_map(|(id, error)| (
+            frame::encode_error(id, &error),
+            Kind::Error,
+            id
+        )),
         any::<u64>().prop_map(|id| (frame::encode_not_served(id), Kind::NotServed, id)),
     ]
 }

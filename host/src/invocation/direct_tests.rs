@@ -484,7 +484,11 @@ async fn calls_that_do_not_fit_a_frame_go_through_nats_whole() {
         .expect("context");
     let reply = String::from_utf8_lossy(&reply).into_owned();
     assert_eq!(reply.split('|').nth(1), Some(source.as_str()));
-    assert_eq!(counter.take().await, 1, "a long source id goes through NATS");
+    assert_eq!(
+        counter.take().await,
+        1,
+        "a long source id goes through NATS"
+    );
 
     // Params at the direct cap plus 120 KB of context: over the listener's frame cap, which
     // would close the connection under the call.
@@ -495,14 +499,26 @@ async fn calls_that_do_not_fit_a_frame_go_through_nats_whole() {
         ..CallContext::default()
     };
     let echoed = client
-        .invoke("callee", IFACE, "echo", Bytes::from(params.clone()), context)
+        .invoke(
+            "callee",
+            IFACE,
+            "echo",
+            Bytes::from(params.clone()),
+            context,
+        )
         .await
         .expect("echo");
     assert_eq!(echoed.as_ref(), params.as_slice());
-    assert!(counter.take().await >= 1, "an oversized frame goes through NATS");
+    assert!(
+        counter.take().await >= 1,
+        "an oversized frame goes through NATS"
+    );
 
     // Ordinary calls still go directly.
-    assert_eq!(call(&client, "echo", b"after").await.expect("echo"), "after");
+    assert_eq!(
+        call(&client, "echo", b"after").await.expect("echo"),
+        "after"
+    );
     assert_eq!(counter.take().await, 0, "the direct connection still works");
     assert_eq!(peers.endpoints_of("callee"), 1);
 }

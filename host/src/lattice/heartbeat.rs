@@ -59,7 +59,9 @@ pub async fn run(
 /// The heartbeat to publish: the whole inventory when it fits one message, else the summary.
 fn heartbeat_payload(host: &Host, oversize: &mut OversizeWarning) -> Option<Vec<u8>> {
     let max = connection::max_payload(&host.client);
-    let full = host.events.encode(names::HOST_HEARTBEAT, host.inventory())?;
+    let full = host
+        .events
+        .encode(names::HOST_HEARTBEAT, host.inventory())?;
     if full.len() <= max {
         if oversize.fits_again() {
             tracing::info!("the heartbeat carries this host's whole inventory again");

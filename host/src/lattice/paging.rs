@@ -237,7 +237,10 @@ mod tests {
         let decoded: CtlResponse<Vec<Link>> = serde_json::from_slice(&reply).unwrap();
         assert_eq!(decoded.response.unwrap().len(), 50);
         let e = link_get_reply(&links, None, 4096).unwrap_err();
-        assert!(e.contains("50 links") && e.contains("max_payload 4096"), "{e}");
+        assert!(
+            e.contains("50 links") && e.contains("max_payload 4096"),
+            "{e}"
+        );
         assert!(e.contains("{\"offset\":0}"), "{e}");
     }
 
@@ -327,7 +330,10 @@ mod tests {
         let decoded: CtlResponse<HostInventory> = serde_json::from_slice(&whole).unwrap();
         assert_eq!(decoded.response.unwrap(), inv);
         let e = inventory_reply(inv.clone(), None, 8 * 1024).unwrap_err();
-        assert!(e.contains("100 components") && e.contains("{\"offset\":0}"), "{e}");
+        assert!(
+            e.contains("100 components") && e.contains("{\"offset\":0}"),
+            "{e}"
+        );
 
         let max = 8 * 1024;
         let (mut components, mut providers) = (Vec::new(), Vec::new());

@@ -522,7 +522,8 @@ impl PreparedComponent {
                     Err(wasmtime::Error::new(DeadlineReached))
                 }
             };
-            let result = result.map_err(|error| classify(&component_id, &limits, &task_flags, error));
+            let result =
+                result.map_err(|error| classify(&component_id, &limits, &task_flags, error));
             match &result {
                 Ok(()) => task_flags.http.succeeded(),
                 Err(error) => task_flags.http.failed(|| error.to_string()),

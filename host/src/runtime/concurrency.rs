@@ -316,7 +316,10 @@ mod gate_tests {
     async fn wait_until(condition: impl Fn() -> bool) {
         let deadline = tokio::time::Instant::now() + STEP;
         while !condition() {
-            assert!(tokio::time::Instant::now() < deadline, "condition not reached");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not reached"
+            );
             tokio::task::yield_now().await;
         }
     }
@@ -357,7 +360,11 @@ mod gate_tests {
         while let Ok(arrival) = order_rx.try_recv() {
             served.push(arrival);
         }
-        assert_eq!(served, (0..50).collect::<Vec<_>>(), "first come, first served");
+        assert_eq!(
+            served,
+            (0..50).collect::<Vec<_>>(),
+            "first come, first served"
+        );
         assert_eq!((gate.in_flight(), gate.queued()), (0, 0));
     }
 
@@ -378,7 +385,11 @@ mod gate_tests {
         );
         assert_eq!(gate.queued(), 0, "a timed-out request no longer waits");
         drop(held);
-        assert_eq!(gate.in_flight(), 0, "the freed slot is not handed to the gone waiter");
+        assert_eq!(
+            gate.in_flight(),
+            0,
+            "the freed slot is not handed to the gone waiter"
+        );
         let again = gate.acquire(STEP).await.expect("free again");
         drop(again);
     }
@@ -480,7 +491,10 @@ mod gate_tests {
         );
         assert!(matches!(
             gate.acquire(STEP).await,
-            Err(Refusal::Full { max_instances: 0, .. })
+            Err(Refusal::Full {
+                max_instances: 0,
+                ..
+            })
         ));
 
         // Running instances finish; a slot freed above the lowered cap is not reused.
@@ -488,7 +502,10 @@ mod gate_tests {
         drop(held);
         assert_eq!(gate.in_flight(), 1);
         let mut third = pin!(gate.acquire(STEP));
-        assert!(poll_once(third.as_mut()).is_pending(), "still at the cap of 1");
+        assert!(
+            poll_once(third.as_mut()).is_pending(),
+            "still at the cap of 1"
+        );
         drop(admitted);
         let last = tokio::time::timeout(STEP, third)
             .await
@@ -507,7 +524,10 @@ mod gate_tests {
             assert!(poll_once(gone.as_mut()).is_pending());
         }
         assert_eq!(gate.queued(), 0);
-        assert!(gate.lock().waiters.len() <= 64 + 1, "entries of gone waiters are pruned");
+        assert!(
+            gate.lock().waiters.len() <= 64 + 1,
+            "entries of gone waiters are pruned"
+        );
         drop(held);
     }
 }

@@ -39,9 +39,9 @@ pub(super) struct HttpOutcome {
 impl HttpOutcome {
     /// Records a normal return (unless a failure was recorded first).
     pub fn succeeded(&self) {
-        let _ = self
-            .state
-            .compare_exchange(RUNNING, SUCCEEDED, Ordering::Release, Ordering::Relaxed);
+        let _ =
+            self.state
+                .compare_exchange(RUNNING, SUCCEEDED, Ordering::Release, Ordering::Relaxed);
     }
 
     /// Records a failure and why (the first record wins).
@@ -59,8 +59,11 @@ impl HttpOutcome {
 
     /// Why the invocation failed, once it has.
     fn failure(&self) -> Option<&str> {
-        (self.state.load(Ordering::Acquire) == FAILED)
-            .then(|| self.failure.get().map_or("the invocation failed", String::as_str))
+        (self.state.load(Ordering::Acquire) == FAILED).then(|| {
+            self.failure
+                .get()
+                .map_or("the invocation failed", String::as_str)
+        })
     }
 }
 
@@ -164,7 +167,10 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "part");
         let error = body.frame().await.unwrap().unwrap_err();
-        assert!(format!("{error:?}").contains("component x trapped"), "{error:?}");
+        assert!(
+            format!("{error:?}").contains("component x trapped"),
+            "{error:?}"
+        );
         assert!(body.frame().await.is_none());
     }
 }

@@ -216,13 +216,19 @@ mod tests {
             .set_len(2 * 1024 * 1024)
             .unwrap();
         let e = format!("{:#}", read_component_file(&path, 1024 * 1024).unwrap_err());
-        assert!(e.contains("2097152 bytes") && e.contains("1048576-byte cap"), "{e}");
+        assert!(
+            e.contains("2097152 bytes") && e.contains("1048576-byte cap"),
+            "{e}"
+        );
         assert!(e.contains("--max-component-size-mb"), "{e}");
     }
 
     #[test]
     fn refuses_devices_fifos_and_directories() {
-        let e = format!("{:#}", read_component_file(Path::new("/dev/zero"), 1024).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_component_file(Path::new("/dev/zero"), 1024).unwrap_err()
+        );
         assert!(e.contains("/dev/zero is a device"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = format!("{:#}", read_component_file(dir.path(), 1024).unwrap_err());
@@ -253,7 +259,10 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("99-byte cap"), "{e}");
-        let e = format!("{:#}", loader.load_ref("file:///dev/zero").await.unwrap_err());
+        let e = format!(
+            "{:#}",
+            loader.load_ref("file:///dev/zero").await.unwrap_err()
+        );
         assert!(e.contains("device"), "{e}");
     }
 }

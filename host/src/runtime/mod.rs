@@ -96,6 +96,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{default_cache_dir, CompileSource};
 pub use component::{Invocation, InvocationError, PreparedComponent, RETRY_AFTER_SECS};
+pub use http_body::HttpResponseBody;
 pub use limits::{
     ComponentLimits, DEFAULT_MAX_EXECUTION_TIME_MS, DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_QUEUE_CAP,
     DEFAULT_QUEUED_PER_INSTANCE, MAX_EXECUTION_TIME_MS_KEY, MAX_MEMORY_MB_KEY,
@@ -107,7 +108,6 @@ pub use loader::{
 };
 pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
 pub use state::{Capability, Extensions, ImportResolver, InstanceContext, InstanceState};
-pub use http_body::HttpResponseBody;
 
 /// How to build a [`Runtime`].
 #[derive(Clone, Default)]

@@ -206,7 +206,10 @@ async fn a_trap_after_the_head_ends_the_body_in_an_error_not_a_clean_end() {
     };
     assert!(received.starts_with(b"first part"), "{received:?}");
     let error = format!("{error:?}");
-    assert!(error.contains("cut off") && error.contains("trapped"), "{error}");
+    assert!(
+        error.contains("cut off") && error.contains("trapped"),
+        "{error}"
+    );
     // The component serves on.
     assert_hello(&component).await;
 }

@@ -102,7 +102,11 @@ impl Clock {
     /// Resolves when the connection has been waiting for a head, or idle, past its limit.
     /// Never resolves when both limits are off.
     pub async fn watch(&self, limits: Timeouts) -> Expired {
-        let Some(tick) = [limits.header_read, limits.idle].into_iter().flatten().min() else {
+        let Some(tick) = [limits.header_read, limits.idle]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             return std::future::pending().await;
         };
         loop {

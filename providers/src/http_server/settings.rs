@@ -191,7 +191,9 @@ fn millis(
         None | Some("") => Ok(default),
         Some(value) => {
             let ms = value.parse::<u64>().with_context(|| {
-                format!("config `{key}` is `{value}`: use a number of milliseconds (0 turns it off)")
+                format!(
+                    "config `{key}` is `{value}`: use a number of milliseconds (0 turns it off)"
+                )
             })?;
             Ok(Some(Duration::from_millis(ms)).filter(|d| !d.is_zero()))
         }

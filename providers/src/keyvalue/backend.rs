@@ -333,22 +333,18 @@ impl BackendPool {
         if let Some(c) = lock(&self.redis).get(url) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| {
-                StorageError::other(
-                    &format!("the Redis URL `{}` is not valid", redacted(url)),
-                    e,
-                )
-            })?;
+        let client = redis::Client::open(url).map_err(|e| {
+            StorageError::other(
+                &format!("the Redis URL `{}` is not valid", redacted(url)),
+                e,
+            )
+        })?;
         let connection = timed("connecting to Redis", async {
             client
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| {
-                    StorageError::other(
-                        &format!("cannot connect to Redis at {}", redacted(url)),
-                        e,
-                    )
+                    StorageError::other(&format!("cannot connect to Redis at {}", redacted(url)), e)
                 })
         })
         .await?;
@@ -811,7 +807,12 @@ impl CasStore for kv::Store {
         })
     }
 
-    async fn write(&self, key: &str, version: u64, value: Bytes) -> Result<Option<u64>, StorageError> {
+    async fn write(
+        &self,
+        key: &str,
+        version: u64,
+        value: Bytes,
+    ) -> Result<Option<u64>, StorageError> {
         if version == 0 {
             return match self.create(key, value).await {
                 Ok(revision) => Ok(Some(revision)),
@@ -905,10 +906,16 @@ mod tests {
         assert_eq!(plain.key_prefix, "", "keys as the component names them");
         assert_eq!(redis_key(&plain.key_prefix, "hits"), "hits");
 
-        let per_bucket = [("url", "redis://127.0.0.1:7000"), ("key_prefix", "{bucket}:")];
+        let per_bucket = [
+            ("url", "redis://127.0.0.1:7000"),
+            ("key_prefix", "{bucket}:"),
+        ];
         let old_layout =
             resolve_target(&settings(&per_bucket), None, "kv", "counts").expect("target");
-        assert!(matches!(old_layout.kind, BackendKind::Redis { .. }), "url in any case");
+        assert!(
+            matches!(old_layout.kind, BackendKind::Redis { .. }),
+            "url in any case"
+        );
         assert_eq!(old_layout.key_prefix, "counts:");
         assert_eq!(redis_key(&old_layout.key_prefix, "hits"), "counts:hits");
 
@@ -924,7 +931,10 @@ mod tests {
             redacted("redis://user:s3cret@db.example:6379/2"),
             "redis://***@db.example:6379/2"
         );
-        assert_eq!(redacted("rediss://:s3cret@db/0?x=a@b"), "rediss://***@db/0?x=a@b");
+        assert_eq!(
+            redacted("rediss://:s3cret@db/0?x=a@b"),
+            "rediss://***@db/0?x=a@b"
+        );
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         let kind = BackendKind::Redis {
             url: "redis://:s3cret@h".into(),

@@ -150,7 +150,8 @@ impl<S: CasStore> Combiner<S> {
             let batch = {
                 let mut queues = lock(&self.queues);
                 let queue = queues.get_mut(&key).map(std::mem::take).unwrap_or_default();
-                let batch: Vec<Waiter> = queue.into_iter().filter(|w| !w.reply.is_closed()).collect();
+                let batch: Vec<Waiter> =
+                    queue.into_iter().filter(|w| !w.reply.is_closed()).collect();
                 if batch.is_empty() {
                     queues.remove(&key);
                     guard.armed = false;
@@ -262,13 +263,13 @@ async fn bounded<T>(
     }
 }
 
+/// Each waiter's result, in batch order, and the final value to write (`None` when every
+/// delta was refused, so nothing changes).
+type BatchPlan = (Vec<Result<i128, StorageError>>, Option<i128>);
+
 /// Each waiter's result when the batch is applied in order to `current`, and the final value
 /// to write (`None` when every delta was refused, so nothing changes).
-fn plan(
-    key: &str,
-    current: Option<&[u8]>,
-    batch: &[Waiter],
-) -> Result<(Vec<Result<i128, StorageError>>, Option<i128>), StorageError> {
+fn plan(key: &str, current: Option<&[u8]>, batch: &[Waiter]) -> Result<BatchPlan, StorageError> {
     let mut value = match current {
         Some(bytes) => parse_counter(key, bytes)?,
         None => 0,

@@ -43,8 +43,15 @@ fn then_the_worst_scalers_are_kept_and_the_rest_counted() {
     scalers[1_500] = scaler(1_500, StatusType::Failed, "host refused");
     let fitted = Status::aggregate(scalers).fit(20_000);
     assert!(json_len(&fitted) <= 20_000, "{}", json_len(&fitted));
-    assert_eq!(fitted.status.status_type, StatusType::Failed, "never looks better");
-    assert!(fitted.scalers.iter().any(|s| s.id == "s1500"), "the failed one stays");
+    assert_eq!(
+        fitted.status.status_type,
+        StatusType::Failed,
+        "never looks better"
+    );
+    assert!(
+        fitted.scalers.iter().any(|s| s.id == "s1500"),
+        "the failed one stays"
+    );
     let kept = fitted.scalers.len();
     assert!(kept > 10 && kept < 2_000, "{kept}");
     assert!(
@@ -88,8 +95,16 @@ fn pages_stop_before_the_budget_and_say_how_to_go_on() {
         versions: page.items,
     };
     assert!(json_len(&body) <= 4_096, "{}", json_len(&body));
-    assert!(body.message.contains(&format!("{{\"after\":\"{last}\"}}")), "{}", body.message);
-    assert!(body.message.contains("of 1000 versions"), "{}", body.message);
+    assert!(
+        body.message.contains(&format!("{{\"after\":\"{last}\"}}")),
+        "{}",
+        body.message
+    );
+    assert!(
+        body.message.contains("of 1000 versions"),
+        "{}",
+        body.message
+    );
 }
 
 #[test]
@@ -135,8 +150,15 @@ fn an_oversized_summary_is_cut_down_and_says_so() {
     };
     let brief = brief_summary(summary);
     assert!(json_len(&brief) < 2_000, "{}", json_len(&brief));
-    assert_eq!(brief.detailed_status.status.status_type, StatusType::Waiting);
-    assert!(brief.status_message.contains("ask model.status.big"), "{}", brief.status_message);
+    assert_eq!(
+        brief.detailed_status.status.status_type,
+        StatusType::Waiting
+    );
+    assert!(
+        brief.status_message.contains("ask model.status.big"),
+        "{}",
+        brief.status_message
+    );
 }
 
 #[test]

@@ -159,7 +159,10 @@ fn a_truncated_heartbeat_keeps_the_host_alive_and_its_known_inventory() {
     assert_eq!(host.last_seen, later, "the heartbeat proves the host alive");
     assert_eq!(host.labels["zone"], "b");
     assert_eq!(host.components["c"].count, 2, "what was confirmed is kept");
-    assert!(!l.apply_event(&truncated, later), "nothing new the second time");
+    assert!(
+        !l.apply_event(&truncated, later),
+        "nothing new the second time"
+    );
     // Not expired: it was heard from just now.
     assert!(l
         .expire(later + Duration::from_secs(1), Duration::from_secs(6))

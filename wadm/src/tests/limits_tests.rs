@@ -102,7 +102,10 @@ fn real_manifests_pass() {
     let json = serde_json::to_string(&parsed.manifest).expect("json");
     // The JSON root may also be a mapping key as far as the scan can tell: one level more.
     let json_depth = nesting_depth(&json);
-    assert!((depth..=depth + 1).contains(&json_depth), "{json_depth} vs {depth}");
+    assert!(
+        (depth..=depth + 1).contains(&json_depth),
+        "{json_depth} vs {depth}"
+    );
     let manifests = crate::tests::repo_manifests();
     assert!(!manifests.is_empty());
     for (path, text) in manifests {
@@ -154,13 +157,27 @@ fn value_depth(v: &serde_norway::Value) -> usize {
 fn scan_never_counts_less_than_the_parser() {
     const TOKENS: &[&str] = &[
         "[", "]", "{", "}", ", ", ",", "\"", "'", "''", "\\\"", "# ", "#", "| ", "|\n", ">-\n",
-        "|2\n", "- ", "-", ": ", ":", "? ", "\n", "\n  ", "\n    ", "\n- ", "\r\n", " ", "  ",
-        "a", "bc", "1", "&x ", "!t ", "\t", "---\n", "...\n", "%", "\u{85}", "\u{2028}",
+        "|2\n", "- ", "-", ": ", ":", "? ", "\n", "\n  ", "\n    ", "\n- ", "\r\n", " ", "  ", "a",
+        "bc", "1", "&x ", "!t ", "\t", "---\n", "...\n", "%", "\u{85}", "\u{2028}",
     ];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(std::env::var("SCAN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(18));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        std::env::var("SCAN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(18),
+    );
     let mut parsed = 0;
-    for _ in 0..std::env::var("SCAN_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000) {
-        let len = rng.gen_range(1..std::env::var("SCAN_LEN").ok().and_then(|s| s.parse().ok()).unwrap_or(24));
+    for _ in 0..std::env::var("SCAN_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000)
+    {
+        let len = rng.gen_range(
+            1..std::env::var("SCAN_LEN")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(24),
+        );
         let text: String = (0..len)
             .map(|_| TOKENS[rng.gen_range(0..TOKENS.len())])
             .collect();
