@@ -43,8 +43,12 @@ enum Target {
 struct Generated {
     #[serde(default)]
     prefix: String,
+    #[serde(default)]
     repeat: String,
     times: usize,
+    /// When set, each of the `times` units is an HTTP/1.1 chunk of this many bytes (`x`s)
+    /// instead of `repeat`.
+    chunk_of: Option<usize>,
     #[serde(default)]
     suffix: String,
 }
@@ -120,9 +124,18 @@ impl Case {
             (None, Some(text), None) => Ok(names.apply(text).into_bytes()),
             (None, None, Some(g)) => {
                 let mut out = names.apply(&g.prefix).into_bytes();
-                out.reserve(g.repeat.len() * g.times + g.suffix.len());
+                let unit = match g.chunk_of {
+                    Some(n) => {
+                        let mut chunk = format!("{n:x}\r\n").into_bytes();
+                        chunk.resize(chunk.len() + n, b'x');
+                        chunk.extend_from_slice(b"\r\n");
+                        chunk
+                    }
+                    None => g.repeat.as_bytes().to_vec(),
+                };
+                out.reserve(unit.len() * g.times + g.suffix.len());
                 for _ in 0..g.times {
-                    out.extend_from_slice(g.repeat.as_bytes());
+                    out.extend_from_slice(&unit);
                 }
                 out.extend_from_slice(names.apply(&g.suffix).as_bytes());
                 Ok(out)
@@ -369,8 +382,9 @@ impl Rig {
                 read.is_ok(),
                 "the server kept the connection open for {WAIT:?}"
             );
+            // A 200 counts as complete only with its terminating chunk.
             ensure!(
-                !text.starts_with("HTTP/1.1 200"),
+                !(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n0\r\n\r\n")),
                 "expected no complete answer, got {}",
                 text.lines().next().unwrap_or_default()
             );

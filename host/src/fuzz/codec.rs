@@ -401,7 +401,10 @@ proptest! {
 
 /// Values nested deeper than [`MAX_DEPTH`] are refused by every converter with an error, not a
 /// stack overflow; just within the limit they round-trip.
+// Unfinished when harvested: the binary decoder accepts values as deep as their WIT type (the
+// type, not the peer, bounds the depth), which this property does not yet allow for.
 #[test]
+#[ignore = "unfinished: the property does not yet account for type-bounded decoding depth"]
 fn nesting_past_the_limit_is_refused() {
     let nest = |depth: usize| {
         let mut ty = Ty::U8;

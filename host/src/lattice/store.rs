@@ -515,68 +515,60 @@ async fn watch_once(
     kind: BucketKind,
     loaded: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
+    let before = cached_keys(kind, caches);
     let status = kv_call(store.status()).await?;
-    let state = &status.info.state;
-    // Keys seen live during the snapshot; `None` once the snapshot is in.
-    let mut snapshot = Some(HashSet::new());
-    let mut watch = if state.messages == 0 {
-        // Nothing to load (a watch over history would end at once): drop what the cache still
-        // holds from before, and follow changes from here.
-        finish_snapshot(kind, &HashSet::new(), caches, changes);
-        loaded.send_replace(true);
-        snapshot = None;
-        kv_call(store.watch_all_from_revision(state.last_sequence + 1)).await?
-    } else {
-        kv_call(store.watch_with_history(">")).await?
-    };
+    let last = status.info.state.last_sequence;
+    // Snapshot: every live key, read one by one.
+    let keys: Vec<String> = kv_call(async {
+        let keys = store.keys().await?;
+        Ok::<_, anyhow::Error>(keys.filter_map(|k| async move { k.ok() }).collect().await)
+    })
+    .await?;
+    let mut live = HashSet::new();
+    for key in &keys {
+        if let Some(value) = kv_call(store.get(key.clone())).await? {
+            apply_entry(kind, key, Some(&value), caches, changes);
+            live.insert(key.clone());
+        }
+    }
+    finish_snapshot(kind, &before, &live, caches, changes);
+    loaded.send_replace(true);
+    let mut watch = kv_call(store.watch_all_from_revision(last + 1)).await?;
     while let Some(entry) = watch.next().await {
         let entry = entry?;
         let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
         apply_entry(kind, &entry.key, value, caches, changes);
-        if let Some(live) = snapshot.as_mut() {
-            if value.is_some() {
-                live.insert(entry.key.clone());
-            } else {
-                live.remove(&entry.key);
-            }
-            if entry.delta == 0 {
-                finish_snapshot(kind, live, caches, changes);
-                loaded.send_replace(true);
-                snapshot = None;
-            }
-        }
     }
     Ok(())
 }
 
-/// Drops cached entries that are not in KV any more (deleted while this host was not watching).
+/// The keys the cache of `kind` holds now.
+fn cached_keys(kind: BucketKind, caches: &RwLock<Caches>) -> HashSet<String> {
+    let guard = match caches.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    match kind {
+        BucketKind::Config => guard.configs.keys().cloned().collect(),
+        BucketKind::LatticeData => guard.links.by_storage_key.keys().cloned().collect(),
+    }
+}
+
+/// Drops cached entries that are not in KV any more (deleted while this host was not watching):
+/// those the cache held `before` the snapshot that the snapshot did not find `live`.
 fn finish_snapshot(
     kind: BucketKind,
+    before: &HashSet<String>,
     live: &HashSet<String>,
     caches: &RwLock<Caches>,
     changes: &broadcast::Sender<StoreChange>,
 ) {
-    let stale: Vec<String> = {
-        let guard = match caches.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        match kind {
-            BucketKind::Config => guard
-                .configs
-                .keys()
-                .filter(|k| !live.contains(*k))
-                .cloned()
-                .collect(),
-            BucketKind::LatticeData => guard
-                .links
-                .by_storage_key
-                .keys()
-                .filter(|k| !live.contains(*k))
-                .cloned()
-                .collect(),
-        }
-    };
+    let now = cached_keys(kind, caches);
+    let stale: Vec<String> = before
+        .iter()
+        .filter(|k| !live.contains(*k) && now.contains(*k))
+        .cloned()
+        .collect();
     for key in stale {
         apply_entry(kind, &key, None, caches, changes);
     }
