@@ -326,7 +326,7 @@ impl<'a> Scan<'a> {
                 b'[' | b'{' => {
                     self.note_key();
                     let maybe_key = !self.in_flow()
-                        && self.indent() < self.key_col.map_or(self.col, |c| c) as isize;
+                        && self.indent() < self.key_col.unwrap_or(self.col) as isize;
                     let flow = Flow {
                         sequence: c == b'[',
                         pair: false,
@@ -444,17 +444,18 @@ impl<'a> Scan<'a> {
             }
             while !self.is_blankz(0) {
                 let c = self.s[self.pos];
-                let flow_indicator = matches!(c, b',' | b'[' | b']' | b'{' | b'}');
-                if c == b':'
-                    && (self.is_blankz(1)
-                        || self.in_flow() && {
-                            matches!(self.at(1), Some(b',' | b'?' | b'[' | b']' | b'{' | b'}'))
-                        })
-                {
+                if c == b':' && self.is_blankz(1) {
                     return;
                 }
-                if self.in_flow() && flow_indicator {
-                    return;
+                // In flow context, flow indicators end it, and so does a `:` before one.
+                if self.in_flow() {
+                    let indicator =
+                        |b: Option<u8>| matches!(b, Some(b',' | b'[' | b']' | b'{' | b'}'));
+                    if indicator(Some(c))
+                        || c == b':' && (indicator(self.at(1)) || self.at(1) == Some(b'?'))
+                    {
+                        return;
+                    }
                 }
                 self.skip_char();
             }
