@@ -391,6 +391,13 @@ pub async fn deploy_app(
             }
         }
         let Some(status) = &last else { continue };
+        // The previous version's status (still stored until the reconciler's next pass) is
+        // not this deploy's outcome.
+        let stale =
+            !status.version.is_empty() && version.as_deref().is_some_and(|v| v != status.version);
+        if stale {
+            continue;
+        }
         match status.status.kind.as_str() {
             "deployed" | "failed" => {
                 progress.finish();
@@ -569,6 +576,7 @@ mod tests {
                 scaler("http", "deployed", None),
                 scaler("hello", "reconciling", Some("waiting for a host")),
             ],
+            ..Default::default()
         };
         assert_eq!(
             describe_progress("app", "reconciling", &status),

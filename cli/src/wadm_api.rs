@@ -201,6 +201,9 @@ pub struct AppStatus {
     /// Per-scaler status.
     #[serde(default)]
     pub scalers: Vec<ScalerStatus>,
+    /// The deployed version the status describes (empty from reconcilers that do not say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// A status type with an optional explanation.

@@ -4,7 +4,7 @@
 //! Fed by lattice events and start-up queries (see [`crate::reconciler`]); read by the pure
 //! planner ([`crate::planner::plan`]). Nothing here does I/O, so tests build states directly.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -18,8 +18,15 @@ pub const MANAGED_BY_VALUE: &str = "wadm";
 /// Annotation naming the application something was started for.
 pub const APPSPEC_ANNOTATION: &str = "wasmcloud.dev/appspec";
 
-/// How long a command's optimistic effect is trusted before the lattice must confirm it.
-pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host has to confirm a command it acknowledged (by an event or its inventory)
+/// before the reconciler issues it again. Generous: confirmation normally comes within
+/// milliseconds, and a heartbeat's inventory confirms within one interval even when the event
+/// was missed; what takes long is a host fetching and compiling a large component.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+/// A host unheard of this long is reported "silent" (its work is not counted as confirmed)
+/// until it speaks again or is declared dead. The default, 3 s, is one missed 2 s heartbeat
+/// plus a margin; the reconciler uses half of its dead-host delay.
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(3);
 /// First back-off after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest back-off between retries.
@@ -136,8 +143,56 @@ pub fn backoff_delay(attempts: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
 }
 
+/// What a command a host acknowledged should lead to, once the host confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// The component runs this image with this count (0: it is gone).
+    Component {
+        /// The image it should run.
+        image_ref: String,
+        /// Its max concurrent instances.
+        count: u32,
+    },
+    /// The provider runs (`true`) or is stopped (`false`).
+    Provider {
+        /// Whether it should run.
+        running: bool,
+    },
+}
+
+/// A command a host acknowledged whose outcome it has not confirmed yet.
+///
+/// An acknowledgement only says the host accepted the command; the outcome comes as an event
+/// (`component_scaled`, `provider_started`, ...) or shows in the host's next inventory. Until
+/// then the work counts as neither confirmed nor missing: the planner does not issue it again,
+/// and the status says what it waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// What the host should end up running.
+    pub expected: Expected,
+    /// When the reconciler gives up waiting and issues the command again.
+    pub deadline: Instant,
+}
+
+impl Pending {
+    /// True when `host`'s confirmed state shows the expected outcome for `id`.
+    pub fn is_met_by(&self, host: &ObservedHost, id: &str) -> bool {
+        match &self.expected {
+            Expected::Component { count: 0, .. } => !host.components.contains_key(id),
+            Expected::Component { image_ref, count } => host
+                .components
+                .get(id)
+                .is_some_and(|c| c.count == *count && &c.image_ref == image_ref),
+            Expected::Provider { running } => host.providers.contains_key(id) == *running,
+        }
+    }
+}
+
 /// Everything the reconciler knows of the lattice.
-#[derive(Debug, Clone, Default)]
+///
+/// Hosts' components and providers are only what hosts confirmed (inventories and events); the
+/// effects of commands in flight live apart, in [`LatticeState::pending`].
+#[derive(Debug, Clone)]
 pub struct LatticeState {
     /// Live hosts by id.
     pub hosts: BTreeMap<String, ObservedHost>,
@@ -147,9 +202,23 @@ pub struct LatticeState {
     pub applied_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// Recent failures.
     pub failures: BTreeMap<FailureKey, Failure>,
-    /// Workloads `(host, id)` changed by a command whose outcome is not confirmed yet, with the
-    /// deadline after which the optimistic view is dropped.
-    pub pending: BTreeMap<(String, String), Instant>,
+    /// Workloads `(host, id)` changed by a command whose outcome is not confirmed yet.
+    pub pending: BTreeMap<(String, String), Pending>,
+    /// How long a host may be unheard of before its work stops counting as confirmed.
+    pub silent_after: Duration,
+}
+
+impl Default for LatticeState {
+    fn default() -> Self {
+        Self {
+            hosts: BTreeMap::new(),
+            links: BTreeMap::new(),
+            applied_configs: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            silent_after: DEFAULT_SILENT_AFTER,
+        }
+    }
 }
 
 /// Data of component events.
@@ -174,8 +243,12 @@ struct ComponentEventData {
 struct ProviderEventData {
     #[serde(default)]
     provider_id: String,
-    #[serde(default, alias = "provider_ref")]
+    // Hosts send `image_ref`, `provider_ref` or both (a serde alias would refuse both as a
+    // duplicate field, and the event would be dropped).
+    #[serde(default)]
     image_ref: Option<String>,
+    #[serde(default)]
+    provider_ref: Option<String>,
     #[serde(default)]
     host_id: String,
     #[serde(default)]
@@ -227,8 +300,8 @@ impl LatticeState {
         host
     }
 
-    /// Replaces a host's view with a full inventory (from `host.get` or a heartbeat), keeping
-    /// optimistic entries of commands still in flight.
+    /// Replaces a host's view with a full inventory (from `host.get` or a heartbeat), and
+    /// settles the commands in flight on that host that the inventory shows done.
     ///
     /// A truncated inventory (`inventory_truncated`: a heartbeat whose lists did not fit one
     /// NATS message, or one page of `host.get`) proves the host alive and carries its labels,
@@ -242,15 +315,9 @@ impl LatticeState {
             self.host_mut(&inv.host_id, now).labels = inv.labels.clone();
             return;
         }
-        let pending: BTreeSet<String> = self
-            .pending
-            .iter()
-            .filter(|((h, _), deadline)| h == &inv.host_id && **deadline > now)
-            .map(|((_, id), _)| id.clone())
-            .collect();
         let host = self.host_mut(&inv.host_id, now);
         host.labels = inv.labels.clone();
-        let mut components: BTreeMap<String, ObservedComponent> = inv
+        host.components = inv
             .components
             .iter()
             .map(|c| {
@@ -264,7 +331,7 @@ impl LatticeState {
                 )
             })
             .collect();
-        let mut providers: BTreeMap<String, ObservedProvider> = inv
+        host.providers = inv
             .providers
             .iter()
             .map(|p| {
@@ -277,26 +344,10 @@ impl LatticeState {
                 )
             })
             .collect();
-        for id in &pending {
-            match host.components.get(id) {
-                Some(c) => {
-                    components.insert(id.clone(), c.clone());
-                }
-                None => {
-                    components.remove(id);
-                }
-            }
-            match host.providers.get(id) {
-                Some(p) => {
-                    providers.insert(id.clone(), p.clone());
-                }
-                None => {
-                    providers.remove(id);
-                }
-            }
-        }
-        host.components = components;
-        host.providers = providers;
+        let host = &self.hosts[&inv.host_id];
+        self.pending.retain(|(host_id, id), pending| {
+            host_id != &inv.host_id || !pending.is_met_by(host, id)
+        });
     }
 
     /// Forgets hosts not heard from within `dead_after`, and drops expired pending marks.
@@ -311,7 +362,7 @@ impl LatticeState {
         for id in &dead {
             self.remove_host(id);
         }
-        self.pending.retain(|_, deadline| *deadline > now);
+        self.pending.retain(|_, pending| pending.deadline > now);
         dead
     }
 
@@ -326,9 +377,58 @@ impl LatticeState {
 
     /// True while a command on `(host, id)` awaits confirmation.
     pub fn is_pending(&self, host_id: &str, id: &str, now: Instant) -> bool {
+        self.pending_on(host_id, id, now).is_some()
+    }
+
+    /// The command in flight on `(host, id)`, if it still awaits confirmation.
+    pub fn pending_on(&self, host_id: &str, id: &str, now: Instant) -> Option<&Pending> {
         self.pending
             .get(&(host_id.to_string(), id.to_string()))
-            .is_some_and(|d| *d > now)
+            .filter(|p| p.deadline > now)
+    }
+
+    /// How long `host` has been unheard of, when that is longer than
+    /// [`LatticeState::silent_after`] (its work then does not count as confirmed).
+    pub fn silence(&self, host: &ObservedHost, now: Instant) -> Option<Duration> {
+        let quiet = now.saturating_duration_since(host.last_seen);
+        (quiet > self.silent_after).then_some(quiet)
+    }
+
+    /// How many instances of `id` the host runs or, with a command in flight, is about to run
+    /// (providers count 1): what placement keeps stable from one pass to the next.
+    pub fn intended_count(&self, host: &ObservedHost, id: &str, now: Instant) -> u32 {
+        match self.pending_on(&host.id, id, now).map(|p| &p.expected) {
+            Some(Expected::Component { count, .. }) => *count,
+            Some(Expected::Provider { running }) => u32::from(*running),
+            None => host
+                .components
+                .get(id)
+                .map(|c| c.count)
+                .or_else(|| host.providers.get(id).map(|_| 1))
+                .unwrap_or(0),
+        }
+    }
+
+    /// How much `host` runs or is about to run (components and providers), for spreading
+    /// new work.
+    pub fn intended_load(&self, host: &ObservedHost, now: Instant) -> usize {
+        let in_flight = self
+            .pending
+            .range((host.id.clone(), String::new())..)
+            .take_while(|((h, _), _)| h == &host.id)
+            .filter(|((_, id), p)| {
+                p.deadline > now
+                    && !host.components.contains_key(id)
+                    && !host.providers.contains_key(id)
+            })
+            .filter(|(_, p)| {
+                !matches!(
+                    p.expected,
+                    Expected::Component { count: 0, .. } | Expected::Provider { running: false }
+                )
+            })
+            .count();
+        host.load() + in_flight
     }
 
     /// Records a failure (or another one) of `key`, pushing its retry out exponentially.
@@ -348,10 +448,16 @@ impl LatticeState {
         );
     }
 
-    /// Marks `(host, id)` as changed by a command in flight.
-    pub fn mark_pending(&mut self, host_id: &str, id: &str, now: Instant) {
-        self.pending
-            .insert((host_id.to_string(), id.to_string()), now + PENDING_TIMEOUT);
+    /// Records that the host acknowledged a command on `(host, id)` expected to lead to
+    /// `expected`; it counts as done only once the host confirms it.
+    pub fn mark_pending(&mut self, host_id: &str, id: &str, expected: Expected, now: Instant) {
+        self.pending.insert(
+            (host_id.to_string(), id.to_string()),
+            Pending {
+                expected,
+                deadline: now + PENDING_TIMEOUT,
+            },
+        );
     }
 
     /// Sets a component's count on a host as a command expects it (0 removes it).
@@ -475,9 +581,12 @@ impl LatticeState {
                 true
             }
             names::PROVIDER_STARTED | names::PROVIDER_STOPPED | names::PROVIDER_START_FAILED => {
-                let Ok(d) = serde_json::from_value::<ProviderEventData>(event.data.clone()) else {
+                let Ok(mut d) = serde_json::from_value::<ProviderEventData>(event.data.clone())
+                else {
+                    tracing::debug!(source, name = event.name(), "unreadable provider event");
                     return false;
                 };
+                d.image_ref = d.image_ref.or(d.provider_ref.take());
                 let host_id = if d.host_id.is_empty() {
                     source.to_string()
                 } else {

@@ -6,7 +6,7 @@
 //! later plan, so an upgrade brings the new version's work up before tearing the old one down.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trellis_protocol::ctl::{
     DeleteLinkRequest, Link, LinkKey, ScaleComponentCommand, StartProviderCommand,
@@ -162,16 +162,13 @@ fn ranked_hosts<'a>(
         .collect();
     hosts.sort_by_key(|h| {
         let backing_off = in_backoff(lattice, &h.id, id, image, now);
-        let running = h
-            .components
-            .get(id)
-            .map(|c| c.count)
-            .or_else(|| h.providers.get(id).map(|_| 1))
-            .unwrap_or(0);
+        // Commands in flight count as placed, so a pass before the hosts confirm them places
+        // the same way.
+        let running = lattice.intended_count(h, id, now);
         (
             backing_off,
             std::cmp::Reverse(running),
-            h.load(),
+            lattice.intended_load(h, now),
             h.id.clone(),
         )
     });
@@ -423,6 +420,65 @@ fn scaler_of(comp: &Component) -> Option<(&'static str, ScalerProperties)> {
     })
 }
 
+/// How far the hosts have confirmed one scaler's work, for its status.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Instances (providers: hosts) the scaler wants.
+    wanted: u32,
+    /// Of those, how many live, speaking hosts confirmed.
+    confirmed: u32,
+    /// Some wanted work is not in the hosts' confirmed state.
+    missing: bool,
+    /// Hosts that acknowledged a command and have not confirmed its outcome yet.
+    unconfirmed: Vec<String>,
+    /// Chosen hosts unheard of for longer than the silence threshold, with how long.
+    silent: Vec<(String, Duration)>,
+}
+
+impl Progress {
+    /// Deployed only when every wanted instance is confirmed by a host that is speaking and
+    /// nothing is in flight.
+    fn is_complete(&self) -> bool {
+        !self.missing
+            && self.unconfirmed.is_empty()
+            && self.silent.is_empty()
+            && self.confirmed == self.wanted
+    }
+
+    /// What a `reconciling` status waits for, e.g.
+    /// `4 of 5 instances confirmed; host H silent for 3 s`.
+    fn describe(&self, extra: bool) -> String {
+        let mut parts = vec![format!(
+            "{} of {} instances confirmed",
+            self.confirmed, self.wanted
+        )];
+        for (host, quiet) in &self.silent {
+            parts.push(format!("host {host} silent for {} s", quiet.as_secs()));
+        }
+        if !self.unconfirmed.is_empty() {
+            parts.push(format!(
+                "waiting for {} to confirm",
+                list_hosts(&self.unconfirmed)
+            ));
+        }
+        if extra {
+            parts.push("removing instances from hosts no longer chosen".to_string());
+        }
+        parts.join("; ")
+    }
+}
+
+/// `host A`, `hosts A, B` or `hosts A, B, C and 4 more`.
+fn list_hosts(hosts: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let shown = hosts[..hosts.len().min(SHOWN)].join(", ");
+    match hosts.len() {
+        1 => format!("host {shown}"),
+        n if n <= SHOWN => format!("hosts {shown}"),
+        n => format!("hosts {shown} and {} more", n - SHOWN),
+    }
+}
+
 /// Computes the plan. Pure: the same inputs give the same commands.
 pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
     let mut desired_components: BTreeMap<(String, String), u32> = BTreeMap::new();
@@ -494,12 +550,12 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                 .iter()
                 .map(|c| lattice_config_name(manifest.name(), c))
                 .collect();
-            let mut unsatisfied = false;
-            let mut pending = false;
+            let mut progress = Progress::default();
             let mut failed: Vec<String> = Vec::new();
             for (host, count) in &placement.per_host {
                 let key = (host.clone(), id.clone());
-                let observed_ok = lattice.hosts.get(host).is_some_and(|h| {
+                let observed = lattice.hosts.get(host);
+                let observed_ok = observed.is_some_and(|h| {
                     if provider {
                         h.providers.contains_key(&id)
                     } else {
@@ -508,11 +564,20 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                             .is_some_and(|c| c.count == *count && c.image_ref == image)
                     }
                 });
-                if lattice.is_pending(host, &id, now) {
-                    pending = true;
+                let wanted = if provider { 1 } else { *count };
+                progress.wanted += wanted;
+                let silence = observed.and_then(|h| lattice.silence(h, now));
+                if let Some(quiet) = silence {
+                    progress.silent.push((host.clone(), quiet));
+                } else if observed_ok {
+                    progress.confirmed += wanted;
+                }
+                let pending = lattice.is_pending(host, &id, now);
+                if pending {
+                    progress.unconfirmed.push(host.clone());
                 }
                 if !observed_ok {
-                    unsatisfied = true;
+                    progress.missing = true;
                     if let Some(f) = lattice.failures.get(&FailureKey::Workload {
                         host_id: host.clone(),
                         id: id.clone(),
@@ -521,7 +586,9 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                             failed.push(format!("{host}: {}", f.error));
                         }
                     }
-                    if !in_backoff(lattice, host, &id, &image, now) {
+                    // A command the host acknowledged is not sent again until it confirms,
+                    // fails, or the confirmation is overdue.
+                    if !pending && !in_backoff(lattice, host, &id, &image, now) {
                         app_apply.push(if provider {
                             Command::StartProvider(StartProviderCommand {
                                 provider_id: id.clone(),
@@ -568,17 +635,10 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                 StatusInfo::new(StatusType::Failed, failed.join("; "))
             } else if let Some(why) = &placement.waiting {
                 StatusInfo::new(StatusType::Waiting, why.clone())
-            } else if unsatisfied || pending || extra {
-                StatusInfo::new(
-                    StatusType::Reconciling,
-                    if extra {
-                        "removing instances from hosts no longer chosen"
-                    } else {
-                        "waiting for hosts to confirm"
-                    },
-                )
-            } else {
+            } else if progress.is_complete() && !extra {
                 StatusInfo::new(StatusType::Deployed, "")
+            } else {
+                StatusInfo::new(StatusType::Reconciling, progress.describe(extra))
             };
             app_scalers.push(ScalerStatus {
                 id: format!("{}-{}", kind.to_ascii_lowercase(), comp.name),
@@ -641,7 +701,9 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
     let mut cleanup: BTreeMap<String, Vec<Command>> = BTreeMap::new();
     for host in lattice.hosts.values() {
         for (id, c) in &host.components {
-            if desired_components.contains_key(&(host.id.clone(), id.clone())) {
+            if desired_components.contains_key(&(host.id.clone(), id.clone()))
+                || lattice.is_pending(&host.id, id, now)
+            {
                 continue;
             }
             if let Some(owner) = owning_app(&c.annotations) {
@@ -661,7 +723,9 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
             }
         }
         for (id, p) in &host.providers {
-            if desired_providers.contains(&(host.id.clone(), id.clone())) {
+            if desired_providers.contains(&(host.id.clone(), id.clone()))
+                || lattice.is_pending(&host.id, id, now)
+            {
                 continue;
             }
             if let Some(owner) = owning_app(&p.annotations) {
@@ -724,7 +788,15 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                 if !converging {
                     ready_cleanup.extend(app_cleanup);
                 }
-                statuses.insert(app.name.clone(), Status::aggregate(app_scalers));
+                let version = app
+                    .deployed
+                    .as_ref()
+                    .and_then(|m| m.version())
+                    .unwrap_or_default();
+                statuses.insert(
+                    app.name.clone(),
+                    Status::aggregate(app_scalers).for_version(version),
+                );
             }
         }
     }

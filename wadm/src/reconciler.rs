@@ -19,7 +19,7 @@ use trellis_protocol::subjects::{self, CtlSubjects};
 
 use crate::api::types::{status_subject, Status};
 use crate::api::ApiServer;
-use crate::lattice::{FailureKey, LatticeState, ObservedComponent, ObservedProvider};
+use crate::lattice::{Expected, FailureKey, LatticeState};
 use crate::limits::ManifestLimits;
 use crate::planner::{self, AppView, Command};
 use crate::store::{ModelIndex, Store, StoredModel, MODEL_PREFIX};
@@ -153,13 +153,19 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
 
 impl Reconciler {
     fn new(client: async_nats::Client, store: Store, opts: WadmOptions) -> Self {
+        let silent_after = opts.host_dead_after / 2;
         Self {
             ctl: CtlSubjects::with_prefix(&opts.ctl_prefix, &opts.lattice),
             client,
             store,
             opts,
             instance_id: uuid::Uuid::new_v4().to_string(),
-            lattice: LatticeState::default(),
+            lattice: LatticeState {
+                // Half the dead-host delay: with the defaults, one missed heartbeat and a
+                // margin.
+                silent_after,
+                ..LatticeState::default()
+            },
             models: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             statuses: BTreeMap::new(),
@@ -465,18 +471,17 @@ impl Reconciler {
             (Command::DeleteConfig { name }, Ok(())) => {
                 l.applied_configs.remove(&name);
             }
-            (Command::ScaleComponent(c), Ok(())) => {
-                l.mark_pending(&c.host_id, &c.component_id, now);
-                l.set_component(
-                    &c.host_id,
-                    &c.component_id,
-                    Some(ObservedComponent {
-                        image_ref: c.component_ref,
-                        count: c.max_instances,
-                        annotations: c.annotations.unwrap_or_default(),
-                    }),
-                );
-            }
+            // An acknowledgement is not an outcome: the work counts once the host confirms it
+            // (an event or its inventory), see `LatticeState::pending`.
+            (Command::ScaleComponent(c), Ok(())) => l.mark_pending(
+                &c.host_id,
+                &c.component_id,
+                Expected::Component {
+                    image_ref: c.component_ref,
+                    count: c.max_instances,
+                },
+                now,
+            ),
             (Command::ScaleComponent(c), Err(e)) => l.record_failure(
                 FailureKey::Workload {
                     host_id: c.host_id,
@@ -486,17 +491,12 @@ impl Reconciler {
                 &e,
                 now,
             ),
-            (Command::StartProvider(c), Ok(())) => {
-                l.mark_pending(&c.host_id, &c.provider_id, now);
-                l.set_provider(
-                    &c.host_id,
-                    &c.provider_id,
-                    Some(ObservedProvider {
-                        image_ref: c.provider_ref,
-                        annotations: c.annotations.unwrap_or_default(),
-                    }),
-                );
-            }
+            (Command::StartProvider(c), Ok(())) => l.mark_pending(
+                &c.host_id,
+                &c.provider_id,
+                Expected::Provider { running: true },
+                now,
+            ),
             (Command::StartProvider(c), Err(e)) => l.record_failure(
                 FailureKey::Workload {
                     host_id: c.host_id,
@@ -506,10 +506,12 @@ impl Reconciler {
                 &e,
                 now,
             ),
-            (Command::StopProvider(c), Ok(())) => {
-                l.mark_pending(&c.host_id, &c.provider_id, now);
-                l.set_provider(&c.host_id, &c.provider_id, None);
-            }
+            (Command::StopProvider(c), Ok(())) => l.mark_pending(
+                &c.host_id,
+                &c.provider_id,
+                Expected::Provider { running: false },
+                now,
+            ),
             (Command::PutLink(link), Ok(())) => {
                 l.failures.remove(&FailureKey::Link(link.key()));
                 l.links.insert(link.key(), link);

@@ -341,6 +341,10 @@ pub struct Status {
     /// Per scaler.
     #[serde(default)]
     pub scalers: Vec<ScalerStatus>,
+    /// The deployed version this status describes (empty when undeployed), so a client that
+    /// just deployed a new version does not take the previous version's status for its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 impl Status {
@@ -349,6 +353,7 @@ impl Status {
         Self {
             status: StatusInfo::new(StatusType::Undeployed, "the application is not deployed"),
             scalers: Vec::new(),
+            version: String::new(),
         }
     }
 
@@ -372,6 +377,7 @@ impl Status {
         let mut used = json_len(&Status {
             status: self.status.clone(),
             scalers: Vec::new(),
+            version: self.version.clone(),
         }) + 200;
         let mut order: Vec<usize> = (0..total).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.scalers[i].status.status_type.rank()));
@@ -419,7 +425,14 @@ impl Status {
         Self {
             status: StatusInfo::new(worst, message),
             scalers,
+            version: String::new(),
         }
+    }
+
+    /// This status, marked as describing deployed version `version`.
+    pub fn for_version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use trellis_protocol::events::{names, CloudEvent};
 
-use crate::lattice::{FailureKey, LatticeState, ObservedComponent};
+use crate::lattice::{Expected, FailureKey, LatticeState, DEFAULT_SILENT_AFTER, PENDING_TIMEOUT};
 
 fn heartbeat(host: &str, components: serde_json::Value) -> CloudEvent {
     CloudEvent::new(
@@ -39,26 +39,24 @@ fn heartbeat_adds_hosts_and_replaces_inventory() {
 }
 
 #[test]
-fn pending_commands_survive_a_stale_heartbeat_until_confirmed() {
+fn an_acknowledged_command_counts_only_once_the_host_confirms_it() {
     let now = Instant::now();
     let mut l = LatticeState::default();
     l.apply_event(&heartbeat("H", json!([])), now);
-    l.mark_pending("H", "c", now);
-    l.set_component(
-        "H",
-        "c",
-        Some(ObservedComponent {
-            image_ref: "x".into(),
-            count: 1,
-            annotations: Default::default(),
-        }),
-    );
-    l.apply_event(&heartbeat("H", json!([])), now);
+    let expected = Expected::Component {
+        image_ref: "x".into(),
+        count: 1,
+    };
+    l.mark_pending("H", "c", expected.clone(), now);
     assert!(
-        l.hosts["H"].components.contains_key("c"),
-        "kept while pending"
+        l.hosts["H"].components.is_empty(),
+        "an acknowledgement is not taken for the outcome"
     );
+    // A heartbeat sent before the host finished says nothing new: still pending.
+    l.apply_event(&heartbeat("H", json!([])), now);
     assert!(l.is_pending("H", "c", now));
+    assert_eq!(l.intended_count(&l.hosts["H"], "c", now), 1);
+    // The event confirms it.
     let scaled = CloudEvent::new(
         names::COMPONENT_SCALED,
         "H",
@@ -66,6 +64,55 @@ fn pending_commands_survive_a_stale_heartbeat_until_confirmed() {
     );
     l.apply_event(&scaled, now);
     assert!(!l.is_pending("H", "c", now));
+    assert_eq!(l.hosts["H"].components["c"].count, 1);
+
+    // Without the event, an inventory showing the outcome confirms it too.
+    l.mark_pending(
+        "H",
+        "c",
+        Expected::Component {
+            image_ref: "x".into(),
+            count: 3,
+        },
+        now,
+    );
+    l.apply_event(
+        &heartbeat(
+            "H",
+            json!([{"id": "c", "image_ref": "x", "max_instances": 1}]),
+        ),
+        now,
+    );
+    assert!(l.is_pending("H", "c", now), "count 1 is not the 3 expected");
+    l.apply_event(
+        &heartbeat(
+            "H",
+            json!([{"id": "c", "image_ref": "x", "max_instances": 3}]),
+        ),
+        now,
+    );
+    assert!(!l.is_pending("H", "c", now));
+
+    // An unconfirmed command expires, so the planner issues it again.
+    l.mark_pending("H", "d", expected, now);
+    l.expire(
+        now + PENDING_TIMEOUT + Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    assert!(!l.is_pending("H", "d", now + PENDING_TIMEOUT + Duration::from_secs(1)));
+}
+
+#[test]
+fn a_host_is_silent_after_the_threshold() {
+    let now = Instant::now();
+    let mut l = LatticeState::default();
+    l.apply_event(&heartbeat("H", json!([])), now);
+    let host = l.hosts["H"].clone();
+    assert_eq!(l.silence(&host, now + Duration::from_secs(1)), None);
+    assert_eq!(
+        l.silence(&host, now + DEFAULT_SILENT_AFTER + Duration::from_secs(1)),
+        Some(DEFAULT_SILENT_AFTER + Duration::from_secs(1))
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use trellis_protocol::ctl::{DeleteLinkRequest, Link};
 
 use crate::api::types::{ScalerStatus, Status, StatusInfo, StatusType};
 use crate::lattice::{
-    FailureKey, LatticeState, ObservedComponent, ObservedHost, ObservedProvider,
+    Expected, FailureKey, LatticeState, ObservedComponent, ObservedHost, ObservedProvider,
     APPSPEC_ANNOTATION, MANAGED_BY_ANNOTATION,
 };
 use crate::model::{parse_manifest, Manifest, Spread};
@@ -574,4 +574,223 @@ fn retargeted_link_is_deleted_then_put() {
         "{:?}",
         p.commands
     );
+}
+
+const FIVE: &str = r#"
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata: {name: five}
+spec:
+  components:
+    - name: api
+      type: component
+      properties: {image: "file:///api.wasm"}
+      traits:
+        - type: spreadscaler
+          properties: {instances: 5}
+    - name: kv
+      type: capability
+      properties: {image: "ghcr.io/wasmcloud/keyvalue-nats:0.3.1"}
+      traits:
+        - type: spreadscaler
+          properties: {instances: 1}
+"#;
+
+fn scaler_status<'a>(status: &'a Status, name: &str) -> &'a StatusInfo {
+    &status
+        .scalers
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scaler {name} in {status:?}"))
+        .status
+}
+
+/// What the reconciler does with an acknowledged command: it waits for the host to confirm.
+fn acknowledge(l: &mut LatticeState, cmds: &[Command], now: Instant) {
+    for c in cmds {
+        match c {
+            Command::ScaleComponent(s) => l.mark_pending(
+                &s.host_id,
+                &s.component_id,
+                Expected::Component {
+                    image_ref: s.component_ref.clone(),
+                    count: s.max_instances,
+                },
+                now,
+            ),
+            Command::StartProvider(p) => l.mark_pending(
+                &p.host_id,
+                &p.provider_id,
+                Expected::Provider { running: true },
+                now,
+            ),
+            Command::StopProvider(p) => l.mark_pending(
+                &p.host_id,
+                &p.provider_id,
+                Expected::Provider { running: false },
+                now,
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn acknowledged_work_is_reconciling_until_the_host_confirms_it_and_is_not_sent_twice() {
+    let now = Instant::now();
+    let mut l = lattice_with(vec![host("H", &[], now)]);
+    let m = app(FIVE);
+    let p = plan(&[deployed(&m)], &l, now);
+    assert_eq!(scales(&p.commands).len(), 1);
+    acknowledge(&mut l, &p.commands, now);
+
+    let p = plan(&[deployed(&m)], &l, now);
+    assert!(
+        !p.commands
+            .iter()
+            .any(|c| matches!(c, Command::ScaleComponent(_) | Command::StartProvider(_))),
+        "acknowledged commands are not sent again: {:?}",
+        p.commands
+    );
+    let status = &p.statuses["five"];
+    assert_eq!(status.status.status_type, StatusType::Reconciling);
+    let api = scaler_status(status, "api");
+    assert_eq!(api.status_type, StatusType::Reconciling);
+    assert!(
+        api.message.contains("0 of 5 instances confirmed")
+            && api.message.contains("waiting for host H to confirm"),
+        "{}",
+        api.message
+    );
+
+    // The host confirms the component only: still reconciling, for the provider.
+    l.set_component(
+        "H",
+        "five-api",
+        Some(ObservedComponent {
+            image_ref: "file:///api.wasm".into(),
+            count: 5,
+            annotations: owned("five"),
+        }),
+    );
+    l.pending.remove(&("H".to_string(), "five-api".to_string()));
+    let p = plan(&[deployed(&m)], &l, now);
+    assert_eq!(
+        scaler_status(&p.statuses["five"], "api").status_type,
+        StatusType::Deployed
+    );
+    assert_eq!(
+        p.statuses["five"].status.status_type,
+        StatusType::Reconciling
+    );
+
+    // An overdue confirmation makes the planner send the command again.
+    let overdue = now + crate::lattice::PENDING_TIMEOUT + Duration::from_secs(1);
+    if let Some(h) = l.hosts.get_mut("H") {
+        h.last_seen = overdue;
+    }
+    l.expire(overdue, Duration::from_secs(6));
+    let p = plan(&[deployed(&m)], &l, overdue);
+    assert!(p
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::StartProvider(s) if s.host_id == "H")));
+}
+
+#[test]
+fn a_silent_host_makes_the_status_reconciling_with_what_is_missing() {
+    let start = Instant::now();
+    let mut l = lattice_with(vec![host("A", &[], start), host("B", &[], start)]);
+    let m = app(FIVE);
+    let p = plan(&[deployed(&m)], &l, start);
+    apply_all(&mut l, &p.commands);
+    let p = plan(&[deployed(&m)], &l, start);
+    assert_eq!(p.statuses["five"].status.status_type, StatusType::Deployed);
+    let on_a = l.hosts["A"].components.get("five-api").map(|c| c.count);
+
+    // B keeps heartbeating; A has been silent for 4 s (not yet dead at 6 s).
+    let later = start + Duration::from_secs(4);
+    if let Some(h) = l.hosts.get_mut("B") {
+        h.last_seen = later;
+    }
+    assert!(l.expire(later, Duration::from_secs(6)).is_empty());
+    let p = plan(&[deployed(&m)], &l, later);
+    let status = &p.statuses["five"];
+    assert_eq!(status.status.status_type, StatusType::Reconciling);
+    let api = scaler_status(status, "api");
+    let confirmed = 5 - on_a.unwrap_or(0);
+    assert!(
+        api.message
+            .contains(&format!("{confirmed} of 5 instances confirmed"))
+            && api.message.contains("host A silent for 4 s"),
+        "{}",
+        api.message
+    );
+    assert!(
+        p.commands.is_empty(),
+        "a silent host's work is not moved before it is declared dead: {:?}",
+        p.commands
+    );
+
+    // A speaks again: deployed.
+    if let Some(h) = l.hosts.get_mut("A") {
+        h.last_seen = later;
+    }
+    let p = plan(&[deployed(&m)], &l, later);
+    assert_eq!(p.statuses["five"].status.status_type, StatusType::Deployed);
+}
+
+#[test]
+fn a_provider_that_failed_to_start_fails_the_app_with_the_hosts_error() {
+    let now = Instant::now();
+    let mut l = lattice_with(vec![host("H", &[], now)]);
+    let m = app(FIVE);
+    let p = plan(&[deployed(&m)], &l, now);
+    acknowledge(&mut l, &p.commands, now);
+    let failed = trellis_protocol::events::CloudEvent::new(
+        trellis_protocol::events::names::PROVIDER_START_FAILED,
+        "H",
+        serde_json::json!({
+            "provider_id": "five-kv",
+            // As a Trellis host sends it: both names of the image.
+            "provider_ref": "ghcr.io/wasmcloud/keyvalue-nats:0.3.1",
+            "image_ref": "ghcr.io/wasmcloud/keyvalue-nats:0.3.1",
+            "host_id": "H",
+            "error": "cannot reach the key-value bucket",
+        }),
+    );
+    l.apply_event(&failed, now);
+    let p = plan(&[deployed(&m)], &l, now);
+    let status = &p.statuses["five"];
+    assert_eq!(status.status.status_type, StatusType::Failed);
+    assert!(
+        status
+            .status
+            .message
+            .contains("H: cannot reach the key-value bucket"),
+        "{}",
+        status.status.message
+    );
+}
+
+#[test]
+fn a_removal_in_flight_is_not_sent_again() {
+    let now = Instant::now();
+    let mut l = lattice_with(vec![host("H", &[], now)]);
+    l.set_component(
+        "H",
+        "gone-api",
+        Some(ObservedComponent {
+            image_ref: "file:///api.wasm".into(),
+            count: 2,
+            annotations: owned("gone"),
+        }),
+    );
+    let p = plan(&[], &l, now);
+    assert_eq!(
+        scales(&p.commands),
+        vec![("H".into(), "gone-api".into(), 0, "file:///api.wasm".into())]
+    );
+    acknowledge(&mut l, &p.commands, now);
+    assert!(plan(&[], &l, now).commands.is_empty());
 }
