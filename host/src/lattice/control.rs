@@ -730,6 +730,11 @@ async fn start_component(
             config,
         })
         .await?;
+    // A component that links but cannot be instantiated cannot serve: say so now.
+    prepared
+        .check_instantiation()
+        .await
+        .with_context(|| format!("component {id} cannot create an instance"))?;
     Ok(host.components.insert(RunningComponent {
         prepared,
         annotations,

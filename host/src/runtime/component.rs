@@ -378,6 +378,36 @@ impl PreparedComponent {
         }
     }
 
+    /// Creates one instance now, as a call would, and says why that is impossible when it is
+    /// (a start function that traps, memory over the component's limit, a capability that
+    /// cannot set up its state). Run when the component is scaled, so a component that cannot
+    /// serve is reported then (`component_scale_failed`) rather than on its first request.
+    /// For a component without an HTTP export the instance is kept as the spare when the
+    /// runtime's spare budget allows, so the check costs its first call nothing (HTTP requests
+    /// instantiate through the proxy bindings and would never take it).
+    pub async fn check_instantiation(&self) -> Result<(), InvocationError> {
+        let fresh = self.fresh_instance().await?;
+        if fresh.flags.memory_hit.load(Ordering::SeqCst) {
+            return Err(InvocationError::MemoryExceeded {
+                component_id: self.id.to_string(),
+                limit_mb: self.limits.max_memory_mb,
+            });
+        }
+        if self.proxy_pre.is_some() {
+            return Ok(());
+        }
+        if let Some(token) = self.spare_budget.try_reserve() {
+            let mut slot = self.lock_spare();
+            if slot.is_none() {
+                *slot = Some(SpareInstance {
+                    fresh,
+                    _token: token,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a spare instance is waiting (see [`Self::prepare_spare`]).
     pub fn has_spare(&self) -> bool {
         self.lock_spare().is_some()

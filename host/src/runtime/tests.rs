@@ -1140,3 +1140,31 @@ async fn spares_are_taken_once_and_capped_by_the_pool() {
     components[1].prepare_spare().await;
     assert!(components[1].has_spare());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_cannot_be_instantiated_is_caught_when_prepared_and_checked() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = test_runtime(cache.path());
+    // The guest's initial memory (its stack alone is 1 MiB) does not fit a 1 MiB limit: it
+    // links, but no instance can ever be created.
+    let component = runtime
+        .prepare(spec("cramped", &wasm, 1, &[(MAX_MEMORY_MB_KEY, "1")]))
+        .await
+        .expect("it links");
+    let error = component
+        .check_instantiation()
+        .await
+        .expect_err("no instance fits 1 MiB");
+    assert!(
+        matches!(error, InvocationError::MemoryExceeded { limit_mb: 1, .. }),
+        "got {error:?}"
+    );
+
+    let roomy = runtime
+        .prepare(spec("roomy", &wasm, 1, &[]))
+        .await
+        .expect("prepare");
+    roomy.check_instantiation().await.expect("instantiates");
+    assert_hello(&roomy).await;
+}
