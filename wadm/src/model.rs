@@ -1,8 +1,13 @@
 //! The OAM `Application` manifest (`core.oam.dev/v1beta1`) as wadm accepts it, in YAML or JSON.
 //!
-//! Every struct rejects unknown fields, so a typo is an error that names the field and where it
-//! is instead of a silently ignored setting. [`parse_manifest`] reads either format and reports
-//! the field path (and the line, when the parser knows it) of what is wrong.
+//! Unknown fields are handled as wadm (`wadm-types`) handles them, struct by struct: where wadm
+//! refuses them (`Manifest`, component `properties`, config entries, traits, scaler properties
+//! and spreads), so does Trellis, naming the field and where it is; where wadm silently ignores
+//! them (`metadata`, `spec`, policies, components, shared-application references, secrets, link
+//! properties and a link's `source` and `target`), Trellis accepts the manifest too, but reports
+//! each ignored field as a warning with its path (see [`ParsedManifest::ignored`]).
+//! [`parse_manifest`] reads either format and reports the field path (and the line, when the
+//! parser knows it) of what is wrong.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,7 +31,7 @@ pub const SHARED_ANNOTATION: &str = "experimental.wasmcloud.dev/shared";
 /// The policy type secrets must refer to.
 pub const SECRET_POLICY_TYPE: &str = "policy.secret.wasmcloud.dev/v1alpha1";
 
-/// A whole manifest.
+/// A whole manifest. Unknown keys are refused (wadm refuses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -41,9 +46,8 @@ pub struct Manifest {
     pub spec: Specification,
 }
 
-/// `metadata`.
+/// `metadata`. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// The application name, unique per lattice.
     pub name: String,
@@ -55,9 +59,8 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `spec`.
+/// `spec`. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Specification {
     /// Components and capability providers.
     pub components: Vec<Component>,
@@ -66,9 +69,8 @@ pub struct Specification {
     pub policies: Vec<Policy>,
 }
 
-/// `spec.policies[]`.
+/// `spec.policies[]`. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// The name secrets refer to.
     pub name: String,
@@ -80,9 +82,8 @@ pub struct Policy {
     pub properties: BTreeMap<String, String>,
 }
 
-/// `spec.components[]`.
+/// `spec.components[]`. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Component {
     /// Name, unique in the manifest.
     pub name: String,
@@ -117,7 +118,7 @@ impl ComponentType {
     }
 }
 
-/// `spec.components[].properties`.
+/// `spec.components[].properties`. Unknown keys are refused (wadm refuses them).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentProperties {
@@ -139,8 +140,8 @@ pub struct ComponentProperties {
 }
 
 /// `application: {name, component}`: a component of another, shared, application.
+/// Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SharedApplicationComponent {
     /// The shared application's name.
     pub name: String,
@@ -149,7 +150,7 @@ pub struct SharedApplicationComponent {
 }
 
 /// A config entry: with `properties` it is created as `{manifest}-{name}`; without, it names an
-/// existing config.
+/// existing config. Unknown keys are refused (wadm refuses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigProperty {
@@ -164,9 +165,8 @@ pub struct ConfigProperty {
     pub properties: Option<BTreeMap<String, String>>,
 }
 
-/// A secret entry.
+/// A secret entry. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SecretProperty {
     /// The name the component reads the secret under.
     pub name: String,
@@ -174,9 +174,8 @@ pub struct SecretProperty {
     pub properties: SecretSourceProperty,
 }
 
-/// Where a secret comes from.
+/// Where a secret comes from. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SecretSourceProperty {
     /// The secret policy (by name) that says which backend to ask.
     pub policy: String,
@@ -190,7 +189,8 @@ pub struct SecretSourceProperty {
     pub version: Option<String>,
 }
 
-/// `traits[]`: `{type, properties}`, the shape of `properties` chosen by `type`.
+/// `traits[]`: `{type, properties}`, the shape of `properties` chosen by `type`. Other keys
+/// are refused (wadm refuses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "properties", deny_unknown_fields)]
 pub enum Trait {
@@ -216,7 +216,7 @@ impl Trait {
     }
 }
 
-/// Properties of `spreadscaler` and `daemonscaler`.
+/// Properties of `spreadscaler` and `daemonscaler`. Unknown keys are refused (wadm refuses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalerProperties {
@@ -230,6 +230,7 @@ pub struct ScalerProperties {
 }
 
 /// One spread: hosts whose labels match all `requirements` share `weight` of the instances.
+/// Unknown keys are refused (wadm refuses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spread {
@@ -253,9 +254,8 @@ impl Spread {
     }
 }
 
-/// Properties of `link`.
+/// Properties of `link`. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LinkProperties {
     /// WIT namespace, e.g. `wasi`.
     pub namespace: String,
@@ -304,9 +304,8 @@ impl LinkProperties {
     }
 }
 
-/// `source: {config, secrets}` of a link.
+/// `source: {config, secrets}` of a link. Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LinkSource {
     /// Configs for the source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -317,6 +316,7 @@ pub struct LinkSource {
 }
 
 /// `target`: `{name, config, secrets}`, or the older plain `"<name>"`.
+/// Unknown keys are accepted with a warning (wadm ignores them).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LinkTarget {
     /// The target component's name in the manifest.
@@ -329,8 +329,8 @@ pub struct LinkTarget {
     pub secrets: Vec<SecretProperty>,
 }
 
+/// The map form of [`LinkTarget`]; unknown keys are ignored, as wadm's `TargetConfig` does.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct LinkTargetObject {
     name: String,
     #[serde(default)]
@@ -519,8 +519,20 @@ pub fn lattice_config_name(manifest: &str, config: &ConfigProperty) -> String {
 pub struct ParsedManifest {
     /// The manifest.
     pub manifest: Manifest,
-    /// Problems that do not reject it (deprecated fields, unknown interfaces).
+    /// Problems that do not reject it (deprecated fields, unknown interfaces): exactly what
+    /// [`validation::validate`] says of `manifest`.
     pub warnings: Vec<Diagnostic>,
+    /// One warning per field the text sets that wadm ignores (an unknown key where wadm's
+    /// types do not refuse it), with its path. Kept apart from `warnings` because the parsed
+    /// [`Manifest`] no longer holds these fields; [`ParsedManifest::all_warnings`] gives both.
+    pub ignored: Vec<Diagnostic>,
+}
+
+impl ParsedManifest {
+    /// Every warning: validation's, then the ignored fields.
+    pub fn all_warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.warnings.iter().chain(self.ignored.iter())
+    }
 }
 
 /// Why a manifest was rejected: every error found, each with its field path.
@@ -579,14 +591,17 @@ pub fn parse_manifest_with(
     input: &[u8],
     limits: &ManifestLimits,
 ) -> Result<ParsedManifest, ManifestError> {
-    let manifest = deserialize_manifest_with(input, limits)?;
-    let diagnostics = validation::validate(&manifest);
+    let (manifest, text) = read_manifest(input, limits)?;
+    let ignored = ignored_fields(text);
+    let mut diagnostics = validation::validate(&manifest);
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        diagnostics.extend(ignored);
         return Err(ManifestError { diagnostics });
     }
     Ok(ParsedManifest {
         manifest,
         warnings: diagnostics,
+        ignored,
     })
 }
 
@@ -601,6 +616,14 @@ pub fn deserialize_manifest_with(
     input: &[u8],
     limits: &ManifestLimits,
 ) -> Result<Manifest, ManifestError> {
+    read_manifest(input, limits).map(|(manifest, _)| manifest)
+}
+
+/// Deserializes `input` within `limits`; returns the manifest and the text it was read from.
+fn read_manifest<'a>(
+    input: &'a [u8],
+    limits: &ManifestLimits,
+) -> Result<(Manifest, &'a str), ManifestError> {
     if input.len() > limits.max_bytes {
         return Err(BoundsError::TooLarge {
             size: input.len(),
@@ -648,10 +671,10 @@ pub fn deserialize_manifest_with(
                     .to_string(),
             )
         })?;
-        Ok(manifest)
+        Ok((manifest, text))
     } else {
         let de = serde_norway::Deserializer::from_str(text);
-        serde_path_to_error::deserialize::<_, Manifest>(de).map_err(|e| {
+        let manifest = serde_path_to_error::deserialize::<_, Manifest>(de).map_err(|e| {
             let path = display_path(e.path());
             let inner = e.inner();
             let location = inner.location();
@@ -662,7 +685,8 @@ pub fn deserialize_manifest_with(
                 location.as_ref().map(|l| l.column()),
                 message,
             )
-        })
+        })?;
+        Ok((manifest, text))
     }
 }
 
@@ -694,5 +718,378 @@ fn strip_yaml_position(msg: &str, path: &str) -> String {
     match without_pos.split_once(": ") {
         Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest.to_string(),
         _ => without_pos.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fields wadm ignores.
+//
+// The typed parse above already refused unknown keys where wadm refuses them; where wadm
+// ignores them, serde skipped them silently. To name each one, the accepted text is read a
+// second time as a plain tree and walked along the shape of the wadm manifest. (Collecting
+// ignored keys during the typed parse cannot work for a trait whose `properties` come before
+// its `type`: serde buffers those properties and their keys lose their path.)
+// ---------------------------------------------------------------------------------------------
+
+/// At most this many ignored fields are reported one by one; the rest are counted.
+pub const MAX_IGNORED_FIELD_WARNINGS: usize = 20;
+/// Characters of a key shown in a warning; longer keys are cut.
+const MAX_SHOWN_KEY_CHARS: usize = 64;
+
+/// A document as a plain tree: only what the walk needs (keys, nesting and scalar text).
+enum Node {
+    Map(Vec<(String, Node)>),
+    Seq(Vec<Node>),
+    Scalar(String),
+}
+
+impl Node {
+    fn entries(&self) -> &[(String, Node)] {
+        match self {
+            Node::Map(entries) => entries,
+            _ => &[],
+        }
+    }
+
+    fn items(&self) -> &[Node] {
+        match self {
+            Node::Seq(items) => items,
+            _ => &[],
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Node> {
+        self.entries()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML or JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(v.to_string()))
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar(String::new()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar(String::new()))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Scalar(String::new()))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Node>()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Node, Node>()? {
+                    let key = match key {
+                        Node::Scalar(text) => text,
+                        Node::Map(_) => "<map>".to_string(),
+                        Node::Seq(_) => "<list>".to_string(),
+                    };
+                    entries.push((key, value));
+                }
+                Ok(Node::Map(entries))
+            }
+            fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
+                // A YAML tag (`!tag value`): the tagged value is what counts.
+                use de::VariantAccess;
+                let (_tag, variant) = data.variant::<de::IgnoredAny>()?;
+                variant.newtype_variant::<Node>()
+            }
+        }
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+/// Paths of the keys the walk found ignored, in document order.
+#[derive(Default)]
+struct IgnoredWalk {
+    found: Vec<(String, String)>,
+}
+
+impl IgnoredWalk {
+    /// The entries of map `node` at `path` whose keys are `known`. Other keys are recorded as
+    /// ignored when `ignores_unknown` (wadm ignores them there); where wadm refuses unknown
+    /// keys the typed parse already did, so they are not looked at again.
+    fn known<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        known: &[&str],
+        ignores_unknown: bool,
+    ) -> Vec<(&'n str, &'n Node, String)> {
+        let mut out = Vec::new();
+        for (key, value) in node.entries() {
+            let child = join_path(path, key);
+            if known.contains(&key.as_str()) {
+                out.push((key.as_str(), value, child));
+            } else if ignores_unknown {
+                self.found.push((child, key.clone()));
+            }
+        }
+        out
+    }
+
+    /// The whole document (`Manifest`: wadm refuses unknown keys).
+    fn manifest(&mut self, doc: &Node) {
+        for (key, value, path) in
+            self.known(doc, "", &["apiVersion", "kind", "metadata", "spec"], false)
+        {
+            match key {
+                "metadata" => {
+                    self.known(value, &path, &["name", "annotations", "labels"], true);
+                }
+                "spec" => self.spec(value, &path),
+                _ => {}
+            }
+        }
+    }
+
+    /// `spec` (`Specification`: wadm ignores unknown keys).
+    fn spec(&mut self, node: &Node, path: &str) {
+        for (key, value, path) in self.known(node, path, &["components", "policies"], true) {
+            for (i, item) in value.items().iter().enumerate() {
+                let item_path = format!("{path}[{i}]");
+                match key {
+                    "components" => self.component(item, &item_path),
+                    _ => {
+                        // `Policy`: wadm ignores unknown keys; `properties` is a free map.
+                        self.known(item, &item_path, &["name", "type", "properties"], true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `spec.components[]` (`Component`: wadm ignores unknown keys).
+    fn component(&mut self, node: &Node, path: &str) {
+        for (key, value, path) in
+            self.known(node, path, &["name", "type", "properties", "traits"], true)
+        {
+            match key {
+                "properties" => self.component_properties(value, &path),
+                "traits" => {
+                    for (j, item) in value.items().iter().enumerate() {
+                        self.trait_entry(item, &format!("{path}[{j}]"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `properties` of a component or provider (wadm refuses unknown keys).
+    fn component_properties(&mut self, node: &Node, path: &str) {
+        for (key, value, path) in self.known(
+            node,
+            path,
+            &["image", "application", "id", "config", "secrets"],
+            false,
+        ) {
+            match key {
+                // `SharedApplicationComponentProperties`: wadm ignores unknown keys.
+                "application" => {
+                    self.known(value, &path, &["name", "component"], true);
+                }
+                "secrets" => self.secrets(value, &path),
+                // `config` entries: wadm refuses unknown keys; `properties` is a free map.
+                _ => {}
+            }
+        }
+    }
+
+    /// A list of secrets (`SecretProperty`, `SecretSourceProperty`: wadm ignores unknown keys).
+    fn secrets(&mut self, node: &Node, path: &str) {
+        for (k, item) in node.items().iter().enumerate() {
+            let item_path = format!("{path}[{k}]");
+            for (key, value, path) in self.known(item, &item_path, &["name", "properties"], true) {
+                if key == "properties" {
+                    self.known(value, &path, &["policy", "key", "field", "version"], true);
+                }
+            }
+        }
+    }
+
+    /// `traits[]` (`Trait`: wadm refuses unknown keys). Scaler properties and spreads refuse
+    /// unknown keys too; only a link's properties ignore them.
+    fn trait_entry(&mut self, node: &Node, path: &str) {
+        let is_link = matches!(node.get("type"), Some(Node::Scalar(t)) if t == "link");
+        for (key, value, path) in self.known(node, path, &["type", "properties"], false) {
+            if key == "properties" && is_link {
+                self.link(value, &path);
+            }
+        }
+    }
+
+    /// A link's properties (wadm reads them leniently: unknown keys are ignored, and so are
+    /// unknown keys of `source` (`ConfigDefinition`) and `target` (`TargetConfig`)).
+    fn link(&mut self, node: &Node, path: &str) {
+        for (key, value, path) in self.known(
+            node,
+            path,
+            &[
+                "namespace",
+                "package",
+                "interfaces",
+                "target",
+                "source",
+                "name",
+                "source_config",
+                "target_config",
+            ],
+            true,
+        ) {
+            let block: &[&str] = match key {
+                "target" => &["name", "config", "secrets"],
+                "source" => &["config", "secrets"],
+                _ => continue,
+            };
+            // A plain-string `target` has no keys.
+            for (key, value, path) in self.known(value, &path, block, true) {
+                if key == "secrets" {
+                    self.secrets(value, &path);
+                }
+            }
+        }
+    }
+}
+
+/// `parent.key`, or `parent["key"]` for a key that is not a plain name (so a hostile key cannot
+/// forge a path); long keys are cut.
+fn join_path(parent: &str, key: &str) -> String {
+    let shown = shown_key(key);
+    if shown.starts_with('"') {
+        format!("{parent}[{shown}]")
+    } else if parent.is_empty() {
+        shown
+    } else {
+        format!("{parent}.{shown}")
+    }
+}
+
+/// `key` as shown in a path or message: as is when it is a plain name, else quoted with escapes;
+/// cut after [`MAX_SHOWN_KEY_CHARS`] characters.
+fn shown_key(key: &str) -> String {
+    let cut: String = key.chars().take(MAX_SHOWN_KEY_CHARS).collect();
+    let cut = if cut.len() < key.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    };
+    let plain = !key.is_empty()
+        && key.len() <= MAX_SHOWN_KEY_CHARS
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        cut
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// One warning per key of `text` (a manifest the typed parse accepted) that wadm ignores, at
+/// most [`MAX_IGNORED_FIELD_WARNINGS`] and then a count of the rest.
+fn ignored_fields(text: &str) -> Vec<Diagnostic> {
+    let doc = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<Node>(text).map_err(|e| e.to_string())
+    } else {
+        serde_norway::from_str::<Node>(text).map_err(|e| e.to_string())
+    };
+    let doc = match doc {
+        Ok(doc) => doc,
+        Err(e) => {
+            return vec![Diagnostic {
+                severity: Severity::Warning,
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!(
+                    "could not look for fields wadm ignores ({e}); unknown fields may have been \
+                     ignored without a warning"
+                ),
+            }]
+        }
+    };
+    let mut walk = IgnoredWalk::default();
+    walk.manifest(&doc);
+    let total = walk.found.len();
+    let mut out: Vec<Diagnostic> = walk
+        .found
+        .into_iter()
+        .take(MAX_IGNORED_FIELD_WARNINGS)
+        .map(|(path, key)| Diagnostic {
+            severity: Severity::Warning,
+            path,
+            line: None,
+            column: None,
+            message: format!(
+                "unknown field {}, ignored (wadm ignores it too); remove it, or check its \
+                 spelling if you meant a known field",
+                quoted_key(&key)
+            ),
+        })
+        .collect();
+    if total > MAX_IGNORED_FIELD_WARNINGS {
+        out.push(Diagnostic {
+            severity: Severity::Warning,
+            path: String::new(),
+            line: None,
+            column: None,
+            message: format!(
+                "{} more unknown fields are ignored (wadm ignores them too)",
+                total - MAX_IGNORED_FIELD_WARNINGS
+            ),
+        });
+    }
+    out
+}
+
+/// `key` in backquotes, escaped when it is not a plain name.
+fn quoted_key(key: &str) -> String {
+    let shown = shown_key(key);
+    if shown.starts_with('"') {
+        shown
+    } else {
+        format!("`{shown}`")
     }
 }

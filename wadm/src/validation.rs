@@ -255,20 +255,34 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
         }
     }
 
-    // Policies.
-    let mut policies: HashMap<&str, &str> = HashMap::new();
+    // Policies. A secret policy without `backend` is an error only for the secrets that refer
+    // to it (see `check_secrets`), as in wadm; unused, it is only worth a warning.
+    let referenced = referenced_policies(manifest);
+    let mut policies: HashMap<&str, PolicyInfo> = HashMap::new();
     for (i, policy) in manifest.spec.policies.iter().enumerate() {
         let path = format!("spec.policies[{i}]");
-        if policies.insert(&policy.name, &policy.policy_type).is_some() {
+        let info = PolicyInfo {
+            policy_type: &policy.policy_type,
+            has_backend: policy.properties.contains_key("backend"),
+            index: i,
+        };
+        if policies.insert(&policy.name, info).is_some() {
             c.error(
                 format!("{path}.name"),
                 format!("duplicate policy name `{}`", policy.name),
             );
         }
-        if policy.policy_type == SECRET_POLICY_TYPE && !policy.properties.contains_key("backend") {
-            c.error(
+        if policy.policy_type == SECRET_POLICY_TYPE
+            && !info.has_backend
+            && !referenced.contains(policy.name.as_str())
+        {
+            c.warn(
                 format!("{path}.properties"),
-                format!("secret policy `{}` needs a `backend` property", policy.name),
+                format!(
+                    "secret policy `{}` has no `backend` property; no secret refers to it yet, \
+                     but one that does will be refused: add `backend` (e.g. `nats-kv`)",
+                    policy.name
+                ),
             );
         }
     }
@@ -592,11 +606,40 @@ fn record_config(
     }
 }
 
+/// What secrets need to know of a policy.
+#[derive(Clone, Copy)]
+struct PolicyInfo<'a> {
+    policy_type: &'a str,
+    has_backend: bool,
+    index: usize,
+}
+
+/// Names of the policies some secret (of a component, or of a link's source or target) refers to.
+fn referenced_policies(manifest: &Manifest) -> HashSet<&str> {
+    let mut lists: Vec<&[SecretProperty]> = Vec::new();
+    for comp in &manifest.spec.components {
+        lists.push(&comp.properties.secrets);
+        for tr in &comp.traits {
+            if let Trait::Link(link) = tr {
+                lists.push(&link.target.secrets);
+                if let Some(source) = &link.source {
+                    lists.push(&source.secrets);
+                }
+            }
+        }
+    }
+    lists
+        .into_iter()
+        .flatten()
+        .map(|s| s.properties.policy.as_str())
+        .collect()
+}
+
 fn check_secrets(
     c: &mut Checker,
     path: &str,
     secrets: &[SecretProperty],
-    policies: &HashMap<&str, &str>,
+    policies: &HashMap<&str, PolicyInfo>,
 ) {
     let mut seen = HashSet::new();
     for (k, secret) in secrets.iter().enumerate() {
@@ -614,14 +657,100 @@ fn check_secrets(
                     secret.name, secret.properties.policy
                 ),
             ),
-            Some(kind) if *kind != SECRET_POLICY_TYPE => c.error(
+            Some(info) if info.policy_type != SECRET_POLICY_TYPE => c.error(
                 format!("{path}[{k}].properties.policy"),
                 format!(
-                    "secret `{}` refers to policy `{}` of type `{kind}`, not a secret policy (`{SECRET_POLICY_TYPE}`)",
-                    secret.name, secret.properties.policy
+                    "secret `{}` refers to policy `{}` of type `{}`, not a secret policy (`{SECRET_POLICY_TYPE}`)",
+                    secret.name, secret.properties.policy, info.policy_type
+                ),
+            ),
+            Some(info) if !info.has_backend => c.error(
+                format!("{path}[{k}].properties.policy"),
+                format!(
+                    "secret `{}` refers to policy `{}`, which has no `backend` property: add \
+                     `backend` (e.g. `nats-kv`) to spec.policies[{}].properties",
+                    secret.name, secret.properties.policy, info.index
                 ),
             ),
             Some(_) => {}
         }
     }
+}
+
+/// Why the components `manifest` takes from shared applications cannot be found among
+/// `deployed`, the deployed manifests of the other applications of the lattice: one error per
+/// such component whose application is not deployed, is not marked shared
+/// (`experimental.wasmcloud.dev/shared: "true"`), lacks the component, or has it as the other
+/// kind (component vs capability provider). Empty when every reference resolves.
+///
+/// As in wadm, a put is accepted anyway (its reply notes these) and a deploy is refused.
+pub fn shared_component_problems(manifest: &Manifest, deployed: &[&Manifest]) -> Vec<Diagnostic> {
+    let mut c = Checker { out: Vec::new() };
+    for (i, comp) in manifest.spec.components.iter().enumerate() {
+        let Some(shared) = &comp.properties.application else {
+            continue;
+        };
+        let path = format!("spec.components[{i}].properties.application");
+        let Some(app) = deployed.iter().find(|m| m.name() == shared.name) else {
+            c.error(
+                path,
+                format!(
+                    "component `{}` comes from application `{}`, which is not deployed: deploy `{}` first",
+                    comp.name, shared.name, shared.name
+                ),
+            );
+            continue;
+        };
+        if !app.is_shared() {
+            c.error(
+                path,
+                format!(
+                    "component `{}` comes from application `{}`, which is not marked shared: add the annotation `{}: \"true\"` to `{}` and deploy it again",
+                    comp.name,
+                    shared.name,
+                    model::SHARED_ANNOTATION,
+                    shared.name
+                ),
+            );
+            continue;
+        }
+        match app
+            .spec
+            .components
+            .iter()
+            .find(|other| other.name == shared.component)
+        {
+            None => c.error(
+                path,
+                format!(
+                    "component `{}` comes from shared application `{}`, which has no component `{}`",
+                    comp.name, shared.name, shared.component
+                ),
+            ),
+            Some(other)
+                if other.component_type.is_provider() != comp.component_type.is_provider() =>
+            {
+                let kind = |t: ComponentType| {
+                    if t.is_provider() {
+                        "a capability provider"
+                    } else {
+                        "a component"
+                    }
+                };
+                c.error(
+                    path,
+                    format!(
+                        "`{}` of shared application `{}` is {}, but `{}` is declared as {}: make the types agree",
+                        shared.component,
+                        shared.name,
+                        kind(other.component_type),
+                        comp.name,
+                        kind(comp.component_type)
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    c.out
 }

@@ -19,9 +19,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::limits::{BoundsError, ManifestLimits, PARSE_DEADLINE};
-use crate::model::{parse_manifest_with, ManifestError, ParsedManifest, VERSION_ANNOTATION};
+use crate::model::{
+    parse_manifest_with, Manifest, ManifestError, ParsedManifest, VERSION_ANNOTATION,
+};
 use crate::store::{IndexEntry, ModelChange, ModelIndex, Store, MAX_VERSIONS_PER_MODEL};
-use crate::validation::{is_valid_app_name, Severity};
+use crate::validation::{is_valid_app_name, shared_component_problems, Severity};
 use types::*;
 
 /// How many manifests are parsed at once, each on a blocking thread. A parse that outlives
@@ -244,6 +246,11 @@ impl ApiServer {
             Ok(p) => p,
             Err(message) => return Ok(put_error(message, String::new())),
         };
+        let mut warnings: Vec<String> = parsed
+            .all_warnings()
+            .filter(|d| d.severity == Severity::Warning)
+            .map(ToString::to_string)
+            .collect();
         let mut manifest = parsed.manifest;
         let name = manifest.name().to_string();
         let version = match manifest.version() {
@@ -257,12 +264,11 @@ impl ApiServer {
                 v
             }
         };
-        let warnings: Vec<String> = parsed
-            .warnings
-            .iter()
-            .filter(|d| d.severity == Severity::Warning)
-            .map(ToString::to_string)
-            .collect();
+        // As in wadm, missing shared components do not refuse a put (only a deploy), but the
+        // reply says which.
+        if let Some(note) = self.shared_note(&manifest).await {
+            warnings.push(note);
+        }
         // The manifest goes to its own key first; the index names it only once it is stored.
         let manifest_json = serde_json::to_vec(&manifest)?;
         let id = match self
@@ -430,16 +436,20 @@ impl ApiServer {
         if index.deployed_version.is_none() {
             return Ok(Status::undeployed());
         }
+        let deployed = index.deployed_version.clone().unwrap_or_default();
+        // A status stored for another version (the previous deploy) says nothing of this one.
         Ok(self
             .store
             .get_status(&index.name)
             .await?
+            .filter(|status| status.version.is_empty() || status.version == deployed)
             .unwrap_or_else(|| Status {
                 status: StatusInfo::new(
                     StatusType::Reconciling,
-                    "deployed; waiting for the reconciler's first pass",
+                    format!("version {deployed} deployed; waiting for the reconciler's first pass"),
                 ),
                 scalers: Vec::new(),
+                version: deployed,
             }))
     }
 
@@ -547,11 +557,106 @@ impl ApiServer {
         Ok(json(&response))
     }
 
+    /// The deployed manifests of every model but `except`.
+    async fn deployed_manifests(&self, except: &str) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for name in self.store.model_names().await? {
+            if name == except {
+                continue;
+            }
+            let Some((index, _)) = self.store.get_index(&name).await? else {
+                continue;
+            };
+            let Some(deployed) = index.deployed_version.as_deref() else {
+                continue;
+            };
+            if let Some(entry) = index.versions.iter().find(|v| v.version == deployed) {
+                if let Some(manifest) = self.store.get_manifest(&name, entry).await? {
+                    out.push(manifest);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why `manifest`'s components from shared applications cannot be resolved now; empty
+    /// when it has none or all resolve. Reading the store may fail.
+    async fn shared_problems(&self, manifest: &Manifest) -> Result<Vec<String>> {
+        if manifest
+            .spec
+            .components
+            .iter()
+            .all(|c| c.properties.application.is_none())
+        {
+            return Ok(Vec::new());
+        }
+        let deployed = self.deployed_manifests(manifest.name()).await?;
+        let deployed: Vec<&Manifest> = deployed.iter().collect();
+        Ok(shared_component_problems(manifest, &deployed)
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    /// The put reply's note about shared components that are not deployed, if any.
+    async fn shared_note(&self, manifest: &Manifest) -> Option<String> {
+        match self.shared_problems(manifest).await {
+            Ok(problems) if problems.is_empty() => None,
+            Ok(problems) => Some(format!(
+                "some shared components are not deployed, so a deploy is refused until they are: {}",
+                problems.join("; ")
+            )),
+            Err(e) => Some(format!(
+                "could not check the shared components against deployed applications: {e:#}"
+            )),
+        }
+    }
+
+    /// Refuses a deploy of `name` at `version` (as requested) whose components from shared
+    /// applications are not deployed, as wadm does. `None` when the deploy may go on (or the
+    /// model or version does not exist: the deploy itself says so).
+    async fn refuse_unresolved_shared(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<DeployModelResponse>> {
+        let Some((index, _)) = self.store.get_index(name).await? else {
+            return Ok(None);
+        };
+        let Some(entry) = index.version(version) else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.store.get_manifest(name, entry).await? else {
+            return Ok(None);
+        };
+        let problems = self.shared_problems(&manifest).await?;
+        if problems.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DeployModelResponse {
+            result: DeployResult::Error,
+            message: format!(
+                "cannot deploy {name} version {}: it contains shared components that are not \
+                 deployed in other applications: {}",
+                entry.version,
+                problems.join("; ")
+            ),
+            name: name.to_string(),
+            version: Some(entry.version.clone()),
+        }))
+    }
+
     async fn deploy(&self, name: &str, payload: &[u8]) -> Result<Bytes> {
         let req = match version_request(payload) {
             Ok(r) => r,
             Err(e) => return Ok(json(&ErrorResponse::new(e))),
         };
+        if let Some(refused) = self
+            .refuse_unresolved_shared(name, req.version.as_deref())
+            .await?
+        {
+            return Ok(json(&refused));
+        }
         let response = self
             .store
             .update_model(name, |current| {

@@ -159,12 +159,7 @@ fn secret_with_unknown_or_wrong_policy() {
         "secrets[0].properties.policy",
         "not a secret policy",
     );
-    let policies = "  policies:\n    - name: p\n      type: policy.secret.wasmcloud.dev/v1alpha1\n      properties: {}\n";
-    rejected(
-        &manifest("x", "", COMP_A, policies),
-        "spec.policies[0].properties",
-        "needs a `backend`",
-    );
+    // A secret policy without `backend`: see the two tests below.
 }
 
 #[test]
@@ -274,4 +269,111 @@ fn overlong_name_and_version() {
         "metadata.annotations.version",
         "longer than 128",
     );
+}
+
+const SECRET_POLICY_NO_BACKEND: &str = "  policies:\n    - name: p\n      type: policy.secret.wasmcloud.dev/v1alpha1\n      properties: {}\n";
+
+#[test]
+fn an_unused_secret_policy_without_backend_is_only_a_warning() {
+    let parsed = parse_manifest(manifest("x", "", COMP_A, SECRET_POLICY_NO_BACKEND).as_bytes())
+        .unwrap_or_else(|e| panic!("accepted as wadm does: {e}"));
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|d| d.severity == Severity::Warning
+                && d.path == "spec.policies[0].properties"
+                && d.message.contains("no `backend`")),
+        "{:?}",
+        parsed.warnings
+    );
+}
+
+#[test]
+fn a_secret_using_a_policy_without_backend_is_refused() {
+    let comps = "    - name: a\n      type: component\n      properties:\n        image: x\n        secrets:\n          - name: s\n            properties: {policy: p, key: k}\n";
+    rejected(
+        &manifest("x", "", comps, SECRET_POLICY_NO_BACKEND),
+        "spec.components[0].properties.secrets[0].properties.policy",
+        "has no `backend` property",
+    );
+    // A link target's secret counts too; the policy gets no extra warning then.
+    let comps = format!("{COMP_A}    - name: kv\n      type: capability\n      properties:\n        image: y\n      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            package: keyvalue\n            interfaces: [store]\n            target:\n              name: a\n              secrets:\n                - name: t\n                  properties: {{policy: p, key: k}}\n");
+    let err = parse_manifest(manifest("x", "", &comps, SECRET_POLICY_NO_BACKEND).as_bytes())
+        .expect_err("refused");
+    assert!(
+        err.diagnostics.iter().any(|d| d.severity == Severity::Error
+            && d.path
+                == "spec.components[1].traits[0].properties.target.secrets[0].properties.policy"
+            && d.message.contains("add `backend`")),
+        "{err}"
+    );
+    assert!(
+        !err.diagnostics
+            .iter()
+            .any(|d| d.path == "spec.policies[0].properties"),
+        "{err}"
+    );
+}
+
+mod shared {
+    use crate::model::{parse_manifest, Manifest};
+    use crate::validation::{shared_component_problems, Severity};
+
+    fn app(name: &str, annotations: &str, components: &str) -> Manifest {
+        let yaml = format!("apiVersion: core.oam.dev/v1beta1\nkind: Application\nmetadata:\n  name: {name}\n{annotations}spec:\n  components:\n{components}");
+        parse_manifest(yaml.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+            .manifest
+    }
+
+    const SHARED: &str = "  annotations:\n    experimental.wasmcloud.dev/shared: \"true\"\n";
+    const BASE_COMPONENTS: &str = "    - name: httpserver\n      type: capability\n      properties:\n        image: ghcr.io/wasmcloud/http-server:0.27.0\n    - name: c\n      type: component\n      properties:\n        image: file:///c.wasm\n";
+
+    fn user(component: &str, kind: &str) -> Manifest {
+        app(
+            "user",
+            "",
+            &format!("    - name: dep\n      type: {kind}\n      properties:\n        application: {{name: base, component: {component}}}\n"),
+        )
+    }
+
+    fn problems(user: &Manifest, deployed: &[&Manifest]) -> Vec<String> {
+        let out = shared_component_problems(user, deployed);
+        assert!(out.iter().all(|d| d.severity == Severity::Error
+            && d.path == "spec.components[0].properties.application"));
+        out.iter().map(|d| d.message.clone()).collect()
+    }
+
+    #[test]
+    fn resolved_shared_components_have_no_problem() {
+        let base = app("base", SHARED, BASE_COMPONENTS);
+        assert!(problems(&user("httpserver", "capability"), &[&base]).is_empty());
+        assert!(problems(&user("c", "component"), &[&base]).is_empty());
+    }
+
+    #[test]
+    fn each_reason_is_named() {
+        let base = app("base", SHARED, BASE_COMPONENTS);
+        let unshared = app("base", "", BASE_COMPONENTS);
+        let u = user("httpserver", "capability");
+        let p = problems(&u, &[]);
+        assert!(
+            p.len() == 1 && p[0].contains("`base`, which is not deployed"),
+            "{p:?}"
+        );
+        let p = problems(&u, &[&unshared]);
+        assert!(p.len() == 1 && p[0].contains("not marked shared"), "{p:?}");
+        let p = problems(&user("missing", "capability"), &[&base]);
+        assert!(
+            p.len() == 1 && p[0].contains("has no component `missing`"),
+            "{p:?}"
+        );
+        let p = problems(&user("httpserver", "component"), &[&base]);
+        assert!(
+            p.len() == 1
+                && p[0].contains("is a capability provider, but `dep` is declared as a component"),
+            "{p:?}"
+        );
+    }
 }
