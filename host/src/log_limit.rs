@@ -44,27 +44,33 @@ impl LogLimiter {
     }
 
     /// `Some(n)` when a line may be logged now, `n` being how many occurrences were swallowed
-    /// since the last line; `None` (and the occurrence counted) otherwise.
+    /// since the last line; `None` (and the occurrence counted) otherwise. Every occurrence is
+    /// counted exactly once, whatever the threads racing.
     pub fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    /// [`Self::allow`] at a given instant (for tests, and callers that already read the clock).
+    pub fn allow_at(&self, now: Instant) -> Option<u64> {
         // +1 so that the first call (at 0 ms) is let through.
-        let now = u64::try_from(epoch().elapsed().as_millis())
+        let now = u64::try_from(now.saturating_duration_since(epoch()).as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1);
-        let next = self.next_ms.load(Ordering::Relaxed);
+        let next = self.next_ms.load(Ordering::Acquire);
         if now >= next
             && self
                 .next_ms
                 .compare_exchange(
                     next,
                     now.saturating_add(self.interval_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
                 )
                 .is_ok()
         {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
         }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        self.suppressed.fetch_add(1, Ordering::AcqRel);
         None
     }
 }
@@ -88,5 +94,54 @@ mod tests {
         assert_eq!(limiter.allow(), Some(0));
         // Same millisecond or not, `next` never lies ahead of `now`.
         assert_eq!(limiter.allow(), Some(0));
+    }
+
+    #[test]
+    fn one_line_per_interval_counting_what_was_held_back() {
+        let limiter = LogLimiter::new(Duration::from_secs(1));
+        let start = epoch() + Duration::from_secs(1000);
+        assert_eq!(limiter.allow_at(start), Some(0), "the first occurrence logs");
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(limiter.allow_at(start + Duration::from_millis(ms)), None);
+        }
+        // The line after the interval reports the four held back.
+        assert_eq!(
+            limiter.allow_at(start + Duration::from_millis(1000)),
+            Some(4)
+        );
+        assert_eq!(limiter.allow_at(start + Duration::from_millis(1500)), None);
+        assert_eq!(
+            limiter.allow_at(start + Duration::from_millis(2100)),
+            Some(1)
+        );
+        // After a quiet spell the next occurrence logs at once, alone.
+        assert_eq!(limiter.allow_at(start + Duration::from_secs(60)), Some(0));
+    }
+
+    #[test]
+    fn a_flood_from_many_threads_logs_once_and_loses_no_count() {
+        let limiter = LogLimiter::new(Duration::from_secs(1));
+        let now = epoch() + Duration::from_secs(2000);
+        let lines: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let limiter = &limiter;
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter_map(|_| limiter.allow_at(now))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("worker"))
+                .collect()
+        });
+        assert_eq!(lines, vec![0], "4000 occurrences in one instant make one line");
+        let later = limiter
+            .allow_at(now + Duration::from_secs(1))
+            .expect("the next interval logs");
+        assert_eq!(later, 3999, "every occurrence held back is counted once");
     }
 }

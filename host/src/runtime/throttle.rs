@@ -1,77 +1,37 @@
 //! Rate-limited logging of failed and refused invocations: a flood of bad requests becomes at
 //! most one log line a second per component and kind, carrying how many it stands for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::component::InvocationError;
+use crate::log_limit::LogLimiter;
 
 /// Shortest time between two log lines of one kind for one component.
 pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Lets one event through per [`LOG_INTERVAL`] and counts the ones held back in between.
-/// Lock-free; the count is exact (events held back are reported with the next line).
-#[derive(Debug)]
-pub(crate) struct LogThrottle {
-    origin: Instant,
-    /// Milliseconds since `origin` before which no line may be logged.
-    next_line_ms: AtomicU64,
-    /// Events since the last line, this one included once it is counted.
-    pending: AtomicU64,
-}
-
-impl LogThrottle {
-    /// A throttle that lets the first event through.
-    pub(crate) fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            next_line_ms: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one event at `now`. Returns how many events the caller's log line stands for
-    /// (this one and those held back since the last line), or `None` to log nothing.
-    pub(crate) fn record(&self, now: Instant) -> Option<u64> {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        let now_ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
-            .unwrap_or(u64::MAX);
-        let next = self.next_line_ms.load(Ordering::Acquire);
-        if now_ms < next {
-            return None;
-        }
-        let after = now_ms.saturating_add(LOG_INTERVAL.as_millis() as u64);
-        // Of several events racing past the interval, one logs.
-        self.next_line_ms
-            .compare_exchange(next, after, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        Some(self.pending.swap(0, Ordering::AcqRel))
-    }
-}
 
 /// The per-component log of invocations that did not succeed: refusals (every instance busy)
 /// and failures (traps, deadlines, memory, anything else), each at most once a second.
 #[derive(Debug)]
 pub(crate) struct FailureLog {
-    refused: LogThrottle,
-    failed: LogThrottle,
+    refused: LogLimiter,
+    failed: LogLimiter,
 }
 
 impl FailureLog {
     /// An empty log.
     pub(crate) fn new() -> Self {
         Self {
-            refused: LogThrottle::new(),
-            failed: LogThrottle::new(),
+            refused: LogLimiter::new(LOG_INTERVAL),
+            failed: LogLimiter::new(LOG_INTERVAL),
         }
     }
 
     /// Notes that an invocation of `component_id` ended with `error`; logs a warning if the
     /// last one of its kind was logged more than [`LOG_INTERVAL`] ago.
     pub(crate) fn note(&self, component_id: &str, error: &InvocationError) {
-        let now = Instant::now();
+        // Each line stands for the occurrences held back since the last one, and itself.
         if error.is_refusal() {
-            if let Some(refused) = self.refused.record(now) {
+            if let Some(refused) = self.refused.allow().map(|held| held + 1) {
                 tracing::warn!(
                     component_id,
                     refused,
@@ -80,7 +40,7 @@ impl FailureLog {
                      (at most one line a second; `refused` counts them since the last line)"
                 );
             }
-        } else if let Some(failed) = self.failed.record(now) {
+        } else if let Some(failed) = self.failed.allow().map(|held| held + 1) {
             tracing::warn!(
                 component_id,
                 failed,
@@ -94,56 +54,9 @@ impl FailureLog {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
-
-    #[test]
-    fn one_line_a_second_counting_the_events_held_back() {
-        let throttle = LogThrottle::new();
-        let start = throttle.origin;
-        assert_eq!(throttle.record(start), Some(1), "the first event logs");
-        for ms in [1, 10, 500, 999] {
-            assert_eq!(throttle.record(start + Duration::from_millis(ms)), None);
-        }
-        // The line after the interval stands for the four held back and itself.
-        assert_eq!(
-            throttle.record(start + Duration::from_millis(1000)),
-            Some(5)
-        );
-        assert_eq!(throttle.record(start + Duration::from_millis(1500)), None);
-        assert_eq!(
-            throttle.record(start + Duration::from_millis(2100)),
-            Some(2)
-        );
-        // A quiet spell: the next event logs at once, alone.
-        assert_eq!(throttle.record(start + Duration::from_secs(60)), Some(1));
-    }
-
-    #[test]
-    fn a_flood_from_many_threads_logs_once_and_loses_no_count() {
-        let throttle = std::sync::Arc::new(LogThrottle::new());
-        let now = throttle.origin + Duration::from_secs(5);
-        let lines: Vec<u64> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..4)
-                .map(|_| {
-                    let throttle = throttle.clone();
-                    scope.spawn(move || {
-                        (0..1000)
-                            .filter_map(|_| throttle.record(now))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|worker| worker.join().expect("worker"))
-                .collect()
-        });
-        assert_eq!(lines.len(), 1, "4000 events in one instant make one line");
-        let later = throttle
-            .record(now + LOG_INTERVAL)
-            .expect("the next interval logs");
-        assert_eq!(lines[0] + later, 4001, "every event is counted once");
-    }
 
     /// Records the `refused` and `failed` counts of warnings.
     struct CountRecorder(std::sync::Arc<std::sync::Mutex<Vec<(&'static str, u64)>>>);
