@@ -662,13 +662,18 @@ impl WadmProcess {
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
-}
 
-impl Drop for WadmProcess {
-    fn drop(&mut self) {
+    /// Kills the process (SIGKILL, as a crash would) and waits for it.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for WadmProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -9,7 +9,7 @@
 //! several lattices compiling components at once would make timings meaningless.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_integration::{
-    eventually, free_port, guest, trellis_bin, HostProcess, Lattice, NatsServer, WAIT,
+    eventually, free_port, guest, trellis_bin, wadm_request, HostProcess, Lattice, NatsServer,
+    WadmProcess, WAIT,
 };
 use trellis_protocol::ctl::{HostInventory, Link, ScaleComponentCommand};
 
@@ -25,52 +26,6 @@ use trellis_protocol::ctl::{HostInventory, Link, ScaleComponentCommand};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const HTTP_SERVER_IMAGE: &str = "ghcr.io/wasmcloud/http-server:0.23.0";
-
-/// A `trellis wadm` process; killed (SIGKILL) on drop.
-struct Wadm {
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Wadm {
-    fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("wadm.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(trellis_bin())
-            .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("cannot start trellis wadm");
-        Self {
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Wadm {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The wadm API of one lattice, called with raw requests like any wadm client.
 struct Api {
@@ -88,30 +43,7 @@ impl Api {
 
     /// One request on `wadm.api.{lattice}.model.{op}`, retried while nobody serves the API yet.
     async fn call(&self, op: &str, body: Vec<u8>) -> Value {
-        let subject = format!("wadm.api.{}.model.{op}", self.lattice);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout(
-                WAIT,
-                self.client.request(subject.clone(), body.clone().into()),
-            )
-            .await
-            {
-                Ok(Ok(msg)) => {
-                    return serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
-                        panic!(
-                            "reply on {subject} is not JSON ({e}): {}",
-                            String::from_utf8_lossy(&msg.payload)
-                        )
-                    })
-                }
-                Ok(Err(e)) => {
-                    assert!(Instant::now() < deadline, "no API on {subject}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => panic!("no reply on {subject} within {WAIT:?}"),
-            }
-        }
+        wadm_request(&self.client, &self.lattice, op, None, body).await
     }
 
     async fn put(&self, manifest: &str) -> Value {
@@ -131,7 +63,7 @@ impl Api {
     }
 
     /// Waits until the app's status is `wanted`; the wadm log is shown on time-out.
-    async fn wait_status(&self, name: &str, wanted: &str, wadm: &Wadm) -> Value {
+    async fn wait_status(&self, name: &str, wanted: &str, wadm: &WadmProcess) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let status = self.status(name).await;
@@ -223,7 +155,7 @@ async fn weighted_spread_daemon_and_unsatisfiable_spread() {
     let host_b =
         HostProcess::start(&url, name, &["--label", "zone=b", "--label", "edge=true"]).await;
     let host_c = HostProcess::start(&url, name, &["--label", "zone=c"]).await;
-    let wadm = Wadm::start(&url, name, &[]);
+    let wadm = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
     let wasm = file_ref(&guest("http_hello"));
@@ -436,7 +368,7 @@ async fn upgrade_leaves_exactly_the_new_version() {
     let name = "upgrade";
     let url = nats.url();
     let host = HostProcess::start(&url, name, &[]).await;
-    let wadm = Wadm::start(&url, name, &[]);
+    let wadm = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
 
@@ -582,7 +514,7 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
     let _serial = SERIAL.lock().await;
     let nats = NatsServer::start().await;
     let name = "invalid";
-    let wadm = Wadm::start(&nats.url(), name, &[]);
+    let wadm = WadmProcess::start(&nats.url(), name, &[]);
     let client = nats.client().await;
     let api = Api::new(&client, name);
 
@@ -719,9 +651,10 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
 
     // Where wadm ignores an unknown field (here, beside a component's `type`), the manifest is
     // accepted and the reply names the field.
-    let lenient = VALID
-        .replace("name: valid", "name: lenient")
-        .replace("      type: capability\n", "      type: capability\n      colour: blue\n");
+    let lenient = VALID.replace("name: valid", "name: lenient").replace(
+        "      type: capability\n",
+        "      type: capability\n      colour: blue\n",
+    );
     let reply = api.put(&lenient).await;
     assert_eq!(reply["result"], "created", "{reply}");
     let message = reply["message"].as_str().unwrap_or_default();
@@ -747,7 +680,7 @@ async fn heals_after_kill_9_with_default_settings() {
         DefaultHost::start(&url, name, "role=worker").await,
         DefaultHost::start(&url, name, "role=worker").await,
     ];
-    let wadm = Wadm::start(&url, name, &[]);
+    let wadm = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
     let port = free_port();
@@ -1013,7 +946,7 @@ async fn reconciler_killed_mid_deploy_converges_without_duplicates() {
     let url = nats.url();
     let host_a = HostProcess::start(&url, name, &[]).await;
     let host_b = HostProcess::start(&url, name, &[]).await;
-    let mut first = Wadm::start(&url, name, &[]);
+    let mut first = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
 
@@ -1024,7 +957,7 @@ async fn reconciler_killed_mid_deploy_converges_without_duplicates() {
     // Mid-deploy: the first reconciler has started placing work, the hosts have not finished.
     let first_command = commands.next().await;
     first.kill();
-    let second = Wadm::start(&url, name, &[]);
+    let second = WadmProcess::start(&url, name, &[]);
 
     api.wait_status("counted", "deployed", &second).await;
     let hosts = [&host_a, &host_b];
@@ -1056,8 +989,8 @@ async fn two_reconcilers_do_not_double_the_work() {
     let url = nats.url();
     let host_a = HostProcess::start(&url, name, &[]).await;
     let host_b = HostProcess::start(&url, name, &[]).await;
-    let one = Wadm::start(&url, name, &[]);
-    let two = Wadm::start(&url, name, &[]);
+    let one = WadmProcess::start(&url, name, &[]);
+    let two = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
 
@@ -1158,7 +1091,7 @@ async fn wasmcloud_manifest_deploys_unmodified() {
     let name = "default";
     let url = nats.url();
     let host = HostProcess::start(&url, name, &[]).await;
-    let wadm = Wadm::start(&url, name, &[]);
+    let wadm = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
     let port = free_port();
@@ -1242,7 +1175,7 @@ async fn overlapping_spreads_converge_and_stay_still() {
         HostProcess::start(&url, name, &["--label", "zone=a", "--label", "edge=true"]).await;
     let host_b =
         HostProcess::start(&url, name, &["--label", "zone=b", "--label", "edge=true"]).await;
-    let wadm = Wadm::start(&url, name, &[]);
+    let wadm = WadmProcess::start(&url, name, &[]);
     let lattice = Lattice::connect(&url, name).await;
     let api = Api::new(&lattice.client, name);
     let manifest = format!(
