@@ -1,11 +1,9 @@
 //! The reconciler against real hosts: it places a component, moves it off a host killed with
 //! SIGKILL within the healing budget, and undeploy removes only what it started.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use trellis_integration::{
-    eventually, guest, wadm_request, HostProcess, Lattice, NatsServer, WadmProcess,
+    eventually, guest, wadm_request, HostProcess, Lattice, NatsServer, WadmProcess, WAIT,
 };
 use trellis_protocol::ctl::HostInventory;
 
@@ -29,11 +27,12 @@ async fn runs(lattice: &Lattice, host: &str, id: &str) -> bool {
 async fn places_heals_after_sigkill_and_undeploys() {
     let nats = NatsServer::start().await;
     let name = "heal";
-    // Hosts heartbeat every 500 ms here (the harness's setting); a host silent for three of
-    // them counts as gone.
+    // Hosts heartbeat every 500 ms here (the harness's setting). The dead-host delay is set far
+    // beyond the test's patience, so the work can only move because the reconciler asked the
+    // silent host directly and NATS said nothing answers it any more.
     let mut host_a = HostProcess::start(&nats.url(), name, &[]).await;
     let mut host_b = HostProcess::start(&nats.url(), name, &[]).await;
-    let wadm = WadmProcess::start(&nats.url(), name, &["--host-dead-after-ms", "1500"]);
+    let wadm = WadmProcess::start(&nats.url(), name, &["--host-dead-after-ms", "120000"]);
     let lattice = Lattice::connect(&nats.url(), name).await;
     let client = lattice.client.clone();
 
@@ -87,17 +86,22 @@ async fn places_heals_after_sigkill_and_undeploys() {
     } else {
         (&mut host_b, &host_a)
     };
-    let killed_at = Instant::now();
     victim.kill();
     let survivor_id = survivor.id.clone();
-    eventually("the component to move to the surviving host", || async {
-        runs(&lattice, &survivor_id, id).await.then_some(())
+    let moved = tokio::time::timeout(WAIT, async {
+        while !runs(&lattice, &survivor_id, id).await {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     })
     .await;
-    let healed_in = killed_at.elapsed();
     assert!(
-        healed_in < Duration::from_secs(10),
-        "healing took {healed_in:?}\nwadm log:\n{}",
+        moved.is_ok(),
+        "the component did not move to the surviving host within {WAIT:?}\nwadm log:\n{}",
+        wadm.logs()
+    );
+    assert!(
+        wadm.logs().contains("host is gone"),
+        "the reconciler says why it moved the work\nwadm log:\n{}",
         wadm.logs()
     );
     eventually("status deployed again", || async {

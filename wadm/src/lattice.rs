@@ -27,6 +27,12 @@ pub const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
 /// until it speaks again or is declared dead. The default, 3 s, is one missed 2 s heartbeat
 /// plus a margin; the reconciler uses half of its dead-host delay.
 pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(3);
+/// A silent host is asked directly at most this often.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A host is never probed sooner than this after it was last heard from.
+pub const MIN_PROBE_AFTER: Duration = Duration::from_millis(250);
+/// Heartbeat gaps longer than this are taken as this (a host back from a partition).
+const MAX_HEARTBEAT_GAP: Duration = Duration::from_secs(30);
 /// First back-off after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest back-off between retries.
@@ -81,6 +87,13 @@ pub struct ObservedHost {
     pub providers: BTreeMap<String, ObservedProvider>,
     /// When the host was last heard from.
     pub last_seen: Instant,
+    /// When its last heartbeat arrived, and the gap before it: the host's heartbeat interval
+    /// as observed (hosts choose their own).
+    pub last_heartbeat: Option<Instant>,
+    /// The gap between its last two heartbeats.
+    pub heartbeat_gap: Option<Duration>,
+    /// When the reconciler last asked it directly whether it is still there.
+    pub last_probe: Option<Instant>,
 }
 
 impl ObservedHost {
@@ -92,6 +105,9 @@ impl ObservedHost {
             components: BTreeMap::new(),
             providers: BTreeMap::new(),
             last_seen: now,
+            last_heartbeat: None,
+            heartbeat_gap: None,
+            last_probe: None,
         }
     }
 
@@ -105,6 +121,31 @@ impl ObservedHost {
     /// How much the host runs (components and providers), for spreading new work.
     pub fn load(&self) -> usize {
         self.components.len() + self.providers.len()
+    }
+
+    /// Records a heartbeat arriving at `now`.
+    pub fn note_heartbeat(&mut self, now: Instant) {
+        if let Some(previous) = self.last_heartbeat {
+            let gap = now.saturating_duration_since(previous);
+            if !gap.is_zero() {
+                self.heartbeat_gap = Some(gap.min(MAX_HEARTBEAT_GAP));
+            }
+        }
+        self.last_heartbeat = Some(now);
+    }
+
+    /// Whether the reconciler should ask this host directly if it is still there: it missed a
+    /// heartbeat (silent for a quarter longer than its usual gap, or `fallback` while that gap
+    /// is unknown), and it was not asked in the last [`PROBE_EVERY`].
+    pub fn probe_due(&self, now: Instant, fallback: Duration) -> bool {
+        let quiet = now.saturating_duration_since(self.last_seen);
+        let after = self
+            .heartbeat_gap
+            .map_or(fallback, |gap| (gap + gap / 4).max(MIN_PROBE_AFTER));
+        quiet > after
+            && self
+                .last_probe
+                .is_none_or(|probed| now.saturating_duration_since(probed) >= PROBE_EVERY)
     }
 }
 
@@ -366,6 +407,12 @@ impl LatticeState {
         dead
     }
 
+    /// Forgets a host the lattice says is gone (its control subject has no responders): its
+    /// work is placed elsewhere on the next pass, without waiting for the dead-host delay.
+    pub fn declare_gone(&mut self, id: &str) {
+        self.remove_host(id);
+    }
+
     fn remove_host(&mut self, id: &str) {
         self.hosts.remove(id);
         self.pending.retain(|(h, _), _| h != id);
@@ -507,6 +554,9 @@ impl LatticeState {
                     .get(&inv.host_id)
                     .map(|h| (h.labels.clone(), h.components.clone(), h.providers.clone()));
                 self.apply_inventory(&inv, now);
+                if let Some(host) = self.hosts.get_mut(&inv.host_id) {
+                    host.note_heartbeat(now);
+                }
                 let after = self
                     .hosts
                     .get(&inv.host_id)

@@ -146,6 +146,13 @@ struct Reconciler {
     leader: bool,
 }
 
+/// When a host whose heartbeat interval is unknown is probed: a quarter more than hosts'
+/// default 2 s interval.
+const PROBE_UNKNOWN_INTERVAL_AFTER: Duration = Duration::from_millis(2500);
+
+/// How long a probe of a silent host waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How long discovery keeps listening after the last host answered its ping.
 const PING_QUIET: Duration = Duration::from_millis(100);
 
@@ -390,8 +397,73 @@ impl Reconciler {
             .collect()
     }
 
-    /// One reconcile pass: expire silent hosts, plan, and (as leader) act and publish status.
+    /// Asks each host that missed a heartbeat, directly, whether it is still there. A host
+    /// that crashed or was killed has no subscription left, so NATS answers "no responders" at
+    /// once and the host is forgotten now rather than after the dead-host delay; a host that
+    /// answers is alive (its reply is a fresh inventory); one that does not answer in time (a
+    /// frozen process, a congested link) stays silent until it speaks or the delay passes.
+    async fn probe_silent_hosts(&mut self) {
+        let now = Instant::now();
+        // A host whose heartbeat interval is not known yet (heard from once, or just
+        // discovered) is probed after a quarter more than the default 2 s interval.
+        let fallback = self.lattice.silent_after.min(PROBE_UNKNOWN_INTERVAL_AFTER);
+        let due: Vec<String> = self
+            .lattice
+            .hosts
+            .values()
+            .filter(|h| h.probe_due(now, fallback))
+            .map(|h| h.id.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for id in &due {
+            if let Some(host) = self.lattice.hosts.get_mut(id) {
+                host.last_probe = Some(now);
+            }
+        }
+        let probes = due.iter().map(|id| {
+            let subject = self.ctl.host_get(id);
+            let client = self.client.clone();
+            async move {
+                let reply = tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    client.request(subject, bytes::Bytes::new()),
+                )
+                .await;
+                (id.clone(), reply)
+            }
+        });
+        for (id, reply) in futures::future::join_all(probes).await {
+            match reply {
+                Ok(Ok(message)) => {
+                    let inventory =
+                        serde_json::from_slice::<CtlResponse<HostInventory>>(&message.payload)
+                            .ok()
+                            .and_then(|r| r.response);
+                    if let Some(mut inventory) = inventory {
+                        if inventory.host_id.is_empty() {
+                            inventory.host_id = id.clone();
+                        }
+                        self.lattice.apply_inventory(&inventory, Instant::now());
+                    }
+                }
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tracing::warn!(host = %id, "host is gone (nothing answers its control subject); its work moves elsewhere");
+                    self.lattice.declare_gone(&id);
+                }
+                Ok(Err(e)) => tracing::debug!(host = %id, error = %e, "probe failed"),
+                Err(_) => {
+                    tracing::debug!(host = %id, "silent host did not answer its probe in time")
+                }
+            }
+        }
+    }
+
+    /// One reconcile pass: probe and expire silent hosts, plan, and (as leader) act and publish
+    /// status.
     async fn pass(&mut self) {
+        self.probe_silent_hosts().await;
         let now = Instant::now();
         for host in self.lattice.expire(now, self.opts.host_dead_after) {
             tracing::warn!(host = %host, "host stopped heartbeating; its work moves elsewhere");

@@ -215,3 +215,35 @@ fn a_truncated_heartbeat_keeps_the_host_alive_and_its_known_inventory() {
         .expire(later + Duration::from_secs(1), Duration::from_secs(6))
         .is_empty());
 }
+
+#[test]
+fn a_host_is_probed_once_it_misses_a_heartbeat_and_not_more_often_than_the_limit() {
+    let start = Instant::now();
+    let mut l = LatticeState::default();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    // Heartbeats every 2 s.
+    for t in [0, 2000, 4000] {
+        l.apply_event(&heartbeat("H", json!([])), at(t));
+    }
+    let fallback = Duration::from_secs(3);
+    let host = l.hosts["H"].clone();
+    assert_eq!(host.heartbeat_gap, Some(Duration::from_secs(2)));
+    assert!(!host.probe_due(at(6000), fallback), "on time: no probe");
+    assert!(host.probe_due(at(6600), fallback), "a quarter late: probe");
+
+    let mut probed = host.clone();
+    probed.last_probe = Some(at(6600));
+    assert!(!probed.probe_due(at(6900), fallback), "not again so soon");
+    assert!(probed.probe_due(at(7100), fallback));
+
+    // A host heard from only once is probed after the fallback.
+    let mut l = LatticeState::default();
+    l.apply_event(&heartbeat("N", json!([])), at(0));
+    let new = l.hosts["N"].clone();
+    assert!(!new.probe_due(at(2900), fallback));
+    assert!(new.probe_due(at(3100), fallback));
+
+    // A host the lattice says is gone is forgotten at once.
+    l.declare_gone("N");
+    assert!(!l.hosts.contains_key("N"));
+}
