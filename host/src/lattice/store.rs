@@ -487,9 +487,11 @@ fn apply_entry(
     }
 }
 
-/// Keeps the cache of one bucket in step with KV: one watch that first delivers every live key
-/// (the snapshot), then each change. `loaded` turns true once the first snapshot is in. When
-/// the watch breaks (NATS restarted), it starts over after a pause that grows to 2 s.
+/// Keeps the cache of one bucket in step with KV: a watch of new changes, opened first, then a
+/// snapshot of every live key, then each change as the watch delivers it; one consumer for as
+/// long as the connection holds, however quiet the bucket. `loaded` turns true once the first
+/// snapshot is in. When the watch breaks (NATS restarted), it starts over after a pause that
+/// grows to 2 s.
 async fn watch_bucket(
     store: kv::Store,
     caches: Arc<RwLock<Caches>>,
@@ -497,11 +499,17 @@ async fn watch_bucket(
     kind: BucketKind,
     loaded: watch::Sender<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_PAUSE;
     loop {
+        let started = tokio::time::Instant::now();
         match watch_once(&store, &caches, &changes, kind, &loaded).await {
             Ok(()) => tracing::debug!("KV watch ended; restarting it"),
             Err(e) => tracing::debug!(error = %e, "KV watch failed; retrying"),
+        }
+        // A watch that served for a while broke for a fresh reason: start the pauses over.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = FIRST_PAUSE;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -516,8 +524,12 @@ async fn watch_once(
     loaded: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
     let before = cached_keys(kind, caches);
-    let status = kv_call(store.status()).await?;
-    let last = status.info.state.last_sequence;
+    // The watch of changes starts before the snapshot, so nothing written while the snapshot
+    // is read is missed (a change seen by both is applied twice, in order: the last one
+    // wins). It delivers only new changes (DeliverPolicy::New): async-nats ends a watch from a
+    // revision at once when nothing is pending at its start, which made every idle host
+    // re-read its buckets and create a consumer every 2 s.
+    let mut watch = kv_call(store.watch_all()).await?;
     // Snapshot: every live key, read one by one.
     let keys: Vec<String> = kv_call(async {
         let keys = store.keys().await?;
@@ -533,7 +545,6 @@ async fn watch_once(
     }
     finish_snapshot(kind, &before, &live, caches, changes);
     loaded.send_replace(true);
-    let mut watch = kv_call(store.watch_all_from_revision(last + 1)).await?;
     while let Some(entry) = watch.next().await {
         let entry = entry?;
         let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);

@@ -1,0 +1,75 @@
+//! An idle host costs the NATS server nothing new: once it has read its buckets it holds one
+//! watch per bucket, and creates no further JetStream consumers however quiet (or empty) the
+//! buckets are. (It used to re-read both buckets and create consumers every 2 s.)
+//!
+//! Consumer creations are counted from nats-server's own JetStream advisories.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use trellis_integration::{HostProcess, NatsServer, WAIT};
+
+/// How long the host is watched for new consumers once it has settled.
+const QUIET_WINDOW: Duration = Duration::from_secs(7);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_host_with_empty_buckets_creates_no_consumers() {
+    let nats = NatsServer::start().await;
+    let lattice = "idle";
+    let client = nats.client().await;
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>")
+        .await
+        .expect("subscribe to advisories");
+    client.flush().await.expect("flush");
+
+    let host = HostProcess::start(&nats.url(), lattice, &[]).await;
+
+    // Wait for the host's first consumers on both buckets.
+    let streams = [
+        format!("KV_CONFIGDATA_{lattice}"),
+        format!("KV_LATTICEDATA_{lattice}"),
+    ];
+    let mut created: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while !streams.iter().all(|s| created.contains_key(s)) {
+        let message = tokio::time::timeout_at(deadline.into(), advisories.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no consumer on both buckets within {WAIT:?}: {created:?}\nhost log:\n{}",
+                    host.logs()
+                )
+            })
+            .expect("subscription open");
+        if let Some(stream) = stream_of(&message.subject) {
+            *created.entry(stream).or_default() += 1;
+        }
+    }
+
+    // From here on, nothing: count what arrives in the window.
+    let mut later: Vec<String> = Vec::new();
+    let window_ends = tokio::time::Instant::now() + QUIET_WINDOW;
+    while let Ok(Some(message)) = tokio::time::timeout_at(window_ends, advisories.next()).await {
+        if let Some(stream) = stream_of(&message.subject) {
+            if streams.contains(&stream) {
+                later.push(stream);
+            }
+        }
+    }
+    // The snapshot's key listing may still be creating its consumer as the window opens.
+    assert!(
+        later.len() <= streams.len(),
+        "an idle host kept creating consumers: {later:?} within {QUIET_WINDOW:?} after {created:?}\nhost log:\n{}",
+        host.logs()
+    );
+}
+
+/// `$JS.EVENT.ADVISORY.CONSUMER.CREATED.{stream}.{consumer}` -> the stream.
+fn stream_of(subject: &str) -> Option<String> {
+    subject
+        .strip_prefix("$JS.EVENT.ADVISORY.CONSUMER.CREATED.")
+        .and_then(|rest| rest.split('.').next())
+        .map(str::to_string)
+}
