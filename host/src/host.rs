@@ -36,6 +36,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long in-flight invocations may drain on stop when the request gives no timeout.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a stopping host waits to stop its providers and publish `host_stopped` once its
+/// invocations drained: a host that cannot reach NATS exits after this rather than never.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Everything needed to start a host.
 #[derive(Clone)]
 pub struct HostConfig {
@@ -438,28 +442,39 @@ impl HostHandle {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for (description, running) in self.host.providers.drain() {
-            running.stop().await;
-            self.host
-                .events
+        // Saying goodbye needs NATS; a host cut off from it (the case `systemctl stop` meets on
+        // flaky links) must still exit, so every step that may wait for NATS is bounded.
+        let host = &self.host;
+        let goodbye = async {
+            for (description, running) in host.providers.drain() {
+                running.stop().await;
+                host.events
+                    .publish(
+                        names::PROVIDER_STOPPED,
+                        crate::lattice::control::provider_event(
+                            host,
+                            &description,
+                            "host stopping",
+                        ),
+                    )
+                    .await;
+            }
+            host.events
                 .publish(
-                    names::PROVIDER_STOPPED,
-                    crate::lattice::control::provider_event(
-                        &self.host,
-                        &description,
-                        "host stopping",
-                    ),
+                    names::HOST_STOPPED,
+                    serde_json::json!({ "labels": host.labels() }),
                 )
                 .await;
+            host.events.flush().await;
+        };
+        if tokio::time::timeout(GOODBYE_TIMEOUT, goodbye)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "NATS did not take the host's goodbye within {GOODBYE_TIMEOUT:?} (is it reachable?); stopping without it"
+            );
         }
-        self.host
-            .events
-            .publish(
-                names::HOST_STOPPED,
-                serde_json::json!({ "labels": self.host.labels() }),
-            )
-            .await;
-        self.host.events.flush().await;
         tracing::info!(host_id = %self.host.identity.host_id, "host stopped");
     }
 }

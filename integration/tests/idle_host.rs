@@ -1,4 +1,5 @@
-//! An idle host costs the NATS server nothing new: once it has read its buckets it holds one
+//! A host that is idle or cut off. An idle host costs the NATS server nothing new: once it has
+//! read its buckets it holds one
 //! watch per bucket, and creates no further JetStream consumers however quiet (or empty) the
 //! buckets are. (It used to re-read both buckets and create consumers every 2 s.)
 //!
@@ -72,4 +73,20 @@ fn stream_of(subject: &str) -> Option<String> {
         .strip_prefix("$JS.EVENT.ADVISORY.CONSUMER.CREATED.")
         .and_then(|rest| rest.split('.').next())
         .map(str::to_string)
+}
+
+/// A host whose NATS server is gone still stops on SIGTERM (as `systemctl stop` sends it) within
+/// its stop timeout, rather than waiting for a server that may never come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_host_whose_nats_is_gone() {
+    let mut nats = NatsServer::start().await;
+    let mut host = HostProcess::start(&nats.url(), "cut-off", &[]).await;
+    nats.kill();
+    host.signal("TERM");
+    let exited = host.wait_exit().await;
+    assert!(
+        exited.is_ok(),
+        "the host was still running {WAIT:?} after SIGTERM: {exited:?}\nhost log:\n{}",
+        host.logs()
+    );
 }
