@@ -1,9 +1,10 @@
-//! A host that is idle or cut off. An idle host costs the NATS server nothing new: once it has
-//! read its buckets it holds one
-//! watch per bucket, and creates no further JetStream consumers however quiet (or empty) the
-//! buckets are. (It used to re-read both buckets and create consumers every 2 s.)
+//! A host that is idle or cut off from NATS.
 //!
-//! Consumer creations are counted from nats-server's own JetStream advisories.
+//! An idle host costs the NATS server nothing new: once it has read its buckets it holds one
+//! watch per bucket and creates no further JetStream consumers, however quiet (or empty) the
+//! buckets are; it used to re-read both buckets and create consumers every 2 s. Consumer
+//! creations are counted from nats-server's own JetStream advisories. A host whose NATS server
+//! is gone still exits on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
