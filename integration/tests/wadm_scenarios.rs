@@ -578,11 +578,6 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
             vec!["spec.components[0].traits[0].properties.spred", "unknown field"],
         ),
         (
-            "unknown trait type",
-            VALID.replace("type: spreadscaler", "type: autoscaler"),
-            vec!["spec.components[0].traits[0]", "autoscaler"],
-        ),
-        (
             "broken YAML syntax",
             VALID.replace("interfaces: [incoming-handler]", "interfaces: [incoming-handler"),
             vec!["line"],
@@ -660,6 +655,19 @@ async fn invalid_manifests_are_rejected_with_the_problem_named() {
     let message = reply["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("spec.components[1].colour") && message.contains("ignored"),
+        "{message}"
+    );
+
+    // So is a trait of a type neither wadm nor Trellis acts on.
+    let custom = VALID.replace("name: valid", "name: custom").replace(
+        "        - type: spreadscaler\n",
+        "        - type: autoscaler\n          properties: {max: 3}\n        - type: spreadscaler\n",
+    );
+    let reply = api.put(&custom).await;
+    assert_eq!(reply["result"], "created", "{reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.components[0].traits[0]") && message.contains("`autoscaler`"),
         "{message}"
     );
 }

@@ -190,9 +190,10 @@ pub struct SecretSourceProperty {
 }
 
 /// `traits[]`: `{type, properties}`, the shape of `properties` chosen by `type`. Other keys
-/// are refused (wadm refuses them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "properties", deny_unknown_fields)]
+/// are refused (wadm refuses them). A `type` other than the three below is kept as a
+/// [`Trait::Custom`] (wadm accepts and ignores such traits).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", content = "properties")]
 pub enum Trait {
     /// `spreadscaler`: `instances` spread over hosts by weighted requirements.
     #[serde(rename = "spreadscaler")]
@@ -203,15 +204,111 @@ pub enum Trait {
     /// `link`: calls from this component on an interface go to a target.
     #[serde(rename = "link")]
     Link(Box<LinkProperties>),
+    /// A trait of another type (a custom trait): accepted, as wadm accepts it, and ignored.
+    #[serde(untagged)]
+    Custom(CustomTrait),
+}
+
+/// A trait whose `type` neither wadm nor Trellis acts on. Kept as written so the stored manifest
+/// round-trips; the reconciler ignores it and validation warns about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomTrait {
+    /// The trait's `type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its properties, unread.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub properties: serde_json::Value,
+}
+
+/// The trait types Trellis acts on.
+const TRAIT_TYPES: &[&str] = &["spreadscaler", "daemonscaler", "link"];
+
+impl<'de> Deserialize<'de> for Trait {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TraitVisitor)
+    }
+}
+
+/// Reads `{type, properties}` in either order. When `type` comes first (as manifests are
+/// written) the properties are read straight into their type, so errors keep their path and
+/// line; when they come first (key-sorted JSON) they are held as JSON until the type is known.
+struct TraitVisitor;
+
+impl TraitVisitor {
+    fn typed<E: de::Error>(kind: String, properties: serde_json::Value) -> Result<Trait, E> {
+        let fail = |e: serde_json::Error| E::custom(format!("properties: {e}"));
+        Ok(match kind.as_str() {
+            "spreadscaler" => {
+                Trait::SpreadScaler(serde_json::from_value(properties).map_err(fail)?)
+            }
+            "daemonscaler" => {
+                Trait::DaemonScaler(serde_json::from_value(properties).map_err(fail)?)
+            }
+            "link" => Trait::Link(Box::new(serde_json::from_value(properties).map_err(fail)?)),
+            _ => Trait::Custom(CustomTrait { kind, properties }),
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for TraitVisitor {
+    type Value = Trait;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a trait: `type` and `properties`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Trait, A::Error> {
+        let mut kind: Option<String> = None;
+        let mut held: Option<serde_json::Value> = None;
+        let mut read: Option<Trait> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "type" => {
+                    if kind.is_some() {
+                        return Err(de::Error::duplicate_field("type"));
+                    }
+                    kind = Some(map.next_value()?);
+                }
+                "properties" => {
+                    if held.is_some() || read.is_some() {
+                        return Err(de::Error::duplicate_field("properties"));
+                    }
+                    match kind.as_deref() {
+                        Some("spreadscaler") => read = Some(Trait::SpreadScaler(map.next_value()?)),
+                        Some("daemonscaler") => read = Some(Trait::DaemonScaler(map.next_value()?)),
+                        Some("link") => read = Some(Trait::Link(Box::new(map.next_value()?))),
+                        _ => held = Some(map.next_value()?),
+                    }
+                }
+                other => return Err(de::Error::unknown_field(other, &["type", "properties"])),
+            }
+        }
+        let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        if let Some(read) = read {
+            return Ok(read);
+        }
+        match held {
+            Some(properties) => Self::typed(kind, properties),
+            None if TRAIT_TYPES.contains(&kind.as_str()) => {
+                Err(de::Error::missing_field("properties"))
+            }
+            None => Ok(Trait::Custom(CustomTrait {
+                kind,
+                properties: serde_json::Value::Null,
+            })),
+        }
+    }
 }
 
 impl Trait {
     /// The trait's `type` as written in manifests.
-    pub fn type_name(&self) -> &'static str {
+    pub fn type_name(&self) -> &str {
         match self {
             Trait::SpreadScaler(_) => "spreadscaler",
             Trait::DaemonScaler(_) => "daemonscaler",
             Trait::Link(_) => "link",
+            Trait::Custom(custom) => &custom.kind,
         }
     }
 }

@@ -406,7 +406,7 @@ fn scaler_of(comp: &Component) -> Option<(&'static str, ScalerProperties)> {
         match tr {
             Trait::SpreadScaler(p) => return Some(("SpreadScaler", p.clone())),
             Trait::DaemonScaler(p) => return Some(("DaemonScaler", p.clone())),
-            Trait::Link(_) => {}
+            Trait::Link(_) | Trait::Custom(_) => {}
         }
     }
     comp.component_type.is_provider().then(|| {

@@ -401,6 +401,7 @@ pub fn validate(manifest: &Manifest) -> Vec<Diagnostic> {
                         );
                     }
                 }
+                Trait::Custom(custom) => check_custom_trait(&mut c, &path, custom),
                 Trait::Link(link) => {
                     if link.namespace.is_empty() || link.package.is_empty() {
                         c.error(
@@ -753,4 +754,16 @@ pub fn shared_component_problems(manifest: &Manifest, deployed: &[&Manifest]) ->
         }
     }
     c.out
+}
+
+/// A trait of a type Trellis does not act on. wadm keeps such custom traits and ignores them;
+/// Trellis does the same, with a warning naming the type.
+fn check_custom_trait(c: &mut Checker, path: &str, custom: &model::CustomTrait) {
+    c.warn(
+        path.trim_end_matches(".properties").to_string(),
+        format!(
+            "trait type `{}` is not one wadm or Trellis acts on (spreadscaler, daemonscaler, link): it is kept and ignored, as wadm does",
+            custom.kind
+        ),
+    );
 }

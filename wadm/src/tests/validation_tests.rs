@@ -163,13 +163,41 @@ fn secret_with_unknown_or_wrong_policy() {
 }
 
 #[test]
-fn unknown_trait_type_and_bad_trait_fields() {
+fn custom_trait_types_are_kept_with_a_warning_and_bad_trait_fields_refused() {
+    // wadm accepts a trait of a type it does not know and ignores it; so does Trellis, saying so.
     let comps = format!("{COMP_A}      traits:\n        - type: autoscaler\n          properties: {{instances: 1}}\n");
-    rejected(
-        &manifest("x", "", &comps, ""),
-        "spec.components[0].traits[0]",
-        "autoscaler",
+    let parsed = crate::model::parse_manifest(manifest("x", "", &comps, "").as_bytes())
+        .expect("a custom trait is accepted");
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|d| d.severity == Severity::Warning
+                && d.path == "spec.components[0].traits[0]"
+                && d.message.contains("`autoscaler`")),
+        "{:?}",
+        parsed.warnings
     );
+    match &parsed.manifest.spec.components[0].traits[0] {
+        crate::model::Trait::Custom(custom) => {
+            assert_eq!(custom.kind, "autoscaler");
+            assert_eq!(custom.properties["instances"], 1);
+        }
+        other => panic!("read as {other:?}"),
+    }
+    // It survives the round trip through the store (JSON, keys sorted or not).
+    let json = serde_json::to_string(&parsed.manifest).expect("encodes");
+    let again = crate::model::parse_manifest(json.as_bytes()).expect("re-reads");
+    assert_eq!(again.manifest, parsed.manifest);
+    // Properties before the type (key-sorted JSON) read the same, errors included.
+    let sorted = r#"{"properties":{"instances":"many"},"type":"spreadscaler"}"#;
+    let error = serde_json::from_str::<crate::model::Trait>(sorted).expect_err("refused");
+    assert!(error.to_string().contains("properties"), "{error}");
+    let sorted = r#"{"properties":{"instances":2},"type":"spreadscaler"}"#;
+    assert!(matches!(
+        serde_json::from_str::<crate::model::Trait>(sorted),
+        Ok(crate::model::Trait::SpreadScaler(p)) if p.instances == 2
+    ));
     let comps = format!("{COMP_A}      traits:\n        - type: link\n          properties:\n            namespace: wasi\n            interfaces: [store]\n            target: a\n");
     rejected(
         &manifest("x", "", &comps, ""),
