@@ -100,7 +100,11 @@ mod tests {
     fn one_line_per_interval_counting_what_was_held_back() {
         let limiter = LogLimiter::new(Duration::from_secs(1));
         let start = epoch() + Duration::from_secs(1000);
-        assert_eq!(limiter.allow_at(start), Some(0), "the first occurrence logs");
+        assert_eq!(
+            limiter.allow_at(start),
+            Some(0),
+            "the first occurrence logs"
+        );
         for ms in [1, 10, 500, 999] {
             assert_eq!(limiter.allow_at(start + Duration::from_millis(ms)), None);
         }
@@ -138,7 +142,11 @@ mod tests {
                 .flat_map(|worker| worker.join().expect("worker"))
                 .collect()
         });
-        assert_eq!(lines, vec![0], "4000 occurrences in one instant make one line");
+        assert_eq!(
+            lines,
+            vec![0],
+            "4000 occurrences in one instant make one line"
+        );
         let later = limiter
             .allow_at(now + Duration::from_secs(1))
             .expect("the next interval logs");

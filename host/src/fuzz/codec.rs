@@ -430,7 +430,9 @@ fn nesting_past_the_limit_is_refused() {
     bytes.push(7);
     let decoded = codec::decode_values(&bytes, &types);
     assert!(
-        decoded.as_ref().is_ok_and(|values| values == std::slice::from_ref(&value))
+        decoded
+            .as_ref()
+            .is_ok_and(|values| values == std::slice::from_ref(&value))
             || decoded
                 .as_ref()
                 .is_err_and(|e| e.message().contains("nest deeper")),
