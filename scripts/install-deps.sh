@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Trellis needs to build and test, skipping what is already there:
-# nats-server and redis-server (Debian packages), wrk for benchmarks, and the wasm32-wasip2
-# Rust target for guest components.
+# nats-server, redis-server, docker-registry and apache2-utils (Debian packages), wrk for
+# benchmarks, and the wasm32-wasip2 Rust target for guest components.
 set -euo pipefail
 
 need_apt=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+# The OCI registry the distribution tests push to and pull from (CNCF distribution), and
+# htpasswd for its basic-auth setup.
+command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || [ -x /usr/bin/htpasswd ] || need_apt+=(apache2-utils)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

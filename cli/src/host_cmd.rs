@@ -14,7 +14,12 @@ use trellis_host::{HostConfig, HostHandle};
 #[command(after_help = "Examples:
   trellis host --nats-url nats://127.0.0.1:4222 --allow-file-load
   trellis host --lattice edge --label region=eu-west --label arch=arm64
-  TRELLIS_LABEL_zone=a trellis host          # labels from the environment too")]
+  TRELLIS_LABEL_zone=a trellis host          # labels from the environment too
+  trellis host --allowed-insecure registry.local:5000 --registry-mirror ghcr.io=registry.local:5000
+
+OCI credentials (never on the command line): TRELLIS_OCI_AUTH_<REGISTRY>=user:password or
+TRELLIS_OCI_TOKEN_<REGISTRY>=token, <REGISTRY> being host:port upper-cased with other characters
+as `_` (TRELLIS_OCI_AUTH_GHCR_IO), else the Docker config's `auths` (~/.docker/config.json).")]
 pub struct HostArgs {
     /// NATS server to join.
     #[arg(
@@ -77,7 +82,58 @@ pub struct HostArgs {
     /// Send every call to another host through NATS, and accept none directly.
     #[arg(long, env = "TRELLIS_NO_DIRECT_CALLS", conflicts_with_all = ["direct_listen", "direct_advertise"])]
     pub no_direct_calls: bool,
+    /// OCI registry settings (boxed: they are many, and the command enum stays small).
+    #[command(flatten)]
+    pub oci: Box<OciArgs>,
 }
+
+/// OCI flags of `trellis host`.
+#[derive(Debug, clap::Args)]
+pub struct OciArgs {
+    /// Accept `:latest` and untagged OCI refs (refused by default: what they name can change
+    /// between two hosts' pulls).
+    #[arg(long, env = "TRELLIS_ALLOW_LATEST")]
+    pub allow_latest: bool,
+    /// Registries (`host:port`, comma-separated or repeated) reached over plain HTTP instead
+    /// of HTTPS.
+    #[arg(
+        long,
+        env = "TRELLIS_ALLOWED_INSECURE",
+        value_delimiter = ',',
+        value_name = "REGISTRY"
+    )]
+    pub allowed_insecure: Vec<String>,
+    /// Pull from MIRROR before REGISTRY, falling back to REGISTRY (repeatable), e.g.
+    /// `ghcr.io=mirror.local:5000`.
+    #[arg(
+        long = "registry-mirror",
+        env = "TRELLIS_REGISTRY_MIRRORS",
+        value_delimiter = ',',
+        value_name = "REGISTRY=MIRROR",
+        value_parser = trellis_host::oci::parse_mirror
+    )]
+    pub registry_mirrors: Vec<(String, String)>,
+    /// PEM file of extra CA certificates trusted for OCI registries.
+    #[arg(long, env = "TRELLIS_OCI_CA_FILE", value_name = "PEM")]
+    pub oci_ca_file: Option<PathBuf>,
+    /// Directory of pulled components, shared by the hosts of this machine (default:
+    /// `<--cache-dir>/oci` when --cache-dir is set, else ~/.cache/trellis/oci).
+    #[arg(long, env = "TRELLIS_OCI_CACHE_DIR", value_name = "DIR")]
+    pub oci_cache_dir: Option<PathBuf>,
+    /// Size bound of that directory in MiB; the least recently used components go first.
+    #[arg(
+        long,
+        env = "TRELLIS_OCI_CACHE_MAX_MB",
+        default_value_t = DEFAULT_OCI_CACHE_MAX_MB,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "MIB"
+    )]
+    pub oci_cache_max_mb: u64,
+}
+
+/// The default of `--oci-cache-max-mb`.
+const DEFAULT_OCI_CACHE_MAX_MB: u64 =
+    trellis_host::oci::DEFAULT_OCI_CACHE_MAX_BYTES / (1024 * 1024);
 
 /// The default of `--max-component-size-mb`: the host's default cap, in MiB.
 const DEFAULT_MAX_COMPONENT_SIZE_MB: u64 =
@@ -126,6 +182,16 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         direct_advertise: args.direct_advertise.clone(),
         ..HostConfig::default()
     };
+    // OCI pulls (registries, cache, mirrors) for every runtime this process builds.
+    trellis_host::oci::install_process_config(trellis_host::oci::OciConfig {
+        allow_latest: args.oci.allow_latest,
+        allowed_insecure: args.oci.allowed_insecure.clone(),
+        mirrors: args.oci.registry_mirrors.clone(),
+        ca_file: args.oci.oci_ca_file.clone(),
+        cache_dir: args.oci.oci_cache_dir.clone(),
+        cache_max_bytes: Some(args.oci.oci_cache_max_mb.saturating_mul(1024 * 1024)),
+        docker_config: None,
+    });
     // Built-in capabilities (logging, config, keyvalue, messaging) and providers.
     config.capabilities = trellis_providers::native::capabilities(&config.host_slot);
     config.provider_launcher = Some(Arc::new(trellis_providers::Launcher::new()));

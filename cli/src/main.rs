@@ -9,6 +9,7 @@ mod host_cmd;
 mod lattice_client;
 mod lattice_cmds;
 mod local_lattice;
+mod oci_cmds;
 mod output;
 mod progress;
 mod wadm_api;
@@ -75,6 +76,12 @@ enum Command {
         /// The provider to run (`http-server`)
         name: String,
     },
+    /// Push a component (.wasm) to an OCI registry
+    Push(oci_cmds::PushArgs),
+    /// Pull a component from an OCI registry to a file
+    Pull(oci_cmds::PullArgs),
+    /// Show a component's digest, size, imports, exports and claims (an OCI ref or a file)
+    Inspect(oci_cmds::InspectArgs),
     /// Create a component project from a template
     New(dev_cmds::NewArgs),
     /// Build the component project in the current directory for wasm32-wasip2
@@ -134,6 +141,9 @@ fn main() -> std::process::ExitCode {
             Command::Host(HostCommand { run, action: None }) => host_cmd::run(run).await,
             Command::Wadm(args) => wadm_cmd::run(args).await,
             Command::Provider { name } => trellis_providers::run_provider_process(&name).await,
+            Command::Push(args) => oci_cmds::run_push(args).await,
+            Command::Pull(args) => oci_cmds::run_pull(args).await,
+            Command::Inspect(args) => oci_cmds::run_inspect(args).await,
             Command::New(args) => dev_cmds::run_new(args),
             Command::Build(args) => dev_cmds::run_build(args).await,
             Command::Completions { shell } => {

@@ -3,6 +3,7 @@
 //! - [`runtime`]: wasmtime, the component runtime (instances, limits, compile cache, WASI).
 //! - [`lattice`]: the lattice connection (control interface, events, heartbeats, shared state).
 //! - [`components`] and [`providers`]: what this host runs.
+//! - [`oci`]: components from OCI registries (pull, push, cache, credentials, mirrors).
 //! - [`log_limit`]: rate-limited logging for events a peer can repeat at will.
 //! - [`routing`]: component-to-component calls (imports forwarded to link targets, exports
 //!   served on the lattice, co-located calls in-process).
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod invocation;
 pub mod lattice;
 pub mod log_limit;
+pub mod oci;
 pub mod providers;
 pub mod routing;
 pub mod runtime;

@@ -18,6 +18,8 @@ use trellis_protocol::ctl::{CtlResponse, Host};
 use trellis_protocol::events::CloudEvent;
 use trellis_protocol::subjects::{self, CtlSubjects};
 
+pub mod oci;
+
 /// A generous bound for anything a test waits on. Tests wait on events, not on sleeps; this
 /// only keeps a broken build from hanging CI.
 pub const WAIT: Duration = Duration::from_secs(30);

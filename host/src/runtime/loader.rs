@@ -2,9 +2,10 @@
 //!
 //! [`ComponentLoader`] is the seam: the runtime only asks a loader for the bytes of an
 //! `image_ref`. [`DefaultLoader`] serves local files (plain paths and `file://` refs, only when
-//! file loading is allowed) and rejects OCI references with a clear error; an OCI loader can
-//! later implement the trait (and delegate file refs to [`DefaultLoader`]) and be passed in
-//! [`super::RuntimeConfig::loader`].
+//! file loading is allowed) and rejects OCI references with a clear error;
+//! [`crate::oci::OciLoader`] pulls OCI references and delegates file refs to [`DefaultLoader`]
+//! (the runtime uses it when an OCI config is set, as `trellis host` does); any other loader is
+//! passed in [`super::RuntimeConfig::loader`].
 //!
 //! Files are read with [`read_component_file`]: only regular files (never a device such as
 //! `/dev/zero`, a FIFO or a directory), and never more than the size cap plus one byte, so a

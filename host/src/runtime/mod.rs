@@ -53,7 +53,9 @@
 //! - **WASI 0.2**: cli (guest stdout/stderr go to the host's logs, tagged with `component_id`),
 //!   clocks, random, io; filesystem without preopens, empty environment, no sockets;
 //!   `wasi:http` incoming handler, and outgoing HTTP only to the hosts in the component's
-//!   `allowed_hosts` config (`host`, `host:port`, or `*`; others get `HTTP-request-denied`).
+//!   `allowed_hosts` config (`host`, `host:port`, or `*`; others get `HTTP-request-denied`),
+//!   unless a capability takes outgoing HTTP over with an [`OutgoingHttpHandler`] (the
+//!   http-client provider: a link grants it, `allowed_hosts` still restricts it).
 //! - **Linking**: a component importing an interface nobody provides fails to prepare with an
 //!   error naming the import.
 //!
@@ -61,8 +63,10 @@
 //!
 //! - **Loading**: [`ComponentLoader`] fetches bytes for an image ref. [`DefaultLoader`] serves
 //!   `file://` refs and plain paths when [`RuntimeConfig::allow_file_load`] is set (regular
-//!   files only, at most [`RuntimeConfig::max_component_bytes`]) and rejects OCI refs; an OCI
-//!   loader plugs in through [`RuntimeConfig::loader`].
+//!   files only, at most [`RuntimeConfig::max_component_bytes`]); OCI refs go through
+//!   [`crate::oci::OciLoader`] when [`RuntimeConfig::oci`] (or the process-wide OCI config that
+//!   `trellis host` installs) is set, and are refused otherwise; any other loader plugs in
+//!   through [`RuntimeConfig::loader`].
 //! - **Capabilities** (keyvalue, messaging, logging, config...): implement [`Capability`] and
 //!   pass it in [`RuntimeConfig::capabilities`]. `add_to_linker` registers host functions on the
 //!   shared `Linker<InstanceState>`; `new_instance_state` puts per-instance state in the
@@ -106,7 +110,10 @@ pub use loader::{
     classify_image_ref, read_component_file, ComponentLoader, DefaultLoader, ImageRefKind,
     DEFAULT_MAX_COMPONENT_BYTES,
 };
-pub use outgoing::{AllowedHosts, ALLOWED_HOSTS_KEY};
+pub use outgoing::{
+    AllowedHosts, OutgoingHttpHandler, OutgoingHttpSender, OutgoingIo, OutgoingResponse,
+    ALLOWED_HOSTS_KEY,
+};
 pub use state::{Capability, Extensions, ImportResolver, InstanceContext, InstanceState};
 
 /// How to build a [`Runtime`].
@@ -123,9 +130,14 @@ pub struct RuntimeConfig {
     /// The largest component file the default loader reads, in bytes; `None` means
     /// [`DEFAULT_MAX_COMPONENT_BYTES`]. Ignored when [`RuntimeConfig::loader`] is set.
     pub max_component_bytes: Option<u64>,
-    /// Loader for image refs; `None` means [`DefaultLoader`] with `allow_file_load` and
-    /// `max_component_bytes`.
+    /// Loader for image refs; `None` means [`crate::oci::OciLoader`] (when [`RuntimeConfig::oci`]
+    /// or [`crate::oci::process_config`] is set) in front of [`DefaultLoader`] with
+    /// `allow_file_load` and `max_component_bytes`, else that [`DefaultLoader`] alone.
     pub loader: Option<Arc<dyn ComponentLoader>>,
+    /// OCI pull settings; `None` means those installed with
+    /// [`crate::oci::install_process_config`] (which `trellis host` does), if any. Ignored when
+    /// [`RuntimeConfig::loader`] is set.
+    pub oci: Option<crate::oci::OciConfig>,
     /// Host capabilities added to every component's linker.
     pub capabilities: Vec<Arc<dyn Capability>>,
 }
@@ -138,6 +150,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("max_component_bytes", &self.max_component_bytes)
             .field("pool_slots", &self.pool_slots)
             .field("custom_loader", &self.loader.is_some())
+            .field("oci", &self.oci)
             .field(
                 "capabilities",
                 &self
@@ -250,14 +263,30 @@ impl Runtime {
         }
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let cache = cache::CompiledCache::new(cache_dir.clone(), &engine);
-        let loader = config.loader.clone().unwrap_or_else(|| {
-            Arc::new(DefaultLoader {
-                allow_file_load: config.allow_file_load,
-                max_component_bytes: config
-                    .max_component_bytes
-                    .unwrap_or(DEFAULT_MAX_COMPONENT_BYTES),
-            })
-        });
+        let loader: Arc<dyn ComponentLoader> = match config.loader.clone() {
+            Some(loader) => loader,
+            None => {
+                let files = DefaultLoader {
+                    allow_file_load: config.allow_file_load,
+                    max_component_bytes: config
+                        .max_component_bytes
+                        .unwrap_or(DEFAULT_MAX_COMPONENT_BYTES),
+                };
+                match config.oci.clone().or_else(crate::oci::process_config) {
+                    Some(oci) => {
+                        // Beside the compiled code when its directory was chosen, else the
+                        // per-user default shared by the machine's hosts.
+                        let oci_dir = config
+                            .cache_dir
+                            .as_ref()
+                            .map(|dir| dir.join("oci"))
+                            .unwrap_or_else(crate::oci::default_oci_cache_dir);
+                        Arc::new(crate::oci::OciLoader::new(&oci, files, oci_dir)?)
+                    }
+                    None => Arc::new(files),
+                }
+            }
+        };
         let ticker = engine::EpochTicker::start(engine.clone())?;
         tracing::debug!(
             pool_slots = ?setup.pool_slots,
