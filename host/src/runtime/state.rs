@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
-use super::outgoing::OutgoingHttpPolicy;
+use super::outgoing::{OutgoingHttpHandler, OutgoingHttpPolicy};
 
 /// What a capability knows about the instance it is creating state for.
 #[derive(Debug, Clone)]
@@ -139,10 +139,20 @@ impl WasiView for InstanceState {
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // A capability that took outgoing HTTP over (the http-client provider) left its
+        // handler in the extensions; otherwise the `allowed_hosts`-only policy applies.
+        let hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks =
+            match self.extensions.get_mut::<OutgoingHttpHandler>() {
+                Some(handler) => {
+                    handler.bind_allowed(&self.http_policy.allowed);
+                    handler
+                }
+                None => &mut self.http_policy,
+            };
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.http_policy,
+            hooks,
         }
     }
 }

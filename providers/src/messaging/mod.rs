@@ -11,12 +11,23 @@
 //! over the provider's own config), subscribes, and calls the target component's exported
 //! `handle-message` for every message, in a fresh instance under the component's limits.
 //! Link puts and deletes take effect without a restart: the provider re-reads its links
-//! whenever they change (and every [`RECONCILE_INTERVAL`] to notice components that started
-//! or stopped on this host).
+//! whenever they change (and every [`RECONCILE_INTERVAL`]).
 //!
-//! Messages are delivered to components running on the provider's host. Subscriptions use a
-//! NATS queue group (default `{provider id}.{component id}`), so several hosts running the
-//! same provider and component share the load and each message is handled once.
+//! # Where the handler runs
+//!
+//! Anywhere in the lattice. When the component runs on the provider's host, the message is
+//! handled in-process; otherwise it is sent over the lattice as a call of the component's
+//! `wasmcloud:messaging/handler@0.2.0` `handle-message` export (the component-to-component
+//! call path, see [`lattice`]), which exactly one of the hosts running the component answers
+//! (they serve its exports in a queue group named after the component). As with wasmCloud's
+//! messaging-nats provider, a handler that runs nowhere loses the message (logged, at most
+//! once a second).
+//!
+//! Each message is handled once: every subscription is in a NATS queue group, by default
+//! `{provider id}.{component id}`, so several hosts running the same provider share the
+//! subjects instead of each handling every message. `queue_group` in the link's config names
+//! another group for all its subjects; a subject written `subject|group` (wasmCloud's syntax)
+//! names the group for that subject alone.
 //!
 //! # The consumer
 //!
@@ -35,6 +46,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use wasmtime::component::{HasSelf, Linker};
 
+use trellis_host::invocation::{CallContext, InvocationClient};
+use trellis_host::log_limit::LogLimiter;
 use trellis_host::providers::{ProviderSpec, RunningProvider};
 use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceState};
 use trellis_host::Host;
@@ -42,6 +55,8 @@ use trellis_protocol::ctl::Link;
 
 use crate::native::running_host;
 use trellis_host::HostSlot;
+
+pub mod lattice;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -70,6 +85,14 @@ pub const QUEUE_GROUP_KEY: &str = "queue_group";
 /// Extra time past a component's execution deadline before a handler call blocked in host
 /// I/O is cancelled.
 const HOST_IO_GRACE: Duration = Duration::from_millis(100);
+
+/// Messages of one link being handled at once (in-process or over the lattice); more wait in
+/// the subscription. wasmCloud's messaging-nats provider uses 75 for the same purpose. The
+/// component's own `max_instances` still caps how many run at once on each host.
+pub const MAX_IN_FLIGHT: usize = 75;
+
+/// Undelivered messages are logged at most this often (per process).
+static UNDELIVERED: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
 /// Serves `wasmcloud:messaging/consumer@0.2.0` to every component.
 pub struct MessagingCapability {
@@ -239,11 +262,35 @@ pub async fn deliver(host: &Host, component_id: &str, msg: BrokerMessage) -> any
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Subscription {
     component_id: String,
-    subjects: Vec<String>,
-    queue_group: String,
+    /// The provider id (the caller, for lattice calls).
+    provider_id: String,
+    /// The link name (for lattice calls).
+    link_name: String,
+    /// (subject, queue group) pairs.
+    subjects: Vec<(String, String)>,
 }
 
-/// The subscriptions the provider's links ask for now, for components running on this host.
+/// Parses a `subscriptions` value: comma-separated subjects, each optionally `subject|group`;
+/// the others get `default_group`.
+fn parse_subscriptions(value: &str, default_group: &str) -> Vec<(String, String)> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|entry| {
+            let (subject, group) = match entry.split_once('|') {
+                Some((subject, group)) if !group.trim().is_empty() => {
+                    (subject.trim(), group.trim())
+                }
+                Some((subject, _)) => (subject.trim(), default_group),
+                None => (entry, default_group),
+            };
+            (!subject.is_empty()).then(|| (subject.to_string(), group.to_string()))
+        })
+        .collect()
+}
+
+/// The subscriptions the provider's links ask for now (wherever the components run).
 fn desired_subscriptions(
     host: &Host,
     provider_id: &str,
@@ -262,9 +309,6 @@ fn desired_subscriptions(
     });
     let mut desired = HashMap::new();
     for link in links {
-        if host.components.get(&link.target).is_none() {
-            continue;
-        }
         let mut settings = provider_config.clone();
         for name in &link.source_config {
             match host.store.cached_config(name) {
@@ -276,15 +320,15 @@ fn desired_subscriptions(
                 ),
             }
         }
-        let subjects: Vec<String> = settings
+        let queue_group = settings
+            .get(QUEUE_GROUP_KEY)
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{provider_id}.{}", link.target));
+        let subjects = settings
             .get(SUBSCRIPTIONS_KEY)
-            .map(|s| {
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|s| parse_subscriptions(s, &queue_group))
             .unwrap_or_default();
         if subjects.is_empty() {
             tracing::warn!(
@@ -294,17 +338,14 @@ fn desired_subscriptions(
             );
             continue;
         }
-        let queue_group = settings
-            .get(QUEUE_GROUP_KEY)
-            .cloned()
-            .unwrap_or_else(|| format!("{provider_id}.{}", link.target));
         let key = format!("{}/{}", link.target, link.name);
         desired.insert(
             key,
             Subscription {
                 component_id: link.target.clone(),
+                provider_id: provider_id.to_string(),
+                link_name: link.name.clone(),
                 subjects,
-                queue_group,
             },
         );
     }
@@ -323,14 +364,70 @@ impl Drop for ActiveSubscription {
     }
 }
 
-/// Receives messages on every subject of `wanted` and delivers each to the component,
-/// at most `max_instances` at a time.
+/// Hands `msg` to the handler: in-process when the component runs on this host, else over
+/// the lattice to one of the hosts running it.
+async fn dispatch(
+    host: &Host,
+    client: &InvocationClient,
+    wanted: &Subscription,
+    msg: BrokerMessage,
+) -> anyhow::Result<()> {
+    if host.components.get(&wanted.component_id).is_some() {
+        return deliver(host, &wanted.component_id, msg).await;
+    }
+    deliver_over_lattice(client, wanted, &msg).await
+}
+
+/// Calls `handle-message` of `wanted.component_id` on whichever host runs it.
+async fn deliver_over_lattice(
+    client: &InvocationClient,
+    wanted: &Subscription,
+    msg: &BrokerMessage,
+) -> anyhow::Result<()> {
+    let component_id = &wanted.component_id;
+    let params = lattice::encode_handle_message(&msg.subject, &msg.body, msg.reply_to.as_deref());
+    let context = CallContext {
+        source_id: Some(wanted.provider_id.clone()),
+        link_name: Some(wanted.link_name.clone()),
+        ..Default::default()
+    };
+    let reply = client
+        .invoke(
+            component_id,
+            lattice::HANDLER_INTERFACE,
+            lattice::HANDLE_MESSAGE,
+            bytes::Bytes::from(params),
+            context,
+        )
+        .await
+        .map_err(|error| match error {
+            trellis_host::invocation::InvocationError::NoResponders { .. } => anyhow::anyhow!(
+                "component {component_id} runs on no host of the lattice: scale it up to \
+                 receive messages"
+            ),
+            other => anyhow::Error::new(other).context(format!(
+                "calling the handler of component {component_id} over the lattice"
+            )),
+        })?;
+    match lattice::decode_handle_result(&reply) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(anyhow::anyhow!(
+            "component {component_id} rejected the message: {message}"
+        )),
+        Err(why) => Err(anyhow::anyhow!(
+            "component {component_id} answered handle-message with {why}"
+        )),
+    }
+}
+
+/// Receives messages on every subject of `wanted` and hands each to the component wherever
+/// it runs, at most [`MAX_IN_FLIGHT`] at a time.
 async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
     let mut subscribers = Vec::new();
-    for subject in &wanted.subjects {
+    for (subject, group) in &wanted.subjects {
         match host
             .client
-            .queue_subscribe(subject.clone(), wanted.queue_group.clone())
+            .queue_subscribe(subject.clone(), group.clone())
             .await
         {
             Ok(s) => subscribers.push(s),
@@ -342,12 +439,15 @@ async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
         subjects = ?wanted.subjects,
         "messaging subscriptions active"
     );
-    let parallel = host
-        .components
-        .get(&wanted.component_id)
-        .map(|c| c.prepared.max_instances().max(1))
-        .unwrap_or(1);
-    let permits = Arc::new(Semaphore::new(parallel as usize));
+    let client = {
+        let client = InvocationClient::new(host.client.clone(), host.lattice.clone());
+        match &host.direct_peers {
+            Some(peers) => client.with_direct_peers(peers.clone()),
+            None => client,
+        }
+    };
+    let wanted = Arc::new(wanted);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut messages = futures::stream::select_all(subscribers);
     let mut handlers = JoinSet::new();
     while let Some(message) = messages.next().await {
@@ -356,7 +456,8 @@ async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
             break;
         };
         let host = host.clone();
-        let component_id = wanted.component_id.clone();
+        let client = client.clone();
+        let wanted = wanted.clone();
         handlers.spawn(async move {
             let _permit = permit;
             let msg = BrokerMessage {
@@ -364,12 +465,17 @@ async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
                 body: message.payload.to_vec(),
                 reply_to: message.reply.map(|r| r.to_string()),
             };
-            if let Err(error) = deliver(&host, &component_id, msg).await {
-                tracing::warn!(
-                    component_id,
-                    error = format!("{error:#}"),
-                    "message not handled"
-                );
+            let subject = msg.subject.clone();
+            if let Err(error) = dispatch(&host, &client, &wanted, msg).await {
+                if let Some(suppressed) = UNDELIVERED.allow() {
+                    tracing::warn!(
+                        component_id = wanted.component_id,
+                        subject,
+                        suppressed,
+                        error = format!("{error:#}"),
+                        "message not handled"
+                    );
+                }
             }
         });
     }
@@ -466,7 +572,26 @@ pub fn start(host: Arc<Host>, spec: ProviderSpec) -> anyhow::Result<Box<dyn Runn
 
 #[cfg(test)]
 mod tests {
-    use super::check_subject;
+    use super::{check_subject, parse_subscriptions};
+
+    #[test]
+    fn subscriptions_take_a_group_per_subject_or_the_default() {
+        let parsed = parse_subscriptions(" a.b , c.*|workers, d|, ,e.>", "prov.comp");
+        let expected = [
+            ("a.b", "prov.comp"),
+            ("c.*", "workers"),
+            ("d", "prov.comp"),
+            ("e.>", "prov.comp"),
+        ];
+        assert_eq!(
+            parsed,
+            expected
+                .iter()
+                .map(|(s, g)| (s.to_string(), g.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(parse_subscriptions(" , |x", "g").is_empty());
+    }
 
     #[test]
     fn guests_cannot_send_to_reserved_or_invalid_subjects() {
