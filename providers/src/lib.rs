@@ -1,10 +1,13 @@
-//! Trellis capability providers, built in: the HTTP server, key-value and messaging.
+//! Trellis capability providers, built in: the HTTP server, the HTTP client, key-value and
+//! messaging.
 //!
 //! [`Launcher`] is the host's [`ProviderLauncher`]: it maps provider references to the
 //! built-in implementations. The HTTP server can also run as its own supervised process
 //! ([`run_provider_process`] is the child side, `trellis provider http-server`), and every host
 //! runs [`serve_components_over_lattice`] so requests reach components on other hosts.
 
+pub mod blobstore;
+pub mod http_client;
 pub mod http_server;
 pub mod keyvalue;
 pub mod messaging;
@@ -24,10 +27,14 @@ pub use http_server::process::run_provider_process;
 pub enum Builtin {
     /// `wasi:http` incoming-handler source (an HTTP server).
     HttpServer,
+    /// `wasi:http/outgoing-handler` target (outgoing HTTP for linked components).
+    HttpClient,
     /// `wasi:keyvalue` (NATS or Redis backed).
     Keyvalue,
     /// `wasmcloud:messaging` over NATS.
     Messaging,
+    /// `wasi:blobstore` (NATS object store or a directory).
+    Blobstore,
 }
 
 /// What a provider reference resolves to.
@@ -40,16 +47,20 @@ pub struct ResolvedRef {
 }
 
 /// The references [`resolve_ref`] accepts, for error messages.
-pub const SUPPORTED_REFS: &str = "trellis+builtin://http-server, trellis+builtin://keyvalue, \
-trellis+builtin://messaging (also wasmcloud+builtin://NAME), trellis+process://http-server, and the images \
-ghcr.io/wasmcloud/http-server, ghcr.io/wasmcloud/keyvalue-nats, ghcr.io/wasmcloud/keyvalue-redis, \
-ghcr.io/wasmcloud/messaging-nats (any tag, with or without the registry host)";
+pub const SUPPORTED_REFS: &str = "trellis+builtin://http-server, trellis+builtin://http-client, \
+trellis+builtin://keyvalue, trellis+builtin://messaging, trellis+builtin://blobstore (also \
+wasmcloud+builtin://NAME), trellis+process://http-server, and the images \
+ghcr.io/wasmcloud/http-server, ghcr.io/wasmcloud/http-client, ghcr.io/wasmcloud/keyvalue-nats, \
+ghcr.io/wasmcloud/keyvalue-redis, ghcr.io/wasmcloud/messaging-nats, \
+ghcr.io/wasmcloud/blobstore-nats, ghcr.io/wasmcloud/blobstore-fs (any tag, with or without the registry host)";
 
 fn builtin_by_name(name: &str) -> Option<Builtin> {
     match name.trim().to_ascii_lowercase().as_str() {
         "http-server" | "http_server" | "httpserver" => Some(Builtin::HttpServer),
+        "http-client" | "http_client" | "httpclient" => Some(Builtin::HttpClient),
         "keyvalue" | "keyvalue-nats" | "keyvalue-redis" | "kv" => Some(Builtin::Keyvalue),
         "messaging" | "messaging-nats" => Some(Builtin::Messaging),
+        "blobstore" | "blobstore-nats" | "blobstore-fs" => Some(Builtin::Blobstore),
         _ => None,
     }
 }
@@ -90,8 +101,10 @@ pub fn resolve_ref(image_ref: &str) -> Option<ResolvedRef> {
     }
     let builtin = match segments.as_slice() {
         ["wasmcloud", "http-server"] => Builtin::HttpServer,
+        ["wasmcloud", "http-client"] => Builtin::HttpClient,
         ["wasmcloud", "keyvalue-nats"] | ["wasmcloud", "keyvalue-redis"] => Builtin::Keyvalue,
         ["wasmcloud", "messaging-nats"] => Builtin::Messaging,
+        ["wasmcloud", "blobstore-nats"] | ["wasmcloud", "blobstore-fs"] => Builtin::Blobstore,
         _ => return None,
     };
     Some(ResolvedRef {
@@ -137,8 +150,10 @@ impl ProviderLauncher for Launcher {
                     "provider `{}` cannot run as a separate process; only the http-server can",
                     spec.image_ref
                 ),
+                Builtin::HttpClient => http_client::start(host, spec),
                 Builtin::Keyvalue => keyvalue::start(host, spec),
                 Builtin::Messaging => messaging::start(host, spec),
+                Builtin::Blobstore => blobstore::start(host, spec),
             }
         })
     }
@@ -178,7 +193,17 @@ mod tests {
                 Some(Builtin::Messaging),
             ),
             ("trellis+process://http-server", Some(Builtin::HttpServer)),
-            ("ghcr.io/wasmcloud/blobstore-fs:0.1", None),
+            (
+                "ghcr.io/wasmcloud/http-client:0.13.1",
+                Some(Builtin::HttpClient),
+            ),
+            ("wasmcloud+builtin://http-client", Some(Builtin::HttpClient)),
+            ("trellis+builtin://http-client", Some(Builtin::HttpClient)),
+            (
+                "ghcr.io/wasmcloud/blobstore-fs:0.1",
+                Some(Builtin::Blobstore),
+            ),
+            ("ghcr.io/wasmcloud/blobstore-s3:0.1", None),
             ("ghcr.io/other/http-server:1", None),
             ("file:///x.par.gz", None),
         ];

@@ -29,14 +29,16 @@ pub use config::ConfigCapability;
 pub use logging::LoggingCapability;
 
 /// Every capability this crate implements, ready for `RuntimeConfig::capabilities`:
-/// `wasi:logging`, `wasi:config`, `wasi:keyvalue` (store, atomics, batch at 0.2.0-draft) and
-/// `wasmcloud:messaging/consumer` (0.2.0).
+/// `wasi:logging`, `wasi:config`, `wasi:keyvalue` (store, atomics, batch at 0.2.0-draft),
+/// `wasmcloud:messaging/consumer` (0.2.0) and outgoing `wasi:http` through an http-client link.
 pub fn capabilities(slot: &HostSlot) -> Vec<Arc<dyn Capability>> {
     vec![
         Arc::new(LoggingCapability),
         Arc::new(ConfigCapability),
         Arc::new(crate::keyvalue::KeyValueCapability::new(slot.clone())),
         Arc::new(crate::messaging::MessagingCapability::new(slot.clone())),
+        Arc::new(crate::blobstore::BlobstoreCapability::new(slot.clone())),
+        Arc::new(crate::http_client::HttpClientCapability::new(slot.clone())),
     ]
 }
 
