@@ -646,7 +646,7 @@ async fn unknown_provider_refs_fail_with_the_supported_list() {
     ok::<()>(
         &lattice,
         lattice.subjects.provider_start(&host.id),
-        json!({"provider_id": "nope", "provider_ref": "ghcr.io/wasmcloud/blobstore-fs:0.1"}),
+        json!({"provider_id": "nope", "provider_ref": "ghcr.io/wasmcloud/blobstore-s3:0.1"}),
     )
     .await;
     let failed = events
