@@ -677,3 +677,59 @@ async fn a_dead_mirror_falls_back_to_the_origin() {
         "the mirror was not tried first:\n{logs}"
     );
 }
+
+/// wasmCloud's `registry.put` gives every host credentials for a registry; they are used for
+/// the next pull and never show in the host's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_put_gives_hosts_their_credentials() {
+    let registry = Registry::start_with_auth("alice", "s3cret-Put").await;
+    push(&registry, "demo/hello:0.1.0").await;
+    let nats = NatsServer::start().await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let host = EnvHost::start(
+        &nats.url(),
+        "default",
+        &["--allowed-insecure", &registry.addr()],
+        &[],
+    )
+    .await;
+    let image_ref = format!("{}/demo/hello:0.1.0", registry.addr());
+    let error = scale(&lattice, &host, "hello", &image_ref)
+        .await
+        .expect_err("no credentials yet");
+    assert!(error.contains("401"), "{error}");
+
+    // A malformed request is refused whole, naming what is wrong.
+    let refused = lattice
+        .request::<Value>(
+            lattice.subjects.registry_put(),
+            &json!({ registry.addr(): {"username": "alice", "registryType": "oci"} }),
+        )
+        .await
+        .expect("an answer");
+    assert!(
+        !refused.success && refused.message.contains("a `username` and a `password`"),
+        "{refused:?}"
+    );
+
+    let reply = lattice
+        .request::<Value>(
+            lattice.subjects.registry_put(),
+            &json!({ registry.addr(): {
+                "username": "alice",
+                "password": "s3cret-Put",
+                "registryType": "oci"
+            }}),
+        )
+        .await
+        .expect("an answer");
+    assert!(reply.success, "{reply:?}");
+    scale(&lattice, &host, "hello-2", &image_ref)
+        .await
+        .expect("pulls with the credentials registry.put gave");
+    assert!(
+        !host.logs().contains("s3cret-Put"),
+        "the password reached the log:\n{}",
+        host.logs()
+    );
+}

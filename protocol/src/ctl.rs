@@ -547,3 +547,37 @@ mod tests {
         assert_eq!(s, r#"{"success":false,"message":"bad"}"#);
     }
 }
+
+/// One registry's credentials in a `registry.put` request (a map from registry host to this),
+/// as wasmCloud 1.x's control interface sends them. `Debug` never shows the secrets.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    /// The user name, for basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password, for basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A bearer token, used instead of a user name and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The kind of registry; only `oci` is known.
+    #[serde(rename = "registryType", default = "default_registry_type")]
+    pub registry_type: String,
+}
+
+fn default_registry_type() -> String {
+    "oci".to_string()
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RegistryCredential")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("registry_type", &self.registry_type)
+            .finish()
+    }
+}

@@ -111,6 +111,10 @@ impl CtlSubjects {
     pub fn claims_get(&self) -> String {
         self.op("claims.get")
     }
+    /// `registry.put`: every host takes the registry credentials it carries.
+    pub fn registry_put(&self) -> String {
+        self.op("registry.put")
+    }
 }
 
 /// The subject an event named `event_name` is published on in `lattice`.

@@ -19,8 +19,8 @@ use serde::Serialize;
 use trellis_protocol::ctl::{
     ComponentAuctionAck, ComponentAuctionRequest, CtlResponse, DeleteLinkRequest, HostLabel,
     HostLabelIdentifier, Link, ProviderAuctionAck, ProviderAuctionRequest, ProviderDescription,
-    ScaleComponentCommand, StartProviderCommand, StopHostCommand, StopProviderCommand,
-    UpdateComponentCommand,
+    RegistryCredential, ScaleComponentCommand, StartProviderCommand, StopHostCommand,
+    StopProviderCommand, UpdateComponentCommand,
 };
 use trellis_protocol::events::names;
 use trellis_protocol::limits;
@@ -55,7 +55,12 @@ impl ControlServer {
         let client = &host.client;
         let mut subs = Vec::new();
         // Every host answers these.
-        for subject in [s.host_ping(), s.component_auction(), s.provider_auction()] {
+        for subject in [
+            s.host_ping(),
+            s.component_auction(),
+            s.provider_auction(),
+            s.registry_put(),
+        ] {
             subs.push(client.subscribe(subject).await?);
         }
         // Commands addressed to this host: `{base}.{resource}.{verb}.{host_id}`.
@@ -416,6 +421,7 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
             }
         }
         ["link", "get"] => link_get(host, body).await,
+        ["registry", "put"] => registry_put(body),
         ["claims", "get"] => {
             // Trellis does not sign components with JWT claims; the list is empty but valid.
             Outcome::reply(CtlResponse::ok(Vec::<HashMap<String, String>>::new()))
@@ -493,6 +499,65 @@ async fn config_op(host: &Arc<Host>, verb: &str, name: &str, body: &[u8]) -> Out
             Err(e) => Outcome::error(format!("config.del: {e:#}")),
         },
     }
+}
+
+/// At most this many registries in one `registry.put`.
+const MAX_REGISTRIES_PER_PUT: usize = 64;
+/// The longest registry name, user name, password or token a `registry.put` may carry.
+const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
+/// `registry.put`: credentials for pulling from registries, kept in this process's memory
+/// (never written, logged or echoed) and consulted before every other source. The whole
+/// request is checked before any of it is taken.
+fn registry_put(body: &[u8]) -> Outcome {
+    let registries: HashMap<String, RegistryCredential> = parse_or_reply!("registry.put", body);
+    if registries.len() > MAX_REGISTRIES_PER_PUT {
+        return Outcome::error(format!(
+            "registry.put: {} registries in one request; the limit is {MAX_REGISTRIES_PER_PUT}",
+            registries.len()
+        ));
+    }
+    let mut accepted = Vec::with_capacity(registries.len());
+    for (registry, credential) in registries {
+        let too_long = [
+            Some(&registry),
+            credential.username.as_ref(),
+            credential.password.as_ref(),
+            credential.token.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|v| v.len() > MAX_CREDENTIAL_BYTES);
+        if registry.trim().is_empty() || too_long {
+            return Outcome::error(format!(
+                "registry.put: a registry name must be non-empty and every field at most {MAX_CREDENTIAL_BYTES} bytes"
+            ));
+        }
+        if !credential.registry_type.eq_ignore_ascii_case("oci") {
+            return Outcome::error(format!(
+                "registry.put: registry {registry}: registryType `{}` is not supported; use `oci`",
+                credential.registry_type
+            ));
+        }
+        let credentials = match (credential.token, credential.username, credential.password) {
+            (Some(token), _, _) => crate::oci::Credentials::Bearer(token),
+            (None, Some(username), Some(password)) => {
+                crate::oci::Credentials::Basic { username, password }
+            }
+            _ => {
+                return Outcome::error(format!(
+                    "registry.put: registry {registry}: give a `token`, or a `username` and a `password`"
+                ))
+            }
+        };
+        accepted.push((registry, credentials));
+    }
+    let names: Vec<&str> = accepted.iter().map(|(r, _)| r.as_str()).collect();
+    tracing::info!(registries = ?names, "registry credentials set by registry.put");
+    for (registry, credentials) in accepted {
+        crate::oci::put_registry_credentials(&registry, credentials);
+    }
+    Outcome::reply(CtlResponse::success(""))
 }
 
 fn check_component_id(id: &str) -> Result<(), String> {
