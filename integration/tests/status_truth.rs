@@ -124,7 +124,8 @@ async fn a_provider_that_fails_to_start_fails_the_app_and_the_deploy() {
     );
     let printed = format!("{out}{err}");
     assert!(
-        printed.contains("failed") && printed.contains("is not supported"),
+        printed.contains("failed")
+            && printed.contains("custom provider images are not supported yet"),
         "the deploy prints the host's error: {printed}"
     );
 
@@ -136,7 +137,7 @@ async fn a_provider_that_fails_to_start_fails_the_app_and_the_deploy() {
         let (kind, message) = status(&client, lattice, "broken").await;
         assert_ne!(kind, "deployed", "a failed provider is never deployed");
         assert!(
-            kind == "failed" && message.contains("is not supported"),
+            kind == "failed" && message.contains("custom provider images are not supported yet"),
             "status after the failure: {kind}: {message}"
         );
         reads += 1;

@@ -134,7 +134,7 @@ impl ProviderLauncher for Launcher {
         Box::pin(async move {
             let Some(resolved) = resolve_ref(&spec.image_ref) else {
                 anyhow::bail!(
-                    "provider reference `{}` is not supported; use one of: {SUPPORTED_REFS}",
+                    "provider reference `{}` is not a built-in provider, and custom provider images are not supported yet; use one of: {SUPPORTED_REFS}",
                     spec.image_ref
                 );
             };
