@@ -66,10 +66,55 @@ fn base_config() -> Config {
     config
 }
 
+/// The process's address-space limit (`ulimit -v`, RLIMIT_AS) in bytes, if it has one.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    (read == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Virtual memory reserved up front for one linear memory when address space is scarce: a
+/// sixty-fourth of the limit (8 MiB under `ulimit -v 524288`), between 1 and 64 MiB. Memories
+/// may still grow past it (they move); accesses are bounds-checked instead of relying on a
+/// 4 GiB reservation and guard pages.
+fn scarce_memory_reservation(limit: Option<u64>) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    limit.map_or(64 * MIB, |bytes| (bytes / 64).clamp(MIB, 64 * MIB))
+}
+
+/// The on-demand configuration for a process that cannot reserve 4 GiB per linear memory
+/// (an address-space limit, or a pool that could not be reserved).
+fn scarce_config(limit: Option<u64>) -> Config {
+    let mut config = base_config();
+    config
+        .memory_reservation(scarce_memory_reservation(limit))
+        .memory_guard_size(64 * 1024)
+        .memory_reservation_for_growth(1024 * 1024);
+    config
+}
+
 /// Builds the engine. `pool_slots` overrides the slot count derived from the machine's memory.
-/// If the pool cannot be reserved (e.g. a small 32-bit device or a tight `ulimit -v`), falls back
-/// to on-demand allocation with one warning.
+/// Under an address-space limit (`ulimit -v`, common on small devices and in some container
+/// runtimes), or when the pool cannot be reserved, instances are allocated on demand with small
+/// memory reservations (see [`scarce_memory_reservation`]), with one warning saying so.
 pub(crate) fn build_engine(pool_slots: Option<u32>) -> anyhow::Result<EngineSetup> {
+    if let Some(limit) = address_space_limit() {
+        tracing::warn!(
+            limit_mb = limit / (1024 * 1024),
+            "the process has an address-space limit (ulimit -v): instances are allocated on demand with small memory reservations (slower instantiation and memory access)"
+        );
+        let engine = Engine::new(&scarce_config(Some(limit)))
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine under an address-space limit")?;
+        return Ok(EngineSetup {
+            engine,
+            pool_slots: None,
+        });
+    }
     let slots = pool_slots.unwrap_or_else(|| pool_slots_for_memory(available_memory_mb()));
     let mut pooling = PoolingAllocationConfig::new();
     pooling
@@ -93,7 +138,7 @@ pub(crate) fn build_engine(pool_slots: Option<u32>) -> anyhow::Result<EngineSetu
                 slots,
                 "could not reserve the pooling allocator; falling back to on-demand instance allocation (slower instantiation)"
             );
-            let engine = Engine::new(&base_config())
+            let engine = Engine::new(&scarce_config(None))
                 .map_err(anyhow::Error::from)
                 .context("creating the wasmtime engine with on-demand allocation")?;
             Ok(EngineSetup {
