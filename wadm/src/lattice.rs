@@ -94,6 +94,9 @@ pub struct ObservedHost {
     pub heartbeat_gap: Option<Duration>,
     /// When the reconciler last asked it directly whether it is still there.
     pub last_probe: Option<Instant>,
+    /// Probes in a row it let time out (a frozen process): each doubles the wait before the
+    /// next, so a host that cannot answer does not stall every reconcile pass.
+    pub probe_misses: u32,
 }
 
 impl ObservedHost {
@@ -108,6 +111,7 @@ impl ObservedHost {
             last_heartbeat: None,
             heartbeat_gap: None,
             last_probe: None,
+            probe_misses: 0,
         }
     }
 
@@ -132,20 +136,23 @@ impl ObservedHost {
             }
         }
         self.last_heartbeat = Some(now);
+        self.probe_misses = 0;
     }
 
     /// Whether the reconciler should ask this host directly if it is still there: it missed a
     /// heartbeat (silent for a quarter longer than its usual gap, or `fallback` while that gap
-    /// is unknown), and it was not asked in the last [`PROBE_EVERY`].
+    /// is unknown), and it was not asked in the last [`PROBE_EVERY`] (doubled for each probe in
+    /// a row it let time out).
     pub fn probe_due(&self, now: Instant, fallback: Duration) -> bool {
         let quiet = now.saturating_duration_since(self.last_seen);
         let after = self
             .heartbeat_gap
             .map_or(fallback, |gap| (gap + gap / 4).max(MIN_PROBE_AFTER));
         quiet > after
-            && self
-                .last_probe
-                .is_none_or(|probed| now.saturating_duration_since(probed) >= PROBE_EVERY)
+            && self.last_probe.is_none_or(|probed| {
+                now.saturating_duration_since(probed)
+                    >= PROBE_EVERY.saturating_mul(1 << self.probe_misses.min(6))
+            })
     }
 }
 

@@ -309,12 +309,7 @@ impl Reconciler {
                 .ctl_request::<HostInventory>(&self.ctl.host_get(&host.id), b"".to_vec())
                 .await
             {
-                Ok(Some(mut inv)) => {
-                    if inv.host_id.is_empty() {
-                        inv.host_id = host.id.clone();
-                    }
-                    self.lattice.apply_inventory(&inv, now);
-                }
+                Ok(Some(inv)) => self.apply_host_get(&host.id, inv, now),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(host = %host.id, error = %e, "cannot get inventory"),
             }
@@ -397,6 +392,14 @@ impl Reconciler {
             .collect()
     }
 
+    /// Takes in host `id`'s answer to `host.get` (which may leave its own id out).
+    fn apply_host_get(&mut self, id: &str, mut inventory: HostInventory, now: Instant) {
+        if inventory.host_id.is_empty() {
+            inventory.host_id = id.to_string();
+        }
+        self.lattice.apply_inventory(&inventory, now);
+    }
+
     /// Asks each host that missed a heartbeat, directly, whether it is still there. A host
     /// that crashed or was killed has no subscription left, so NATS answers "no responders" at
     /// once and the host is forgotten now rather than after the dead-host delay; a host that
@@ -441,11 +444,8 @@ impl Reconciler {
                         serde_json::from_slice::<CtlResponse<HostInventory>>(&message.payload)
                             .ok()
                             .and_then(|r| r.response);
-                    if let Some(mut inventory) = inventory {
-                        if inventory.host_id.is_empty() {
-                            inventory.host_id = id.clone();
-                        }
-                        self.lattice.apply_inventory(&inventory, Instant::now());
+                    if let Some(inventory) = inventory {
+                        self.apply_host_get(&id, inventory, Instant::now());
                     }
                 }
                 Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -454,7 +454,10 @@ impl Reconciler {
                 }
                 Ok(Err(e)) => tracing::debug!(host = %id, error = %e, "probe failed"),
                 Err(_) => {
-                    tracing::debug!(host = %id, "silent host did not answer its probe in time")
+                    tracing::debug!(host = %id, "silent host did not answer its probe in time");
+                    if let Some(host) = self.lattice.hosts.get_mut(&id) {
+                        host.probe_misses = host.probe_misses.saturating_add(1);
+                    }
                 }
             }
         }

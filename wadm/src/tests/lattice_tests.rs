@@ -235,6 +235,10 @@ fn a_host_is_probed_once_it_misses_a_heartbeat_and_not_more_often_than_the_limit
     probed.last_probe = Some(at(6600));
     assert!(!probed.probe_due(at(6900), fallback), "not again so soon");
     assert!(probed.probe_due(at(7100), fallback));
+    // A host that let a probe time out (frozen) is asked again only after twice as long.
+    probed.probe_misses = 1;
+    assert!(!probed.probe_due(at(7500), fallback));
+    assert!(probed.probe_due(at(7600), fallback));
 
     // A host heard from only once is probed after the fallback.
     let mut l = LatticeState::default();
