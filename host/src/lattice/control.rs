@@ -266,7 +266,7 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
             }
             if cmd.max_instances > 0 && cmd.component_ref.trim().is_empty() {
                 return Outcome::error(
-                    "component.scale: field `component_ref` must name the component's code (a path or file:// URL) when count > 0",
+                    "component.scale: field `component_ref` must name the component's code (an OCI reference such as ghcr.io/org/app:1.0, or a file:// path) when count > 0",
                 );
             }
             if let Some(limits) = &cmd.component_limits {
@@ -519,18 +519,26 @@ fn registry_put(body: &[u8]) -> Outcome {
     }
     let mut accepted = Vec::with_capacity(registries.len());
     for (registry, credential) in registries {
-        let too_long = [
-            Some(&registry),
-            credential.username.as_ref(),
-            credential.password.as_ref(),
-            credential.token.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|v| v.len() > MAX_CREDENTIAL_BYTES);
-        if registry.trim().is_empty() || too_long {
+        if registry.trim().is_empty() {
+            return Outcome::error(
+                "registry.put: a registry name is empty; name each registry by its host (and port)",
+            );
+        }
+        let fields = [
+            ("registry name", Some(&registry)),
+            ("username", credential.username.as_ref()),
+            ("password", credential.password.as_ref()),
+            ("token", credential.token.as_ref()),
+        ];
+        if let Some((field, value)) = fields.into_iter().find_map(|(field, value)| {
+            value
+                .filter(|v| v.len() > MAX_CREDENTIAL_BYTES)
+                .map(|v| (field, v))
+        }) {
             return Outcome::error(format!(
-                "registry.put: a registry name must be non-empty and every field at most {MAX_CREDENTIAL_BYTES} bytes"
+                "registry.put: registry `{}`: the {field} is {} bytes long; the limit is {MAX_CREDENTIAL_BYTES} bytes",
+                limits::preview(&registry),
+                value.len()
             ));
         }
         if !credential.registry_type.eq_ignore_ascii_case("oci") {

@@ -5,7 +5,10 @@
 //! also keeps an in-memory copy, refreshed by watching the buckets, for the invocation path:
 //! routing a call must not cost a KV round trip, and `link.get` lists links from it (as
 //! wasmCloud hosts answer from memory) so a lattice of 100,000 links is listed without 100,000
-//! KV reads. The copy is loaded with one watch over the bucket, not one read per key.
+//! KV reads. The copy is loaded when the host connects (and after a reconnect) by reading every
+//! key once, then kept current by one watch of new changes per bucket: at start-up a bucket of
+//! N keys costs N reads (a single watch with history would avoid them; an attempt lost links
+//! for a moment while it reloaded, see `watch_once`).
 //!
 //! Every link and config is checked against [`trellis_protocol::limits`] before any KV key is
 //! built from it: an over-long id would make a subject longer than the NATS server accepts,

@@ -124,10 +124,10 @@ impl OciLoader {
                         tracing::warn!(
                             reference = %reference,
                             digest = %record.digest,
-                            age = %humanize(record.age()),
+                            age = %crate::identity::human_uptime(record.age().as_secs()),
                             error = %error,
                             "registry unreachable: running the cached copy of this tag, resolved {} ago",
-                            humanize(record.age())
+                            crate::identity::human_uptime(record.age().as_secs())
                         );
                         return Ok(bytes);
                     }
@@ -271,17 +271,6 @@ impl OciLoader {
             tracing::warn!(error = %format!("{e:#}"), "cannot write to the OCI cache; the component runs, but a restart will need the registry");
         }
         Ok((manifest.digest, wasm))
-    }
-}
-
-/// `3h 12m`, `45s`: an age for people.
-fn humanize(age: std::time::Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..=86_399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d {}h", secs / 86_400, (secs % 86_400) / 3600),
     }
 }
 

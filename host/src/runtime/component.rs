@@ -442,6 +442,11 @@ impl PreparedComponent {
                     ))
                 })?;
         }
+        // A capability that took outgoing HTTP over learns the component's `allowed_hosts`
+        // once, here, rather than on every wasi:http host call.
+        if let Some(handler) = extensions.get_mut::<super::outgoing::OutgoingHttpHandler>() {
+            handler.bind_allowed(&self.allowed_hosts);
+        }
         let state = InstanceState {
             component_id: self.id.clone(),
             wasi,

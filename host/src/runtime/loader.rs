@@ -180,7 +180,7 @@ impl DefaultLoader {
                     .context("the file-reading task failed")?
             }
             ImageRefKind::Oci(reference) => bail!(
-                "OCI references are not supported yet: use a file:// path (got {reference:?})"
+                "this runtime has no OCI settings, so it cannot pull {reference:?}: run it through `trellis host` (which pulls from registries) or set RuntimeConfig::oci, or use a file:// path"
             ),
             ImageRefKind::UnsupportedScheme(scheme) => bail!(
                 "unsupported image reference scheme {scheme:?} in {image_ref:?}: use a file:// path"

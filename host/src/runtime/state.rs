@@ -140,13 +140,11 @@ impl WasiView for InstanceState {
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         // A capability that took outgoing HTTP over (the http-client provider) left its
-        // handler in the extensions; otherwise the `allowed_hosts`-only policy applies.
+        // handler in the extensions, bound to `allowed_hosts` when the store was built;
+        // otherwise the `allowed_hosts`-only policy applies.
         let hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks =
             match self.extensions.get_mut::<OutgoingHttpHandler>() {
-                Some(handler) => {
-                    handler.bind_allowed(&self.http_policy.allowed);
-                    handler
-                }
+                Some(handler) => handler,
                 None => &mut self.http_policy,
             };
         WasiHttpCtxView {

@@ -647,7 +647,7 @@ async fn loading_errors_are_clear() {
         .await
         .expect_err("OCI refs unsupported");
     assert!(
-        format!("{error:#}").contains("OCI references are not supported yet: use a file:// path"),
+        format!("{error:#}").contains("this runtime has no OCI settings"),
         "{error:#}"
     );
 }
