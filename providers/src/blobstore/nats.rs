@@ -87,9 +87,9 @@ impl NatsSettings {
                 }
             },
         };
-        let compression = settings.get("compression").is_some_and(|v| {
-            matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
-        });
+        let compression = settings
+            .get("compression")
+            .is_some_and(|v| crate::http_server::settings::is_truthy(v));
         let js_domain = settings
             .get("js_domain")
             .map(|d| d.trim().to_string())
@@ -164,17 +164,17 @@ impl NatsStore {
         }
     }
 
+    /// Opens an existing container: one lookup on the usual path; a second only to tell a
+    /// missing container from another failure.
     async fn bucket(&self, container: &str) -> BlobResult<object_store::ObjectStore> {
         check_container(container)?;
-        if !self.container_exists(container).await? {
-            return Err(format!(
+        match self.js.get_object_store(container).await {
+            Ok(store) => Ok(store),
+            Err(_) if !self.container_exists(container).await? => Err(format!(
                 "container `{container}` does not exist: create it with create-container first"
-            ));
+            )),
+            Err(e) => Err(format!("cannot open container `{container}` in NATS: {e}")),
         }
-        self.js
-            .get_object_store(container)
-            .await
-            .map_err(|e| format!("cannot open container `{container}` in NATS: {e}"))
     }
 
     pub(crate) async fn create_container(&self, name: &str) -> BlobResult<()> {

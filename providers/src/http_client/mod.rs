@@ -299,14 +299,21 @@ async fn send_linked(
 }
 
 /// The merged settings of `link`: the target provider's config when it runs on this host,
-/// then the link's target configs.
+/// then the link's target configs (later wins). Keys are lower-cased as they merge, so a link's
+/// `timeout_ms` overrides a provider's `TIMEOUT_MS` rather than standing beside it.
 async fn link_settings(
     host: &Host,
     component_id: &str,
     link: &Link,
 ) -> Result<ConfigMap, HttpError> {
+    let lower = |values: ConfigMap| {
+        values
+            .into_iter()
+            .map(|(key, value)| (key.to_ascii_lowercase(), value))
+            .collect::<ConfigMap>()
+    };
     let mut settings =
-        local_provider_config(&host.identity.host_id, &link.target).unwrap_or_default();
+        lower(local_provider_config(&host.identity.host_id, &link.target).unwrap_or_default());
     for name in &link.target_config {
         let values = match host.store.cached_config(name) {
             Some(values) => values,
@@ -329,7 +336,7 @@ async fn link_settings(
                     )))
                 })?,
         };
-        settings.extend(values);
+        settings.extend(lower(values));
     }
     Ok(settings)
 }

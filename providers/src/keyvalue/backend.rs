@@ -121,10 +121,7 @@ pub(crate) fn resolve_target(
     scope: &str,
     identifier: &str,
 ) -> Result<BucketTarget, StorageError> {
-    let url = settings
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(URL_KEY))
-        .map(|(_, v)| v.clone());
+    let url = crate::http_server::settings::get_ci(settings, URL_KEY).map(str::to_string);
     let explicit = settings
         .get(BACKEND_KEY)
         .map(|b| b.trim().to_ascii_lowercase());

@@ -237,7 +237,7 @@ async fn resolve_bucket(
             .await?
             .ok_or_else(|| {
                 StorageError::Other(format!(
-                    "the wasi:keyvalue link of {component_id} names config `{name}`, which does not exist"
+                    "the wasi:keyvalue link of {component_id} names config `{name}`, which does not exist: put it with config.put or remove it from the link"
                 ))
             })?,
         };
