@@ -396,6 +396,27 @@ pub async fn wadm_request(
     }
 }
 
+/// Sends one control request on `subject` and asserts the lattice accepted it (panics with the
+/// reply's message otherwise).
+pub async fn control_ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
+    let reply = lattice
+        .request::<serde_json::Value>(subject.clone(), &body)
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
+    assert!(reply.success, "{subject} refused: {}", reply.message);
+}
+
+/// Puts the named config `name` with `values` (`config.put`), asserting it was accepted.
+pub async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
+    let values: std::collections::HashMap<&str, &str> = values.iter().copied().collect();
+    control_ok(
+        lattice,
+        lattice.subjects.config_put(name),
+        serde_json::json!(values),
+    )
+    .await;
+}
+
 /// A third-party view of one lattice: control requests and events over plain NATS.
 pub struct Lattice {
     /// The NATS client.

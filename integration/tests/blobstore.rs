@@ -10,7 +10,6 @@
 //!   (`..`, absolute paths, a symbolic link planted in the root) refused with a clear error;
 //! - a component with no blobstore link told which link is missing.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use trellis_integration::{free_port, guest, HostProcess, Lattice, NatsServer};
+use trellis_integration::{
+    control_ok as ok, free_port, guest, put_config, HostProcess, Lattice, NatsServer,
+};
 
 const MB: u64 = 1 << 20;
 
@@ -210,19 +211,6 @@ async fn stream_and_compare(addr: &str, path: &str, offset: u64) -> anyhow::Resu
         mismatch_at,
         elapsed: started.elapsed(),
     })
-}
-
-async fn ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
-
-async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
-    let values: HashMap<&str, &str> = values.iter().copied().collect();
-    ok(lattice, lattice.subjects.config_put(name), json!(values)).await;
 }
 
 async fn start_provider(lattice: &Lattice, host: &HostProcess, id: &str, image: &str) {

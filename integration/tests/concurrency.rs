@@ -9,19 +9,12 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use trellis_integration::{free_port, guest_ref, http_ok, HostProcess, Lattice, NatsServer};
+use trellis_integration::{
+    control_ok as control, free_port, guest_ref, http_ok, HostProcess, Lattice, NatsServer,
+};
 
 /// Generous bound for any single request of these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Sends one control request and checks it was accepted.
-async fn control(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|error| panic!("{subject}: {error:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
 
 /// Scales `component_id` (http_hello) to `count` and waits for the host to confirm it.
 async fn scale(

@@ -7,7 +7,6 @@
 //! component, the per-request timeout from the link's config, and revocation when the link
 //! is deleted.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +18,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use trellis_integration::{free_port, guest_ref, http_get, HostProcess, Lattice, NatsServer, WAIT};
+use trellis_integration::{
+    control_ok as ok, free_port, guest_ref, http_get, put_config, HostProcess, Lattice, NatsServer,
+    WAIT,
+};
 
 /// A local HTTP/1.1 server (keep-alive) counting the connections and requests it gets.
 /// `/slow` answers after 5 s; anything else answers `hello from upstream` at once.
@@ -85,19 +87,6 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-async fn ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
-
-async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
-    let values: HashMap<&str, &str> = values.iter().copied().collect();
-    ok(lattice, lattice.subjects.config_put(name), json!(values)).await;
 }
 
 async fn start_provider(lattice: &Lattice, host: &HostProcess, id: &str, image: &str) {

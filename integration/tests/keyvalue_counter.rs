@@ -3,14 +3,15 @@
 //! wasmCloud's key layout, or behind a `key_prefix`), 50 concurrent increments of one key
 //! on either, and a clear error when the component has no keyvalue link.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use trellis_integration::{free_port, guest, HostProcess, Lattice, NatsServer};
+use trellis_integration::{
+    control_ok as ok, free_port, guest, put_config, HostProcess, Lattice, NatsServer,
+};
 
 /// One HTTP/1.1 request with `connection: close`; returns the status and the body.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
@@ -60,19 +61,6 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
         out.push_str(rest.get(..size).context("short chunk")?);
         body = rest.get(size + 2..).context("chunk end")?;
     }
-}
-
-async fn ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
-
-async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
-    let values: HashMap<&str, &str> = values.iter().copied().collect();
-    ok(lattice, lattice.subjects.config_put(name), json!(values)).await;
 }
 
 async fn start_provider(

@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use serde_json::json;
-use trellis_integration::{guest_ref, HostProcess, Lattice, NatsServer, WAIT};
-
-async fn ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
-
-async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
-    let values: HashMap<&str, &str> = values.iter().copied().collect();
-    ok(lattice, lattice.subjects.config_put(name), json!(values)).await;
-}
+use trellis_integration::{
+    control_ok as ok, guest_ref, put_config, HostProcess, Lattice, NatsServer, WAIT,
+};
 
 async fn scale_handler(lattice: &Lattice, host: &HostProcess) {
     let mut events = lattice.events().await;

@@ -2,25 +2,13 @@
 //! `messaging_handler` component, which answers requests (through its `consumer` import) and
 //! republishes to the subject in its config; link changes apply without a restart.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use serde_json::json;
-use trellis_integration::{guest, HostProcess, Lattice, NatsServer, WAIT};
-
-async fn ok(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|e| panic!("{subject}: {e:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
-
-async fn put_config(lattice: &Lattice, name: &str, values: &[(&str, &str)]) {
-    let values: HashMap<&str, &str> = values.iter().copied().collect();
-    ok(lattice, lattice.subjects.config_put(name), json!(values)).await;
-}
+use trellis_integration::{
+    control_ok as ok, guest, put_config, HostProcess, Lattice, NatsServer, WAIT,
+};
 
 async fn link_handler(lattice: &Lattice, source_config: &str) {
     ok(

@@ -9,19 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::json;
 use trellis_integration::{
-    eventually, free_port, guest_ref, http_ok, trellis_bin, HostProcess, Lattice, NatsServer,
+    control_ok as control, eventually, free_port, guest_ref, http_ok, trellis_bin, HostProcess,
+    Lattice, NatsServer,
 };
 
 /// The limit, in KiB as `ulimit -v` takes it: 512 MiB.
 const ADDRESS_SPACE_KIB: u64 = 524_288;
-
-async fn control(lattice: &Lattice, subject: String, body: serde_json::Value) {
-    let reply = lattice
-        .request::<serde_json::Value>(subject.clone(), &body)
-        .await
-        .unwrap_or_else(|error| panic!("{subject}: {error:#}"));
-    assert!(reply.success, "{subject} refused: {}", reply.message);
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_under_a_512_mb_address_space_limit_serves_hello() {
