@@ -369,6 +369,12 @@ impl PreparedComponent {
         if fresh.flags.memory_hit.load(Ordering::SeqCst) {
             return;
         }
+        self.store_spare(fresh, token);
+    }
+
+    /// Keeps `fresh` as the spare unless one is already there (then it is dropped, with its
+    /// budget token).
+    fn store_spare(&self, fresh: FreshInstance, token: SpareToken) {
         let mut slot = self.lock_spare();
         if slot.is_none() {
             *slot = Some(SpareInstance {
@@ -397,13 +403,7 @@ impl PreparedComponent {
             return Ok(());
         }
         if let Some(token) = self.spare_budget.try_reserve() {
-            let mut slot = self.lock_spare();
-            if slot.is_none() {
-                *slot = Some(SpareInstance {
-                    fresh,
-                    _token: token,
-                });
-            }
+            self.store_spare(fresh, token);
         }
         Ok(())
     }
