@@ -563,12 +563,27 @@ async fn requests_reach_a_component_on_another_host() {
     scale(&lattice, &back, "hello", 0, json!(null)).await;
     // The serving host drops its subscription within a moment; until then it answers 503
     // itself, so every answer is 503 with a message.
-    eventually("a 503 for a component running nowhere", || async {
-        let reply = request(&addr, "GET", "/", b"").await.ok()?;
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        reply.text().contains("not running").then_some(())
+    let last = std::sync::Mutex::new(String::new());
+    let answered = tokio::time::timeout(trellis_integration::WAIT, async {
+        loop {
+            if let Ok(reply) = request(&addr, "GET", "/", b"").await {
+                assert_eq!(reply.status, 503, "{}", reply.text());
+                if reply.text().contains("not running") {
+                    return;
+                }
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = reply.text();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     })
     .await;
+    assert!(
+        answered.is_ok(),
+        "no 503 saying the component is not running; the last answer was: {}\nfront log:\n{}\nback log:\n{}",
+        last.lock().unwrap_or_else(|p| p.into_inner()),
+        front.logs(),
+        back.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
