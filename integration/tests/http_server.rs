@@ -530,12 +530,10 @@ async fn colocated_provider_serves_the_component() {
     wait_for_hello(&addr2, &host).await;
 }
 
-// Flaky on a loaded 2-core machine (about one run in four of this binary, and in CI): after the
-// serving host scales the component to 0, the front host's requests stop being answered at all
-// instead of getting a 503 "not running". Not caused by this session's changes (nothing on the
-// forwarding path changed); kept runnable with `--ignored` until the stall is found.
+// Scaling the serving host's component to 0 must not lose a request that NATS delivered just
+// before the unsubscription: it once did (about one run in four), leaving the front host waiting
+// out its 60 s forward timeout.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "flaky: forwarded requests stall after the remote component scales to 0; see the session 5 note"]
 async fn requests_reach_a_component_on_another_host() {
     let nats = NatsServer::start().await;
     let front = HostProcess::start(&nats.url(), "default", &[]).await;
@@ -566,8 +564,9 @@ async fn requests_reach_a_component_on_another_host() {
     check_routes(&addr).await;
 
     scale(&lattice, &back, "hello", 0, json!(null)).await;
-    // The serving host drops its subscription within a moment; until then it answers 503
-    // itself, so every answer is 503 with a message.
+    // The serving host drains its subscription: a request it still takes gets a 503 saying the
+    // component is not running there (and is sent once more), later ones get NATS' no
+    // responders; every answer is a 503 with a message, and none is lost.
     let last = std::sync::Mutex::new(String::new());
     let answered = tokio::time::timeout(trellis_integration::WAIT, async {
         loop {

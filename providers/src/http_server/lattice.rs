@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use trellis_host::Host;
 
@@ -34,6 +35,15 @@ const COMPONENT_RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// waits on it, so without a bound a stalled connection would also keep it from closing the
 /// subscriptions of components that stopped.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Marks a 503 from a host that no longer runs the component (as opposed to one the component
+/// itself produced), so the forwarding side may try another host.
+const NOT_HERE_HEADER: &str = "trellis-component-not-here";
+
+/// Whether `head` is a serving host's "the component does not run here any more".
+fn is_not_here(head: &ResponseHead) -> bool {
+    head.status == StatusCode::SERVICE_UNAVAILABLE && head.headers.contains_key(NOT_HERE_HEADER)
+}
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
@@ -129,11 +139,26 @@ where
         }
     }
     let subject = http_subject(lattice, component_id);
-    let nats_request = async_nats::Request::new()
-        .payload(head.to_message(&first))
-        .timeout(Some(timeout + REPLY_MARGIN));
-    let reply = match client.send_request(subject, nats_request).await {
-        Ok(reply) => reply,
+    let message = head.to_message(&first);
+    // A host that stopped the component just as the request reached it answers "not here";
+    // a request whose body travelled whole is sent once more, so another host running the
+    // component serves it (or NATS says no one does).
+    let mut attempts = if guard.is_none() { 2 } else { 1 };
+    let reply = loop {
+        attempts -= 1;
+        let nats_request = async_nats::Request::new()
+            .payload(message.clone())
+            .timeout(Some(timeout + REPLY_MARGIN));
+        match client.send_request(subject.clone(), nats_request).await {
+            Ok(reply) => match ResponseHead::decode(reply.payload) {
+                Ok((head, _)) if attempts > 0 && is_not_here(&head) => continue,
+                decoded => break Ok(decoded),
+            },
+            Err(error) => break Err(error),
+        }
+    };
+    let decoded = match reply {
+        Ok(decoded) => decoded,
         Err(error) => {
             return match error.kind() {
                 RequestErrorKind::NoResponders => text_response(
@@ -156,7 +181,7 @@ where
             }
         }
     };
-    let (head, first) = match ResponseHead::decode(reply.payload) {
+    let (mut head, first) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => {
             return text_response(
@@ -167,6 +192,7 @@ where
             )
         }
     };
+    head.headers.remove(NOT_HERE_HEADER);
     let body = match head.pull_subject {
         Some(subject) => LatticeBody::pulled(client.clone(), first, subject, PULL_IDLE_TIMEOUT),
         None => LatticeBody::full(first),
@@ -185,8 +211,15 @@ where
 /// subscription on `trellis.http.{lattice}.{component_id}` (queue group = the component id)
 /// per running component that exports `wasi:http/incoming-handler`, opened when it starts and
 /// closed when it stops. Runs until the returned future is dropped (which closes them all).
+///
+/// A component that stops has its subscription drained, not dropped: a request the NATS server
+/// delivered just before the unsubscription reached it still gets an answer (a 503 saying the
+/// component no longer runs here), where dropping the subscription would lose it and leave the
+/// forwarding host waiting out its whole timeout. Requests already running finish.
 pub async fn serve_components_over_lattice(host: Arc<Host>) {
     let mut served: HashMap<String, ComponentSubscription> = HashMap::new();
+    // Owns every subscription task, serving or draining: dropping this future aborts them all.
+    let mut tasks = JoinSet::new();
     // Follow the host's component set: resync at once on every start/stop, and now and then
     // to retry subscriptions that failed.
     let mut changes = host.components.changes();
@@ -199,6 +232,7 @@ pub async fn serve_components_over_lattice(host: Arc<Host>) {
                     return;
                 }
             }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             _ = resync.tick() => {}
         }
         let running: HashMap<String, bool> = host
@@ -212,6 +246,7 @@ pub async fn serve_components_over_lattice(host: Arc<Host>) {
             let keep = running.contains_key(id) && !subscription.task.is_finished();
             if !keep {
                 tracing::debug!(component_id = %id, "no longer serving HTTP over the lattice");
+                subscription.close();
             }
             keep
         });
@@ -221,7 +256,7 @@ pub async fn serve_components_over_lattice(host: Arc<Host>) {
             }
             let opened = tokio::time::timeout(
                 SUBSCRIBE_TIMEOUT,
-                ComponentSubscription::open(host.clone(), id),
+                ComponentSubscription::open(host.clone(), id, &mut tasks),
             )
             .await
             .unwrap_or_else(|_| {
@@ -242,20 +277,25 @@ pub async fn serve_components_over_lattice(host: Arc<Host>) {
     }
 }
 
-/// One component's lattice HTTP subscription; dropping it unsubscribes and cancels its
-/// requests in flight.
+/// One component's lattice HTTP subscription. [`ComponentSubscription::close`] (or dropping
+/// it) drains it: the subscription ends once what NATS already delivered is answered.
 struct ComponentSubscription {
-    task: JoinHandle<()>,
+    task: tokio::task::AbortHandle,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for ComponentSubscription {
     fn drop(&mut self) {
-        self.task.abort();
+        self.close();
     }
 }
 
 impl ComponentSubscription {
-    async fn open(host: Arc<Host>, component_id: &str) -> anyhow::Result<Self> {
+    async fn open(
+        host: Arc<Host>,
+        component_id: &str,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<Self> {
         let subject = http_subject(&host.lattice, component_id);
         let subscriber = host
             .client
@@ -267,17 +307,46 @@ impl ComponentSubscription {
             .await
             .with_context(|| format!("registering the subscription to {subject}"))?;
         tracing::debug!(component_id, %subject, "serving HTTP over the lattice");
-        let task = tokio::spawn(answer_requests(host, component_id.to_string(), subscriber));
-        Ok(Self { task })
+        let (stop, stopped) = oneshot::channel();
+        let task = tasks.spawn(answer_requests(
+            host,
+            component_id.to_string(),
+            subscriber,
+            stopped,
+        ));
+        Ok(Self {
+            task,
+            stop: Some(stop),
+        })
+    }
+
+    /// Starts draining: no new requests reach this host for the component.
+    fn close(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
-async fn answer_requests(host: Arc<Host>, component_id: String, mut subscriber: Subscriber) {
+async fn answer_requests(
+    host: Arc<Host>,
+    component_id: String,
+    mut subscriber: Subscriber,
+    mut stop: oneshot::Receiver<()>,
+) {
     // Owned here: aborting this task aborts every request in flight.
     let mut requests = JoinSet::new();
+    let mut draining = false;
     loop {
         tokio::select! {
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            _ = &mut stop, if !draining => {
+                draining = true;
+                if let Err(error) = subscriber.drain().await {
+                    tracing::debug!(component_id, error = %error, "could not drain the lattice HTTP subscription");
+                    break;
+                }
+            }
             message = subscriber.next() => {
                 let Some(message) = message else {
                     break;
@@ -286,6 +355,9 @@ async fn answer_requests(host: Arc<Host>, component_id: String, mut subscriber: 
             }
         }
     }
+    // The subscription is gone; let the requests it took finish (each is bounded by its own
+    // timeout).
+    while requests.join_next().await.is_some() {}
 }
 
 async fn answer_request(host: Arc<Host>, component_id: String, message: Message) {
@@ -311,13 +383,17 @@ async fn run_request(
     first: Bytes,
 ) -> Response<ResponseBody> {
     let Some(running) = host.components.get(component_id) else {
-        return text_response(
+        let mut response = text_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "component {component_id} is not running on host {} any more",
                 host.identity.host_id
             ),
         );
+        response
+            .headers_mut()
+            .insert(NOT_HERE_HEADER, http::HeaderValue::from_static("1"));
+        return response;
     };
     let body = match head.pull_subject {
         Some(subject) => {
