@@ -297,7 +297,7 @@ pub async fn deploy_app(
     let lattice = client.lattice();
     let path = Path::new(&args.source);
     let (name, version, manifest) = if path.exists() {
-        let text = read_manifest(path)?;
+        let text = resolve_relative_files(&read_manifest(path)?, path)?;
         let manifest = parse_manifest(&text)
             .with_context(|| format!("{} is not valid YAML or JSON", path.display()))?;
         let reply = wadm.put(text.into_bytes()).await?;
@@ -525,6 +525,58 @@ fn read_manifest(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Rewrites every relative `file://` reference in a manifest's text (`file://./x.wasm`,
+/// `file://../x.wasm`, `file://x.wasm`) into an absolute one against the directory of the
+/// manifest file, so a manifest deploys the same from any working directory. The text is
+/// edited in place rather than re-serialized, so the stored manifest keeps its comments and
+/// layout. A reference ends at whitespace, a quote, a comma or a closing bracket.
+fn resolve_relative_files(text: &str, manifest: &Path) -> anyhow::Result<String> {
+    const SCHEME: &str = "file://";
+    if !text.contains(SCHEME) {
+        return Ok(text.to_string());
+    }
+    let dir = std::fs::canonicalize(manifest)
+        .with_context(|| format!("cannot resolve the path of {}", manifest.display()))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut rest = text;
+    while let Some(at) = rest.find(SCHEME) {
+        let (before, after) = rest.split_at(at + SCHEME.len());
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ']' | '}'))
+            .unwrap_or(after.len());
+        let (reference, tail) = after.split_at(end);
+        if reference.is_empty() || reference.starts_with('/') || reference.starts_with('~') {
+            out.push_str(reference);
+        } else {
+            out.push_str(&normalize(&dir.join(reference)).display().to_string());
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `path` with `.` and `..` components folded away (without touching the file system, so a
+/// file that does not exist yet still gets a clean path for the host's error message).
+fn normalize(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut clean = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
 /// True when `s` can be a model name (`^[-\w]+$`) rather than a file path.
 fn looks_like_app_name(s: &str) -> bool {
     !s.is_empty()
@@ -536,6 +588,49 @@ fn looks_like_app_name(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::wadm_api::{ScalerStatus, StatusInfo};
+
+    #[test]
+    fn relative_file_refs_resolve_against_the_manifest_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("mkdir");
+        let file = manifests.join("app.yaml");
+        std::fs::write(&file, "x").expect("write");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        let text = "# an example\n\
+            image: file://../components/a.wasm\n\
+            image: \"file://./b.wasm\"\n\
+            image: file:///abs/c.wasm\n\
+            image: ghcr.io/org/d:1.0\n\
+            {\"image\":\"file://e.wasm\"}";
+        let resolved = resolve_relative_files(text, &file).expect("resolved");
+        let root = root.display();
+        assert!(
+            resolved.contains(&format!("image: file://{root}/components/a.wasm\n")),
+            "{resolved}"
+        );
+        assert!(
+            resolved.contains(&format!("\"file://{root}/manifests/b.wasm\"")),
+            "{resolved}"
+        );
+        assert!(
+            resolved.contains("image: file:///abs/c.wasm\n"),
+            "{resolved}"
+        );
+        assert!(
+            resolved.contains("image: ghcr.io/org/d:1.0\n"),
+            "{resolved}"
+        );
+        assert!(
+            resolved.contains(&format!("\"file://{root}/manifests/e.wasm\"}}")),
+            "{resolved}"
+        );
+        // Nothing to resolve: the text comes back as it was.
+        assert_eq!(
+            resolve_relative_files("image: x", &file).expect("same"),
+            "image: x"
+        );
+    }
 
     #[test]
     fn app_names_are_not_paths() {
