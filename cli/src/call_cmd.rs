@@ -21,6 +21,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::lattice_client::{ConnectArgs, LatticeClient};
+use crate::oci_cmds::RegistryAccess;
 use crate::output::{print_json, OutputFormat};
 
 /// Flags of `trellis call`.
@@ -47,6 +48,9 @@ pub struct CallArgs {
     pub args: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// How to reach the registry of a component loaded by OCI ref (its WIT is read from it).
+    #[command(flatten)]
+    pub registry: RegistryAccess,
 }
 
 /// Runs `trellis call`.
@@ -63,23 +67,28 @@ pub async fn run(args: CallArgs) -> anyhow::Result<()> {
 
     let client = LatticeClient::connect(&args.connect).await?;
     let component = find_component(&client, &args.component).await?;
-    let path = match classify_image_ref(&component.image_ref) {
-        ImageRefKind::File(path) => path,
-        _ => bail!(
-            "can only call components loaded from files for now: {} runs {:?}",
+    let source = component.image_ref.clone();
+    let bytes = match classify_image_ref(&component.image_ref) {
+        ImageRefKind::File(path) => read_local_component(&path).await?,
+        ImageRefKind::Oci(reference) => args
+            .registry
+            .pull_wasm(&reference)
+            .await
+            .with_context(|| format!("cannot fetch {reference} to read the types of {}", args.component))?,
+        ImageRefKind::UnsupportedScheme(scheme) => bail!(
+            "cannot read the types of {}: it runs {:?}, whose scheme {scheme:?} this CLI cannot fetch",
             args.component,
             component.image_ref
         ),
     };
     let signature = tokio::task::spawn_blocking({
-        let path = path.clone();
         let interface = interface.to_string();
         let function = function.to_string();
-        move || read_signature(&path, &interface, &function)
+        move || read_signature(&bytes, &interface, &function)
     })
     .await
     .context("reading the component's types failed")?
-    .with_context(|| format!("in component {} ({})", args.component, path.display()))?;
+    .with_context(|| format!("in component {} ({source})", args.component))?;
 
     let named: Vec<(&str, Type)> = signature
         .params
@@ -182,13 +191,9 @@ struct Signature {
     results: Vec<Type>,
 }
 
-/// Loads the component at `path` and reads the signature of `function` in `interface`. The
-/// interface may be given without its `@version` when only one version is exported.
-fn read_signature(
-    path: &std::path::Path,
-    interface: &str,
-    function: &str,
-) -> anyhow::Result<Signature> {
+/// Reads a component's file like the host does: a regular file, never more than the host's
+/// default cap.
+async fn read_local_component(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     if !path.is_file() {
         bail!(
             "cannot read the component's code at {}: relative refs resolve against the host's \
@@ -196,14 +201,23 @@ fn read_signature(
             path.display()
         );
     }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        trellis_host::runtime::read_component_file(
+            &path,
+            trellis_host::runtime::DEFAULT_MAX_COMPONENT_BYTES,
+        )
+    })
+    .await
+    .context("the file-reading task failed")?
+}
+
+/// Compiles the component in `bytes` and reads the signature of `function` in `interface`.
+/// The interface may be given without its `@version` when only one version is exported.
+fn read_signature(bytes: &[u8], interface: &str, function: &str) -> anyhow::Result<Signature> {
     let engine = Engine::default();
-    // Read like the host does: a regular file, never more than the host's default cap.
-    let bytes = trellis_host::runtime::read_component_file(
-        path,
-        trellis_host::runtime::DEFAULT_MAX_COMPONENT_BYTES,
-    )?;
-    let component = Component::new(&engine, &bytes)
-        .map_err(|e| anyhow::anyhow!("cannot load {} as a component: {e:#}", path.display()))?;
+    let component = Component::new(&engine, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot load it as a component: {e:#}"))?;
     let ty = component.component_type();
     let instances: Vec<(String, wasmtime::component::types::ComponentInstance)> = ty
         .exports(&engine)

@@ -16,9 +16,10 @@ use trellis_host::runtime::{classify_image_ref, read_component_file, ImageRefKin
 
 use crate::output::{print_json, OutputFormat};
 
-/// How to reach the registry, shared by the three commands.
-#[derive(Debug, clap::Args)]
-pub struct RegistryFlags {
+/// How to reach registries: shared by `push`, `pull`, `inspect` and `trellis call` (which
+/// reads the WIT of a component the hosts pulled by ref).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryAccess {
     /// Registries (`host:port`, comma-separated or repeated) reached over plain HTTP.
     #[arg(
         long,
@@ -27,9 +28,6 @@ pub struct RegistryFlags {
         value_name = "REGISTRY"
     )]
     pub allowed_insecure: Vec<String>,
-    /// Reach this ref's registry over plain HTTP (like `wash push --insecure`).
-    #[arg(long)]
-    pub insecure: bool,
     /// PEM file of extra CA certificates trusted for registries.
     #[arg(long, env = "TRELLIS_OCI_CA_FILE", value_name = "PEM")]
     pub oci_ca_file: Option<PathBuf>,
@@ -42,17 +40,13 @@ pub struct RegistryFlags {
         value_name = "MIB"
     )]
     pub max_component_size_mb: u64,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
-impl RegistryFlags {
-    fn client(&self, registry: &str) -> anyhow::Result<RegistryClient> {
+impl RegistryAccess {
+    /// A registry client; `insecure` names one more registry reached over plain HTTP.
+    fn client(&self, insecure: Option<&str>) -> anyhow::Result<RegistryClient> {
         let mut allowed_insecure = self.allowed_insecure.clone();
-        if self.insecure {
-            allowed_insecure.push(registry.to_string());
-        }
+        allowed_insecure.extend(insecure.map(str::to_string));
         RegistryClient::new(ClientOptions {
             allowed_insecure,
             ca_file: self.oci_ca_file.clone(),
@@ -60,8 +54,39 @@ impl RegistryFlags {
         })
     }
 
-    fn max_bytes(&self) -> u64 {
+    /// The size limit in bytes.
+    pub fn max_bytes(&self) -> u64 {
         self.max_component_size_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Pulls the wasm of the component at OCI `reference` (digests verified, size bounded).
+    pub async fn pull_wasm(&self, reference: &str) -> anyhow::Result<Vec<u8>> {
+        let reference = parse_reference(reference)?;
+        let client = self.client(None)?;
+        Ok(client.pull(&reference, self.max_bytes()).await?.wasm)
+    }
+}
+
+/// How to reach the registry, shared by the three commands.
+#[derive(Debug, clap::Args)]
+pub struct RegistryFlags {
+    #[command(flatten)]
+    access: RegistryAccess,
+    /// Reach this ref's registry over plain HTTP (like `wash push --insecure`).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+impl RegistryFlags {
+    fn client(&self, registry: &str) -> anyhow::Result<RegistryClient> {
+        self.access.client(self.insecure.then_some(registry))
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.access.max_bytes()
     }
 }
 

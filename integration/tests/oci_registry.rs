@@ -15,8 +15,13 @@ const HTTP_SERVER_REF: &str = "ghcr.io/wasmcloud/http-server:0.23.0";
 /// Pushes the http-hello guest to `registry` as `repo_tag` with the CLI (credentials in its
 /// environment) and returns the push report.
 async fn push(registry: &Registry, repo_tag: &str) -> Value {
+    push_guest(registry, repo_tag, "http_hello").await
+}
+
+/// Pushes guest component `name` to `registry` as `repo_tag`; returns the push report.
+async fn push_guest(registry: &Registry, repo_tag: &str, name: &str) -> Value {
     let reference = format!("{}/{repo_tag}", registry.addr());
-    let wasm = guest("http_hello");
+    let wasm = guest(name);
     let env: Vec<(String, String)> = registry.auth_env().into_iter().collect();
     let (ok, stdout, stderr) = trellis_with_env(
         &[
@@ -731,5 +736,65 @@ async fn registry_put_gives_hosts_their_credentials() {
         !host.logs().contains("s3cret-Put"),
         "the password reached the log:\n{}",
         host.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trellis_call_reads_the_types_of_a_component_loaded_by_ref() {
+    let registry = Registry::start_with_auth("carol", "opensesame").await;
+    push_guest(&registry, "demo/callee:0.1.0", "demo_callee").await;
+    let nats = NatsServer::start().await;
+    let docker = docker_config_dir(&registry.addr(), "carol", "opensesame");
+    let host = EnvHost::start(
+        &nats.url(),
+        "default",
+        &["--allowed-insecure", &registry.addr()],
+        &[("DOCKER_CONFIG".into(), docker.path().display().to_string())],
+    )
+    .await;
+    let lattice = Lattice::connect(&nats.url(), "default").await;
+    let reference = format!("{}/demo/callee:0.1.0", registry.addr());
+    scale(&lattice, &host, "callee", &reference)
+        .await
+        .unwrap_or_else(|e| panic!("scaling {reference}: {e}"));
+
+    // The CLI reads the component's WIT from the registry (credentials from its environment,
+    // plain HTTP allowed for this registry only), then calls it over the lattice.
+    let env: Vec<(String, String)> = registry.auth_env().into_iter().collect();
+    let url = nats.url();
+    let call = |insecure: bool| {
+        let url = url.clone();
+        let env = env.clone();
+        let addr = registry.addr();
+        async move {
+            let mut args = vec![
+                "call",
+                "callee",
+                "trellis:demo/inventory@0.1.0.shout",
+                r#"["hi", "!"]"#,
+                "--nats-url",
+                &url,
+                "--lattice",
+                "default",
+            ];
+            if insecure {
+                args.extend(["--allowed-insecure", &addr]);
+            }
+            trellis_with_env(&args, &env).await
+        }
+    };
+    let shouted = eventually("trellis call to answer", || async {
+        let (ok, out, _) = call(true).await;
+        ok.then_some(out)
+    })
+    .await;
+    assert_eq!(shouted.trim(), "HI!!!", "host log:\n{}", host.logs());
+
+    // Without --allowed-insecure the CLI cannot fetch the types and says why.
+    let (ok, _, stderr) = call(false).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(&registry.addr()) && stderr.contains("allowed-insecure"),
+        "{stderr}"
     );
 }
