@@ -85,15 +85,27 @@ pub async fn start_provider(
     provider_ref: &str,
     config: &[&str],
 ) -> anyhow::Result<()> {
+    start_provider_on(lattice, &host.id, &|| host.logs(), id, provider_ref, config).await
+}
+
+/// [`start_provider`] on any host process: its id and a way to read its log.
+pub async fn start_provider_on(
+    lattice: &Lattice,
+    host_id: &str,
+    logs: &dyn Fn() -> String,
+    id: &str,
+    provider_ref: &str,
+    config: &[&str],
+) -> anyhow::Result<()> {
     let mut sub = events(lattice).await?;
     let command = StartProviderCommand {
         provider_id: id.to_string(),
         provider_ref: provider_ref.to_string(),
-        host_id: host.id.clone(),
+        host_id: host_id.to_string(),
         config: config.iter().map(|c| c.to_string()).collect(),
         annotations: None,
     };
-    ctl(lattice, lattice.subjects.provider_start(&host.id), &command).await?;
+    ctl(lattice, lattice.subjects.provider_start(host_id), &command).await?;
     outcome(
         &mut sub,
         "provider_started",
@@ -102,7 +114,7 @@ pub async fn start_provider(
         id,
     )
     .await
-    .inspect_err(|_| eprintln!("host log (tail):\n{}", tail(&host.logs())))?;
+    .inspect_err(|_| eprintln!("host log (tail):\n{}", tail(&logs())))?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 mod anchor;
 mod calls;
+mod distribution;
 mod drive;
 mod footprint;
 mod http;
@@ -45,7 +46,8 @@ struct Args {
     /// Use the binaries and components already built instead of building them first.
     #[arg(long)]
     no_build: bool,
-    /// Only these sections (http, calls, kv, cold, footprint, heal); all when absent.
+    /// Only these sections (http, calls, kv, cold, footprint, heal, distribution); all when
+    /// absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the Markdown report goes (default: BENCHMARKS.md in the repository).
@@ -211,7 +213,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let wanted = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
     runtime.block_on(async {
-        for name in ["http", "calls", "kv", "cold", "footprint", "heal"] {
+        for name in [
+            "http",
+            "calls",
+            "kv",
+            "cold",
+            "footprint",
+            "heal",
+            "distribution",
+        ] {
             if !wanted(name) {
                 continue;
             }
@@ -223,7 +233,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "kv" => kv::run(&mut bench).await,
                 "cold" => lifecycle::cold_start(&mut bench).await,
                 "footprint" => footprint::run(&mut bench).await,
-                _ => lifecycle::healing(&mut bench).await,
+                "heal" => lifecycle::healing(&mut bench).await,
+                _ => distribution::run(&mut bench).await,
             };
             if let Err(e) = result {
                 bench.problem(format!("section `{name}` failed: {e:#}"));
