@@ -336,11 +336,13 @@ async fn a_wrong_token_is_refused_and_the_call_goes_through_nats() {
     let mut counter = NatsCallCounter::start(&server).await;
     let real = listener.advertisement().to_owned();
     let mut parts = real.split(' ');
-    let (address, _token, machine) = (parts.next(), parts.next(), parts.next());
+    let (address, _token, machine, fingerprint) =
+        (parts.next(), parts.next(), parts.next(), parts.next());
     let forged = format!(
-        "{} not-the-token {}",
+        "{} not-the-token {} {}",
         address.expect("address"),
-        machine.expect("machine")
+        machine.expect("machine"),
+        fingerprint.expect("fingerprint")
     );
     peers.learn("callee", &forged);
     assert_eq!(peers.endpoints_of("callee"), 1);
@@ -363,12 +365,74 @@ async fn a_wrong_token_is_refused_and_the_call_goes_through_nats() {
     assert_eq!(peers.endpoints_of("callee"), 1);
 }
 
-async fn handshake(address: SocketAddr, token: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
+#[tokio::test]
+async fn an_impostor_at_the_advertised_address_gets_neither_the_token_nor_the_call() {
+    let server = NatsServer::start(None).await;
+    let listener = listener().await;
+    let _callee = serve_direct(&server.connect().await, "callee", listener.clone()).await;
+    let (client, peers) = direct_client(server.connect().await);
+    let mut counter = NatsCallCounter::start(&server).await;
+
+    // A process with a certificate of its own that took over an address, recording whatever
+    // a caller sends it after the TLS handshake.
+    let impostor = tokio::net::TcpListener::bind(SocketAddr::from(LOOPBACK))
+        .await
+        .expect("bind");
+    let impostor_addr = impostor.local_addr().expect("address");
+    let identity = super::direct::tls::ServerIdentity::generate().expect("identity");
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = received.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = impostor.accept().await else {
+                return;
+            };
+            if let Ok(mut tls) = identity.acceptor.accept(stream).await {
+                let mut sink = Vec::new();
+                let _ = tls.read_to_end(&mut sink).await;
+                seen.fetch_add(sink.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let real: Vec<&str> = listener.advertisement().split(' ').collect();
+    let forged = format!("{impostor_addr} {} {} {}", real[1], real[2], real[3]);
+    peers.learn("callee", &forged);
+    assert_eq!(peers.endpoints_of("callee"), 1);
+
+    assert_eq!(call(&client, "echo", b"a").await.expect("echo"), "a");
+    assert_eq!(
+        counter.take().await,
+        1,
+        "refused, so the call went through NATS"
+    );
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the impostor's certificate was refused before the token or the call was sent"
+    );
+    // The real endpoint, learned from the NATS reply, serves the next call directly.
+    assert_eq!(call(&client, "echo", b"b").await.expect("echo"), "b");
+    assert_eq!(counter.take().await, 0);
+    accept.abort();
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to `address` accepting only the certificate `fingerprint` names.
+async fn tls(address: SocketAddr, fingerprint: &str) -> Tls {
+    let stream = TcpStream::connect(address).await.expect("connect");
+    super::direct::tls::connect_pinned(stream, fingerprint)
+        .await
+        .expect("TLS with the advertised certificate")
+}
+
+async fn handshake(address: SocketAddr, token: &str, fingerprint: &str) -> Tls {
+    let mut stream = tls(address, fingerprint).await;
     let mut hello = b"TRLSDIR1".to_vec();
     hello.extend_from_slice(&u16::try_from(token.len()).expect("short").to_le_bytes());
     hello.extend_from_slice(token.as_bytes());
     stream.write_all(&hello).await.expect("hello");
+    stream.flush().await.expect("hello");
     assert_eq!(
         stream.read_u8().await.expect("verdict"),
         0,
@@ -377,8 +441,8 @@ async fn handshake(address: SocketAddr, token: &str) -> TcpStream {
     stream
 }
 
-/// Reads until the peer closes; true if it did within 5 s.
-async fn closes(stream: &mut TcpStream) -> bool {
+/// Reads until the peer closes (or breaks the connection); true if it did within 5 s.
+async fn closes<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut sink = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink))
         .await
@@ -391,31 +455,40 @@ async fn the_listener_refuses_bad_peers_and_keeps_serving() {
     let listener = listener().await;
     let _callee = serve_direct(&server.connect().await, "callee", listener.clone()).await;
     let address = listener.local_addr();
-    let token = listener
+    let advertised: Vec<String> = listener
         .advertisement()
         .split(' ')
-        .nth(1)
-        .expect("token")
-        .to_owned();
+        .map(str::to_owned)
+        .collect();
+    let (token, fingerprint) = (&advertised[1], &advertised[3]);
 
-    // Not our protocol: refused, closed.
+    // Not TLS: closed without an answer.
     let mut http = TcpStream::connect(address).await.expect("connect");
     http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    assert_eq!(http.read_u8().await.expect("verdict"), 1);
     assert!(closes(&mut http).await);
 
+    // TLS, but not our protocol inside: refused, closed.
+    let mut junk = tls(address, fingerprint).await;
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    junk.flush().await.expect("flush");
+    assert_eq!(junk.read_u8().await.expect("verdict"), 1);
+    assert!(closes(&mut junk).await);
+
     // A frame that claims 4 GiB: closed without allocating it.
-    let mut huge = handshake(address, &token).await;
+    let mut huge = handshake(address, token, fingerprint).await;
     let mut head = u32::MAX.to_le_bytes().to_vec();
     head.push(1);
     head.extend_from_slice(&7u64.to_le_bytes());
     huge.write_all(&head).await.expect("write");
+    huge.flush().await.expect("flush");
     assert!(closes(&mut huge).await);
 
     // A call to a target not served here: "not served" (kind 4) for that call id.
-    let mut raw = handshake(address, &token).await;
+    let mut raw = handshake(address, token, fingerprint).await;
     let frame = super::direct::frame::encode_call(
         9,
         "someone-else",
@@ -426,6 +499,7 @@ async fn the_listener_refuses_bad_peers_and_keeps_serving() {
         b"",
     );
     raw.write_all(&frame).await.expect("write");
+    raw.flush().await.expect("flush");
     let mut head = [0u8; 13];
     raw.read_exact(&mut head).await.expect("answer");
     assert_eq!(head[4], 4, "not served");
@@ -438,6 +512,7 @@ async fn the_listener_refuses_bad_peers_and_keeps_serving() {
     broken.extend_from_slice(&10u64.to_le_bytes());
     broken.extend_from_slice(&[1, 2, 3]);
     raw.write_all(&broken).await.expect("write");
+    raw.flush().await.expect("flush");
     raw.read_exact(&mut head).await.expect("answer");
     assert_eq!(head[4], 3, "an error answer");
     let len = u32::from_le_bytes(head[..4].try_into().expect("len")) as usize - 9;

@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt as _, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWriteExt as _, BufReader, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::server::TlsStream;
 
 use super::frame::{self, Kind};
+use super::tls::ServerIdentity;
 use super::Advertisement;
 use crate::invocation::error::InvocationError;
 use crate::invocation::server::{after_sent, Answerer};
@@ -33,6 +34,8 @@ const MIN_CALL_COST: usize = 1024;
 const COALESCE_RESULT: usize = 16 * 1024;
 
 type Targets = RwLock<HashMap<String, Arc<Answerer>>>;
+/// The write side of one accepted (TLS) connection.
+type ConnectionWriter = Mutex<WriteHalf<TlsStream<TcpStream>>>;
 
 /// Answers direct calls from peer hosts for the targets registered with it.
 ///
@@ -80,14 +83,21 @@ impl DirectListener {
             None => local_addr.to_string(),
         };
         let token = format!("{:032x}", rand::random::<u128>());
+        let identity = ServerIdentity::generate()?;
         let advertisement = Advertisement {
             address: dial,
             token: token.clone(),
             machine: super::machine_id().to_owned(),
+            fingerprint: identity.fingerprint.clone(),
         }
         .to_string();
         let targets = Arc::new(Targets::default());
-        let accept = tokio::spawn(accept_connections(listener, token.into(), targets.clone()));
+        let accept = tokio::spawn(accept_connections(
+            listener,
+            identity.acceptor,
+            token.into(),
+            targets.clone(),
+        ));
         tracing::debug!(%local_addr, "listening for direct calls");
         Ok(Self {
             inner: Arc::new(ListenerInner {
@@ -104,7 +114,8 @@ impl DirectListener {
         self.inner.local_addr
     }
 
-    /// What NATS replies carry so callers can come here directly: address, token, machine.
+    /// What NATS replies carry so callers can come here directly: address, token, machine and
+    /// the SHA-256 of the listener's TLS certificate.
     pub fn advertisement(&self) -> &str {
         &self.inner.advertisement
     }
@@ -158,7 +169,12 @@ impl Drop for Registration {
     }
 }
 
-async fn accept_connections(listener: TcpListener, token: Arc<str>, targets: Arc<Targets>) {
+async fn accept_connections(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    token: Arc<str>,
+    targets: Arc<Targets>,
+) {
     // Owned here: aborting the accept task drops every connection and its calls.
     let mut connections = JoinSet::new();
     loop {
@@ -166,7 +182,13 @@ async fn accept_connections(listener: TcpListener, token: Arc<str>, targets: Arc
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, token.clone(), targets.clone()));
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        acceptor.clone(),
+                        token.clone(),
+                        targets.clone(),
+                    ));
                 }
                 Err(error) => {
                     // Out of descriptors and the like: say so and let the condition pass.
@@ -181,13 +203,27 @@ async fn accept_connections(listener: TcpListener, token: Arc<str>, targets: Arc
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
     token: Arc<str>,
     targets: Arc<Targets>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    // One bound for the TLS handshake and the token that follows it.
+    let handshake_ends = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let stream = match tokio::time::timeout_at(handshake_ends, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "refused a direct connection: no TLS handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "refused a direct connection: no TLS handshake within 5 s");
+            return;
+        }
+    };
+    let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::with_capacity(64 * 1024, read);
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read_hello(&mut read)).await;
+    let hello = tokio::time::timeout_at(handshake_ends, frame::read_hello(&mut read)).await;
     let accepted = match hello {
         Err(_) => Err("no handshake within 5 s".to_string()),
         Ok(Err(reason)) => Err(reason),
@@ -197,9 +233,10 @@ async fn serve_connection(
     if let Err(reason) = accepted {
         tracing::debug!(%peer, reason, "refused a direct connection");
         let _ = write.write_all(&[frame::HANDSHAKE_REFUSED]).await;
+        let _ = write.flush().await;
         return;
     }
-    if write.write_all(&[frame::HANDSHAKE_OK]).await.is_err() {
+    if write.write_all(&[frame::HANDSHAKE_OK]).await.is_err() || write.flush().await.is_err() {
         return;
     }
     let writer = Arc::new(Mutex::new(write));
@@ -238,7 +275,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn answer_call(call_id: u64, body: Bytes, targets: &Targets, writer: &Mutex<OwnedWriteHalf>) {
+async fn answer_call(call_id: u64, body: Bytes, targets: &Targets, writer: &ConnectionWriter) {
     let call = match frame::decode_call(body) {
         Ok(call) => call,
         Err(reason) => {
@@ -282,8 +319,9 @@ async fn answer_call(call_id: u64, body: Bytes, targets: &Targets, writer: &Mute
     after_sent(after_send).await;
 }
 
-/// Writes one frame (`head` then `rest`) whole, under the connection's write lock.
-async fn send(writer: &Mutex<OwnedWriteHalf>, head: Bytes, rest: Option<Bytes>) {
+/// Writes one frame (`head` then `rest`) whole and flushes it out of TLS, under the
+/// connection's write lock.
+async fn send(writer: &ConnectionWriter, head: Bytes, rest: Option<Bytes>) {
     let mut writer = writer.lock().await;
     let written = match rest {
         None => writer.write_all(&head).await,
@@ -297,6 +335,10 @@ async fn send(writer: &Mutex<OwnedWriteHalf>, head: Bytes, rest: Option<Bytes>) 
             Ok(()) => writer.write_all(&rest).await,
             Err(error) => Err(error),
         },
+    };
+    let written = match written {
+        Ok(()) => writer.flush().await,
+        Err(error) => Err(error),
     };
     if let Err(error) = written {
         tracing::debug!(%error, "a direct caller went away before its answer");

@@ -6,7 +6,8 @@
 //! once a caller knows where a target runs, it sends further calls straight to that host:
 //!
 //! 1. A caller that can call directly adds `trellis-peer: ask` to its NATS call. A host with a
-//!    [`DirectListener`] answers with `trellis-peer: <address> <token> <machine>` on the reply.
+//!    [`DirectListener`] answers with `trellis-peer: <address> <token> <machine> <sha256>` on
+//!    the reply (the last is its TLS certificate's fingerprint).
 //! 2. The caller's [`DirectPeers`] remembers that endpoint for the target id (up to
 //!    [`MAX_ENDPOINTS`] per target, which spread the calls round-robin) and sends the next calls
 //!    over one multiplexed connection per peer ([`frame`] has the bytes).
@@ -24,15 +25,18 @@
 //! there; nothing ran). If a connection breaks while a call is in flight, that call fails with
 //! a transport error rather than being sent twice, since it may have run.
 //!
-//! **Trust.** A peer must present the listener's random token, which is handed out only in
-//! replies to lattice calls: whoever can read those can already call the target over NATS.
-//! The connection is not encrypted; where NATS runs over TLS across machines, leave the
-//! listener on loopback or turn the direct path off. A loopback advertisement is used only
-//! by callers on the same machine (same machine id).
+//! **Trust.** Connections are TLS ([`tls`]): the caller accepts only the certificate whose
+//! SHA-256 the NATS reply advertised, so a process that takes over the address (or sits
+//! between the hosts) is refused before anything is sent. Inside, the caller presents the
+//! listener's random token, which is handed out only in replies to lattice calls: whoever can
+//! read those can already call the target over NATS. An advertisement without a fingerprint
+//! (an older peer) is ignored, so such calls stay on NATS. A loopback advertisement is used
+//! only by callers on the same machine (same machine id).
 
 pub(crate) mod frame;
 mod listener;
 mod peers;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -57,19 +61,23 @@ pub(crate) struct Advertisement {
     pub token: String,
     /// The advertising host's machine id.
     pub machine: String,
+    /// Hex SHA-256 of the listener's TLS certificate, the only one the caller accepts.
+    pub fingerprint: String,
 }
 
 impl Advertisement {
-    /// Parses `<address> <token> <machine>`.
+    /// Parses `<address> <token> <machine> <fingerprint>`.
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut parts = text.split_ascii_whitespace();
         let advertisement = Self {
             address: parts.next()?.to_owned(),
             token: parts.next()?.to_owned(),
             machine: parts.next()?.to_owned(),
+            fingerprint: parts.next()?.to_owned(),
         };
         let fits = advertisement.token.len() <= frame::MAX_TOKEN
             && advertisement.address.len() <= 256
+            && tls::is_fingerprint(&advertisement.fingerprint)
             && parts.next().is_none();
         fits.then_some(advertisement)
     }
@@ -87,7 +95,11 @@ impl Advertisement {
 
 impl fmt::Display for Advertisement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.address, self.token, self.machine)
+        write!(
+            f,
+            "{} {} {} {}",
+            self.address, self.token, self.machine, self.fingerprint
+        )
     }
 }
 
@@ -115,10 +127,14 @@ mod tests {
             address: "127.0.0.1:4000".into(),
             token: "abc".into(),
             machine: machine_id().into(),
+            fingerprint: "0f".repeat(32),
         };
         assert_eq!(Advertisement::parse(&ad.to_string()), Some(ad.clone()));
         assert!(ad.reachable_from_here());
         assert_eq!(Advertisement::parse("127.0.0.1:4000 abc"), None);
+        // Without a certificate fingerprint (an older peer), or with junk for one: not used.
+        assert_eq!(Advertisement::parse("127.0.0.1:4000 abc m"), None);
+        assert_eq!(Advertisement::parse("127.0.0.1:4000 abc m xyz"), None);
         assert_eq!(Advertisement::parse("a b c d"), None);
         assert_eq!(Advertisement::parse(""), None);
         let elsewhere = Advertisement {

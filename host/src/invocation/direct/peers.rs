@@ -2,16 +2,18 @@
 //! multiplexed connection per peer.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OnceCell};
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
 
 use super::frame::{self, Kind};
 use super::listener::MAX_CALL_FRAME;
@@ -27,6 +29,8 @@ const REFUSED_FOR: Duration = Duration::from_secs(30);
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
 type ConnectionCell = Arc<OnceCell<Arc<PeerConnection>>>;
+/// The write side of a connection to a peer, shared by the calls on it.
+type PeerWriter = Arc<tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>>;
 
 /// What a caller knows about peers it can call directly: the endpoints learned per target
 /// and the open connections. One per host, shared by its invocation clients.
@@ -285,7 +289,7 @@ impl Drop for PendingGuard<'_> {
 /// One connection to a peer's listener, shared by every call to that peer.
 struct PeerConnection {
     address: String,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: PeerWriter,
     pending: Arc<Pending>,
     next_id: AtomicU64,
     reader: JoinHandle<()>,
@@ -315,9 +319,16 @@ impl PeerConnection {
             .await
             .map_err(|e| format!("connecting: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut read, mut write) = stream.into_split();
+        let stream = super::tls::connect_pinned(stream, &endpoint.fingerprint)
+            .await
+            .map_err(|e| format!("TLS with the advertised certificate: {e}"))?;
+        let (mut read, mut write) = tokio::io::split(stream);
         write
             .write_all(&frame::encode_hello(&endpoint.token))
+            .await
+            .map_err(|e| format!("sending the handshake: {e}"))?;
+        write
+            .flush()
             .await
             .map_err(|e| format!("sending the handshake: {e}"))?;
         let verdict = read
@@ -353,7 +364,7 @@ impl PeerConnection {
         if self.pending.closed.load(Ordering::Acquire) {
             return Attempt::NotMade("the connection is closed".into());
         }
-        if let Err(reason) = write_whole(&self.writer, frame).await {
+        if let Err(reason) = write_whole(&self.writer, &self.pending, frame).await {
             self.pending.closed.store(true, Ordering::Release);
             return Attempt::NotMade(reason);
         }
@@ -388,44 +399,54 @@ impl PeerConnection {
     }
 }
 
-/// Writes `frame` whole. The fast path writes it at once without awaiting; if the socket is
-/// full, the rest is written by a task of its own, so a call dropped meanwhile cannot leave
-/// half a frame on the connection.
+/// Writes `frame` whole and flushes it through TLS. The write is polled once in place (the
+/// common case: the socket takes it all); if it cannot finish at once, it finishes in a task
+/// of its own, so a call dropped meanwhile cannot leave half a frame on the connection. A
+/// write stalled for [`WRITE_STALL`] marks the connection closed before it lets go of it.
 async fn write_whole(
-    writer: &Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: &PeerWriter,
+    pending: &Arc<Pending>,
     frame: Bytes,
 ) -> Result<(), String> {
     let mut guard = writer.clone().lock_owned().await;
-    let mut offset = 0;
-    while offset < frame.len() {
-        match guard.try_write(&frame[offset..]) {
-            Ok(written) => offset += written,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(error) => return Err(format!("writing a call: {error}")),
-        }
+    if pending.closed.load(Ordering::Acquire) {
+        return Err("the connection is closed".into());
     }
-    if offset == frame.len() {
-        return Ok(());
-    }
-    let rest = frame.slice(offset..);
-    let finish = tokio::spawn(async move {
-        match tokio::time::timeout(WRITE_STALL, guard.write_all(&rest)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("writing a call: {error}")),
-            Err(_) => {
-                let _ = guard.shutdown().await;
-                Err(format!(
-                    "the peer read nothing for {} s",
-                    WRITE_STALL.as_secs()
-                ))
-            }
-        }
+    let mut write = Box::pin(async move {
+        guard.write_all(&frame).await?;
+        guard.flush().await
     });
-    finish.await.map_err(|e| format!("writing a call: {e}"))?
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let finished = match first {
+        Poll::Ready(done) => done,
+        Poll::Pending => {
+            let pending = pending.clone();
+            let finish = tokio::spawn(async move {
+                match tokio::time::timeout(WRITE_STALL, &mut write).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        // Half a frame may be out: no later call may follow it.
+                        pending.closed.store(true, Ordering::Release);
+                        drop(write);
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the peer read nothing for {} s", WRITE_STALL.as_secs()),
+                        ))
+                    }
+                }
+            });
+            finish.await.map_err(|e| format!("writing a call: {e}"))?
+        }
+    };
+    finished.map_err(|error| format!("writing a call: {error}"))
 }
 
 /// Hands each answer to its waiting call until the connection ends; then fails the rest.
-async fn read_answers(read: OwnedReadHalf, pending: Arc<Pending>, max_body: usize) {
+async fn read_answers(
+    read: ReadHalf<TlsStream<TcpStream>>,
+    pending: Arc<Pending>,
+    max_body: usize,
+) {
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let reason = loop {
         let (head, body) = match frame::read_frame(&mut read, max_body).await {
