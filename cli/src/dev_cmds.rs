@@ -191,7 +191,16 @@ pub async fn run_build(args: BuildArgs) -> anyhow::Result<()> {
         );
     }
     let status = tokio::process::Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        // The project's own target dir, whatever a cargo config elsewhere says: the manifest
+        // `trellis new` writes names ./target/wasm32-wasip2/release/....
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+            "target",
+        ])
         .current_dir(&args.dir)
         .env_remove("CARGO_TARGET_DIR")
         .status()
