@@ -77,6 +77,9 @@ pub struct HostConfig {
     /// The `host:port` peers should dial; defaults to the bound address. Needed when
     /// `direct_listen` is a wildcard address such as `0.0.0.0:7100`.
     pub direct_advertise: Option<String>,
+    /// Which signed (or unsigned) components this host admits (`--require-signed`,
+    /// `--allowed-issuer`); embedded claims are verified in any case.
+    pub claims_policy: crate::security::ClaimsPolicy,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -109,6 +112,7 @@ impl std::fmt::Debug for HostConfig {
             .field("cache_dir", &self.cache_dir)
             .field("providers", &self.provider_launcher.is_some())
             .field("direct_listen", &self.direct_listen)
+            .field("claims_policy", &self.claims_policy)
             .field(
                 "capabilities",
                 &self
@@ -141,6 +145,7 @@ impl Default for HostConfig {
             colocation: true,
             direct_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             direct_advertise: None,
+            claims_policy: crate::security::ClaimsPolicy::default(),
         }
     }
 }
@@ -326,6 +331,7 @@ impl HostHandle {
             allow_file_load: config.allow_file_load,
             max_component_bytes: Some(config.max_component_bytes),
             capabilities: config.capabilities.clone(),
+            claims_policy: config.claims_policy.clone(),
             ..Default::default()
         })
         .context("cannot start the WebAssembly runtime")?;

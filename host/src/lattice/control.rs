@@ -423,8 +423,15 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
         ["link", "get"] => link_get(host, body).await,
         ["registry", "put"] => registry_put(body),
         ["claims", "get"] => {
-            // Trellis does not sign components with JWT claims; the list is empty but valid.
-            Outcome::reply(CtlResponse::ok(Vec::<HashMap<String, String>>::new()))
+            // The verified claims of the signed components running here, as wasmCloud's
+            // string maps (unsigned components have none).
+            let claims: Vec<HashMap<String, String>> = host
+                .components
+                .all()
+                .iter()
+                .filter_map(|c| c.prepared.claims().map(|c| c.to_wasmcloud_map()))
+                .collect();
+            Outcome::reply(CtlResponse::ok(claims))
         }
         _ => Outcome::error(format!(
             "unknown control operation `{op}`: see the wasmCloud 1.x control interface for the supported subjects"
@@ -668,7 +675,7 @@ fn component_event(host: &Host, component: &RunningComponent) -> serde_json::Val
         "host_id": host.identity.host_id,
         "max_instances": component.prepared.max_instances(),
         "annotations": component.annotations,
-        "claims": null,
+        "claims": component.prepared.claims().map(|c| c.to_wasmcloud_map()),
     })
 }
 
