@@ -131,9 +131,41 @@ pub struct HostSigningArgs {
         value_parser = parse_account_key
     )]
     pub allowed_issuers: Vec<String>,
+    /// Ask wasmCloud's policy service on this NATS subject before a component or provider
+    /// starts and before a lattice call reaches a component; no answer denies.
+    #[arg(long, env = "TRELLIS_POLICY_TOPIC", value_name = "SUBJECT")]
+    pub policy_topic: Option<String>,
+    /// The subject on which the policy service publishes changed decisions.
+    #[arg(
+        long,
+        env = "TRELLIS_POLICY_CHANGES_TOPIC",
+        value_name = "SUBJECT",
+        requires = "policy_topic"
+    )]
+    pub policy_changes_topic: Option<String>,
+    /// How long to wait for a policy decision, in milliseconds.
+    #[arg(
+        long,
+        env = "TRELLIS_POLICY_TIMEOUT_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000),
+        value_name = "MS"
+    )]
+    pub policy_timeout_ms: u64,
 }
 
 impl HostSigningArgs {
+    /// The policy service settings, when `--policy-topic` is set.
+    pub fn policy(&self) -> Option<trellis_host::security::PolicyConfig> {
+        self.policy_topic
+            .as_ref()
+            .map(|topic| trellis_host::security::PolicyConfig {
+                topic: topic.clone(),
+                changes_topic: self.policy_changes_topic.clone(),
+                timeout: std::time::Duration::from_millis(self.policy_timeout_ms),
+            })
+    }
+
     /// The host's claims policy.
     pub fn claims_policy(&self) -> ClaimsPolicy {
         ClaimsPolicy {

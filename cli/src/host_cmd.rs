@@ -184,6 +184,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         direct_listen: (!args.no_direct_calls).then_some(args.direct_listen),
         direct_advertise: args.direct_advertise.clone(),
         claims_policy: args.signing.claims_policy(),
+        policy: args.signing.policy(),
         ..HostConfig::default()
     };
     // OCI pulls (registries, cache, mirrors) for every runtime this process builds.

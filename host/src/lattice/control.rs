@@ -607,6 +607,23 @@ async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
     };
     let annotations = cmd.annotations.clone().unwrap_or_default();
     let result = async {
+        if let Some(policy) = &host.policy {
+            let decision = policy
+                .start_provider(
+                    &host.policy_host_info(),
+                    &cmd.provider_id,
+                    &cmd.provider_ref,
+                    &annotations,
+                )
+                .await;
+            if !decision.permitted {
+                anyhow::bail!(
+                    "policy denied starting provider {}: {}",
+                    cmd.provider_id,
+                    decision.reason()
+                );
+            }
+        }
         let config = host.store.merged_config(&cmd.config).await?;
         let spec = ProviderSpec {
             id: cmd.provider_id.clone(),
@@ -815,6 +832,26 @@ async fn start_component(
         .check_instantiation()
         .await
         .with_context(|| format!("component {id} cannot create an instance"))?;
+    if let Some(policy) = &host.policy {
+        let decision = policy
+            .start_component(
+                &host.policy_host_info(),
+                &crate::security::policy::ComponentInformation {
+                    component_id: id.to_string(),
+                    image_ref: image_ref.to_string(),
+                    max_instances,
+                    annotations: annotations.clone(),
+                    claims: prepared.claims().map(Into::into),
+                },
+            )
+            .await;
+        if !decision.permitted {
+            anyhow::bail!(
+                "policy denied starting component {id}: {}",
+                decision.reason()
+            );
+        }
+    }
     Ok(host.components.insert(RunningComponent {
         prepared,
         annotations,
