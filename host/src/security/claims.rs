@@ -266,11 +266,18 @@ fn hex_upper(bytes: &[u8]) -> String {
 }
 
 /// The embedded JWT (from `wasmcloud_jwt` or `jwt` at the top level), if any.
+///
+/// Bytes that are not a WebAssembly binary (the runtime also accepts the text format), or
+/// that stop parsing before a JWT section, have none: they are unsigned, and the compiler
+/// reports what is wrong with them.
 pub fn embedded_jwt(wasm: &[u8]) -> anyhow::Result<Option<String>> {
     use wasmparser::{Parser, Payload};
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(wasm) {
-        match payload.context("not a valid WebAssembly binary")? {
+        let Ok(payload) = payload else {
+            return Ok(None);
+        };
+        match payload {
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::CustomSection(c) if depth == 0 && is_jwt_section(c.name()) => {
@@ -490,8 +497,21 @@ mod tests {
         assert_eq!(module_hash(&signed).unwrap(), hash);
         let (resigned, _) = sign(&signed, &options, &account, &component).unwrap();
         assert_eq!(module_hash(&resigned).unwrap(), hash);
-        // The older `jwt` section name is read too.
         assert!(verify(&module(), now_secs()).unwrap().is_none());
+        // The older `jwt` section name (wascap < 0.9) is read too.
+        let jwt = embedded_jwt(&signed).unwrap().unwrap();
+        let mut legacy = module();
+        let mut section = Vec::new();
+        push_leb128(&mut section, SECTION_JWT.len());
+        section.extend_from_slice(SECTION_JWT.as_bytes());
+        section.extend_from_slice(jwt.as_bytes());
+        push_section(&mut legacy, 0, &section);
+        assert_eq!(verify(&legacy, now_secs()).unwrap().unwrap(), claims);
+        // Text format and broken binaries are unsigned; the compiler judges them.
+        assert!(verify(b"(component)", now_secs()).unwrap().is_none());
+        assert!(verify(b"\0asm\x01\0\0\0\x01\xff", now_secs())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
