@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use trellis_integration::{
-    guest_ref, wadm_request, HostProcess, Lattice, NatsServer, WadmProcess, WAIT,
+    guest, guest_ref, trellis_bin, trellis_cli, wadm_request, HostProcess, Lattice, NatsServer,
+    WadmProcess, WAIT,
 };
 
 const TOPIC: &str = "test.policy";
 const CHANGES: &str = "test.policy.changes";
 const DENIAL: &str = "component denied-one is not on the allow list";
+const DENIED_FUNCTION: &str = "checksum";
+const CALL_DENIAL: &str = "checksum is off limits";
 
 /// Answers policy requests: denies component ids containing `denied`, permits the rest;
 /// records every request.
@@ -31,7 +34,11 @@ async fn start_responder(client: async_nats::Client) -> Arc<Mutex<Vec<Value>>> {
                 .unwrap_or_default()
                 .to_string();
             record.lock().unwrap().push(request.clone());
-            let answer = if id.contains("denied") {
+            let denied_call = request["kind"] == "performInvocation"
+                && request["request"]["function"] == DENIED_FUNCTION;
+            let answer = if denied_call {
+                json!({"requestId": request["requestId"], "permitted": false, "message": CALL_DENIAL})
+            } else if id.contains("denied") {
                 json!({"requestId": request["requestId"], "permitted": false, "message": DENIAL})
             } else {
                 json!({"requestId": request["requestId"], "permitted": true})
@@ -242,5 +249,110 @@ async fn a_denial_shows_in_the_apps_status_and_silence_denies() {
     assert!(
         error.contains("policy denied") && error.contains("nobody.answers.here"),
         "{error}"
+    );
+}
+
+/// Runs `trellis call callee FUNCTION ARGS` on `lattice`; returns (success, stdout+stderr).
+async fn call(nats_url: &str, lattice: &str, function: &str, args: &str) -> (bool, String) {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let spec = format!("trellis:demo/inventory@0.1.0.{function}");
+    let output = tokio::process::Command::new(trellis_bin())
+        .args(["call", "callee", &spec, args, "--nats-url", nats_url])
+        .args(["--lattice", lattice])
+        .env("TRELLIS_DATA_DIR", data_dir.path())
+        .env_remove("TRELLIS_NATS_URL")
+        .env_remove("TRELLIS_LATTICE")
+        .output()
+        .await
+        .expect("cannot run trellis");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_carry_the_claims_and_calls_are_asked_too() {
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let seen = start_responder(client.clone()).await;
+    let lattice_name = "policy-calls";
+    // A signed callee: its claims travel in the policy requests.
+    let dir = tempfile::tempdir().unwrap();
+    let signed = dir.path().join("callee_s.wasm");
+    let keys = dir.path().join("keys").display().to_string();
+    let source = guest("demo_callee").display().to_string();
+    let target = signed.display().to_string();
+    let (ok, out, err) = trellis_cli(
+        dir.path(),
+        &[
+            "claims",
+            "sign",
+            &source,
+            "--keys-dir",
+            &keys,
+            "-o",
+            &target,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let host = HostProcess::start(&nats.url(), lattice_name, &["--policy-topic", TOPIC]).await;
+    let lattice = Lattice::connect(&nats.url(), lattice_name).await;
+    let mut events = lattice.events().await;
+    let ack = lattice
+        .request::<()>(
+            lattice.subjects.component_scale(&host.id),
+            &json!({"component_ref": format!("file://{target}"), "component_id": "callee", "count": 1}),
+        )
+        .await
+        .unwrap();
+    assert!(ack.success, "{}", ack.message);
+    events
+        .wait_for("component_scaled", |d| d["component_id"] == "callee")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.logs()));
+    let start = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "startComponent")
+        .cloned()
+        .expect("a startComponent request");
+    let claims = &start["request"]["claims"];
+    assert_eq!(claims["issuer"], report["issuer"], "{start}");
+    assert_eq!(claims["publicKey"], report["subject"], "{start}");
+    assert_eq!(claims["expired"], false, "{start}");
+
+    // A permitted call runs; the denied function is refused with the policy's message.
+    let url = nats.url();
+    let (ok, out) = call(&url, lattice_name, "next-category", "\"consumable\"").await;
+    assert!(ok, "{out}\n{}", host.logs());
+    let (ok, out) = call(&url, lattice_name, DENIED_FUNCTION, "{\"data\": []}").await;
+    assert!(!ok, "the denied call must fail: {out}");
+    assert!(out.contains(CALL_DENIAL), "{out}");
+    let calls: Vec<Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "performInvocation")
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        calls[0]["request"]["interface"],
+        "trellis:demo/inventory@0.1.0"
+    );
+    assert_eq!(calls[0]["request"]["target"]["componentId"], "callee");
+    assert_eq!(
+        calls[0]["request"]["target"]["claims"]["issuer"],
+        report["issuer"]
     );
 }
