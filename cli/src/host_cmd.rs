@@ -85,6 +85,9 @@ pub struct HostArgs {
     /// OCI registry settings (boxed: they are many, and the command enum stays small).
     #[command(flatten)]
     pub oci: Box<OciArgs>,
+    /// Which signed components run (see docs/signing.md).
+    #[command(flatten)]
+    pub signing: Box<crate::claims_cmds::HostSigningArgs>,
 }
 
 /// OCI flags of `trellis host`.
@@ -180,6 +183,8 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         colocation: !args.disable_colocation,
         direct_listen: (!args.no_direct_calls).then_some(args.direct_listen),
         direct_advertise: args.direct_advertise.clone(),
+        claims_policy: args.signing.claims_policy(),
+        policy: args.signing.policy(),
         ..HostConfig::default()
     };
     // OCI pulls (registries, cache, mirrors) for every runtime this process builds.

@@ -4,6 +4,7 @@
 mod app_cmds;
 mod app_endpoints;
 mod call_cmd;
+mod claims_cmds;
 mod dev_cmds;
 mod host_cmd;
 mod lattice_client;
@@ -82,6 +83,8 @@ enum Command {
     Pull(oci_cmds::PullArgs),
     /// Show a component's digest, size, imports, exports and claims (an OCI ref or a file)
     Inspect(oci_cmds::InspectArgs),
+    /// Sign components (wasmCloud-compatible claims) and inspect their signatures
+    Claims(claims_cmds::ClaimsArgs),
     /// Create a component project from a template
     New(dev_cmds::NewArgs),
     /// Build the component project in the current directory for wasm32-wasip2
@@ -144,6 +147,7 @@ fn main() -> std::process::ExitCode {
             Command::Push(args) => oci_cmds::run_push(args).await,
             Command::Pull(args) => oci_cmds::run_pull(args).await,
             Command::Inspect(args) => oci_cmds::run_inspect(args).await,
+            Command::Claims(args) => claims_cmds::run(args).await,
             Command::New(args) => dev_cmds::run_new(args),
             Command::Build(args) => dev_cmds::run_build(args).await,
             Command::Completions { shell } => {

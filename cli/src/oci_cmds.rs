@@ -271,6 +271,32 @@ struct Inspection {
     wasm: WasmInfo,
 }
 
+/// The bytes of `target`: a local `.wasm` (a path or `file://` URL) or an OCI ref pulled
+/// with `registry`; also returns what was read, for messages.
+pub async fn read_target(
+    target: &str,
+    registry: &RegistryFlags,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let max_bytes = registry.max_bytes();
+    let local = match classify_image_ref(target) {
+        ImageRefKind::File(path) => Some(path),
+        _ if Path::new(target).is_file() => Some(PathBuf::from(target)),
+        _ => None,
+    };
+    match local {
+        Some(path) => Ok((
+            path.display().to_string(),
+            read_wasm(&path, max_bytes).await?,
+        )),
+        None => {
+            let reference = parse_reference(target)?;
+            let client = registry.client(reference.registry())?;
+            let pulled = client.pull(&reference, max_bytes).await?;
+            Ok((reference.whole(), pulled.wasm))
+        }
+    }
+}
+
 /// Describes a component in a registry or a file.
 pub async fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
     let max_bytes = args.registry.max_bytes();
@@ -355,7 +381,10 @@ fn render_inspection(i: &Inspection) -> String {
     }
     match &i.wasm.claims {
         Some(claims) => {
-            let _ = writeln!(out, "claims   (embedded, not verified) {claims}");
+            let _ = writeln!(
+                out,
+                "claims   (embedded, not verified: `trellis claims inspect` checks them) {claims}"
+            );
         }
         None => {
             let _ = writeln!(out, "claims   none (not signed)");

@@ -77,6 +77,12 @@ pub struct HostConfig {
     /// The `host:port` peers should dial; defaults to the bound address. Needed when
     /// `direct_listen` is a wildcard address such as `0.0.0.0:7100`.
     pub direct_advertise: Option<String>,
+    /// Which signed (or unsigned) components this host admits (`--require-signed`,
+    /// `--allowed-issuer`); embedded claims are verified in any case.
+    pub claims_policy: crate::security::ClaimsPolicy,
+    /// wasmCloud's policy service, asked before components and providers start and before
+    /// lattice calls reach a component (`--policy-topic`); `None` permits everything.
+    pub policy: Option<crate::security::PolicyConfig>,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -109,6 +115,8 @@ impl std::fmt::Debug for HostConfig {
             .field("cache_dir", &self.cache_dir)
             .field("providers", &self.provider_launcher.is_some())
             .field("direct_listen", &self.direct_listen)
+            .field("claims_policy", &self.claims_policy)
+            .field("policy", &self.policy)
             .field(
                 "capabilities",
                 &self
@@ -141,6 +149,8 @@ impl Default for HostConfig {
             colocation: true,
             direct_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             direct_advertise: None,
+            claims_policy: crate::security::ClaimsPolicy::default(),
+            policy: None,
         }
     }
 }
@@ -171,6 +181,8 @@ pub struct Host {
     pub provider_launcher: Option<Arc<dyn ProviderLauncher>>,
     /// Whether `file://` refs may be loaded.
     pub allow_file_load: bool,
+    /// The policy service client, when `--policy-topic` is set.
+    pub policy: Option<Arc<crate::security::PolicyClient>>,
     labels: RwLock<BTreeMap<String, String>>,
     started: Instant,
     nats_url: String,
@@ -178,6 +190,15 @@ pub struct Host {
 }
 
 impl Host {
+    /// Who is asking, as policy requests say it.
+    pub fn policy_host_info(&self) -> crate::security::policy::HostInfo {
+        crate::security::policy::HostInfo {
+            public_key: self.identity.host_id.clone(),
+            lattice: self.lattice.clone(),
+            labels: self.labels(),
+        }
+    }
+
     /// The host's labels now.
     pub fn labels(&self) -> BTreeMap<String, String> {
         match self.labels.read() {
@@ -321,11 +342,18 @@ impl HostHandle {
         }
         let (client, conn_events) = connection::connect(&nats).await?;
         let store = LatticeStore::open(client.clone(), &config.lattice).await?;
+        let policy = match &config.policy {
+            Some(policy) => Some(Arc::new(
+                crate::security::PolicyClient::new(client.clone(), policy.clone()).await?,
+            )),
+            None => None,
+        };
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.cache_dir.clone(),
             allow_file_load: config.allow_file_load,
             max_component_bytes: Some(config.max_component_bytes),
             capabilities: config.capabilities.clone(),
+            claims_policy: config.claims_policy.clone(),
             ..Default::default()
         })
         .context("cannot start the WebAssembly runtime")?;
@@ -357,6 +385,7 @@ impl HostHandle {
             providers: ProviderRegistry::default(),
             provider_launcher: config.provider_launcher.clone(),
             allow_file_load: config.allow_file_load,
+            policy,
             labels: RwLock::new(labels),
             started: Instant::now(),
             nats_url: config.nats.url.clone(),

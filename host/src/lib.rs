@@ -7,6 +7,7 @@
 //! - [`log_limit`]: rate-limited logging for events a peer can repeat at will.
 //! - [`routing`]: component-to-component calls (imports forwarded to link targets, exports
 //!   served on the lattice, co-located calls in-process).
+//! - [`security`]: signed components (wascap claims) and what a host admits.
 //! - [`host`]: the lifecycle tying them together.
 
 pub mod components;
@@ -19,6 +20,7 @@ pub mod oci;
 pub mod providers;
 pub mod routing;
 pub mod runtime;
+pub mod security;
 
 #[cfg(test)]
 mod fuzz;

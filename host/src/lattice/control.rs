@@ -423,8 +423,15 @@ async fn dispatch(host: &Arc<Host>, op: &str, body: &[u8]) -> Outcome {
         ["link", "get"] => link_get(host, body).await,
         ["registry", "put"] => registry_put(body),
         ["claims", "get"] => {
-            // Trellis does not sign components with JWT claims; the list is empty but valid.
-            Outcome::reply(CtlResponse::ok(Vec::<HashMap<String, String>>::new()))
+            // The verified claims of the signed components running here, as wasmCloud's
+            // string maps (unsigned components have none).
+            let claims: Vec<HashMap<String, String>> = host
+                .components
+                .all()
+                .iter()
+                .filter_map(|c| c.prepared.claims().map(|c| c.to_wasmcloud_map()))
+                .collect();
+            Outcome::reply(CtlResponse::ok(claims))
         }
         _ => Outcome::error(format!(
             "unknown control operation `{op}`: see the wasmCloud 1.x control interface for the supported subjects"
@@ -600,6 +607,23 @@ async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
     };
     let annotations = cmd.annotations.clone().unwrap_or_default();
     let result = async {
+        if let Some(policy) = &host.policy {
+            let decision = policy
+                .start_provider(
+                    &host.policy_host_info(),
+                    &cmd.provider_id,
+                    &cmd.provider_ref,
+                    &annotations,
+                )
+                .await;
+            if !decision.permitted {
+                anyhow::bail!(
+                    "policy denied starting provider {}: {}",
+                    cmd.provider_id,
+                    decision.reason()
+                );
+            }
+        }
         let config = host.store.merged_config(&cmd.config).await?;
         let spec = ProviderSpec {
             id: cmd.provider_id.clone(),
@@ -668,7 +692,7 @@ fn component_event(host: &Host, component: &RunningComponent) -> serde_json::Val
         "host_id": host.identity.host_id,
         "max_instances": component.prepared.max_instances(),
         "annotations": component.annotations,
-        "claims": null,
+        "claims": component.prepared.claims().map(|c| c.to_wasmcloud_map()),
     })
 }
 
@@ -808,6 +832,26 @@ async fn start_component(
         .check_instantiation()
         .await
         .with_context(|| format!("component {id} cannot create an instance"))?;
+    if let Some(policy) = &host.policy {
+        let decision = policy
+            .start_component(
+                &host.policy_host_info(),
+                &crate::security::policy::ComponentInformation {
+                    component_id: id.to_string(),
+                    image_ref: image_ref.to_string(),
+                    max_instances,
+                    annotations: annotations.clone(),
+                    claims: prepared.claims().map(Into::into),
+                },
+            )
+            .await;
+        if !decision.permitted {
+            anyhow::bail!(
+                "policy denied starting component {id}: {}",
+                decision.reason()
+            );
+        }
+    }
     Ok(host.components.insert(RunningComponent {
         prepared,
         annotations,

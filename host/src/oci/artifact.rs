@@ -154,7 +154,8 @@ pub struct WasmInfo {
     pub imports: Vec<String>,
     /// Top-level exports.
     pub exports: Vec<String>,
-    /// The claims of a signed (wasmCloud `jwt` section) artifact, decoded but not verified.
+    /// The claims of a signed (wasmCloud `wasmcloud_jwt` or `jwt` section) artifact, decoded but
+    /// not verified (see [`crate::security::claims::verify`]).
     pub claims: Option<serde_json::Value>,
 }
 
@@ -198,7 +199,11 @@ pub fn wasm_info(bytes: &[u8]) -> anyhow::Result<WasmInfo> {
                     exports.push(export.context("bad export section")?.name.to_string());
                 }
             }
-            Payload::CustomSection(section) if depth == 0 && section.name() == "jwt" => {
+            Payload::CustomSection(section)
+                if depth == 0
+                    && (section.name() == crate::security::claims::SECTION_JWT
+                        || section.name() == crate::security::claims::SECTION_WASMCLOUD_JWT) =>
+            {
                 claims = decode_jwt_claims(section.data());
             }
             _ => {}

@@ -80,13 +80,43 @@ async fn answer(
     id: &str,
     call: IncomingCall,
 ) -> Result<Reply, InvocationError> {
-    let running = host
+    let host = host
         .upgrade()
-        .and_then(|host| host.components.get(id))
+        .ok_or_else(|| InvocationError::NoResponders {
+            target_id: id.to_string(),
+        })?;
+    let running = host
+        .components
+        .get(id)
         .ok_or_else(|| InvocationError::NoResponders {
             target_id: id.to_string(),
         })?;
     let prepared = &running.prepared;
+    if let Some(policy) = &host.policy {
+        let target = crate::security::policy::ComponentInformation {
+            component_id: id.to_string(),
+            image_ref: prepared.image_ref().to_string(),
+            max_instances: 0,
+            annotations: running.annotations.clone(),
+            claims: prepared.claims().map(Into::into),
+        };
+        let decision = policy
+            .perform_invocation(
+                &host.policy_host_info(),
+                &target,
+                &call.interface,
+                &call.function,
+            )
+            .await;
+        if !decision.permitted {
+            return Err(InvocationError::bad_request(format!(
+                "policy denied the call to {}.{} on component {id}: {}",
+                call.interface,
+                call.function,
+                decision.reason()
+            )));
+        }
+    }
     let table = forwarder.export_table(prepared);
     let Some(exported) = table.get(&call.interface, &call.function) else {
         return Err(InvocationError::bad_request(format!(

@@ -169,6 +169,8 @@ pub struct PreparedComponent {
     pub(crate) proxy_pre: Option<ProxyPre<InstanceState>>,
     pub(crate) gate: Arc<InstanceGate>,
     pub(crate) capabilities: Vec<Arc<dyn Capability>>,
+    /// The verified claims embedded in the component, when it is signed.
+    pub(crate) claims: Option<Arc<crate::security::ComponentClaims>>,
     /// The compiled code, shared with every other component built from the same .wasm.
     pub(crate) _code: Arc<wasmtime::component::Component>,
     /// Keeps the runtime (and its epoch ticker) alive while this component exists.
@@ -223,6 +225,11 @@ impl PreparedComponent {
     /// Hex sha256 of the component bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The verified claims embedded in the component, when it is signed.
+    pub fn claims(&self) -> Option<&crate::security::ComponentClaims> {
+        self.claims.as_deref()
     }
 
     /// Whether the compiled code came from the disk cache or was compiled now.

@@ -140,6 +140,9 @@ pub struct RuntimeConfig {
     pub oci: Option<crate::oci::OciConfig>,
     /// Host capabilities added to every component's linker.
     pub capabilities: Vec<Arc<dyn Capability>>,
+    /// Which signed (or unsigned) components are admitted; embedded claims are always
+    /// verified before a component is compiled.
+    pub claims_policy: crate::security::ClaimsPolicy,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -151,6 +154,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("pool_slots", &self.pool_slots)
             .field("custom_loader", &self.loader.is_some())
             .field("oci", &self.oci)
+            .field("claims_policy", &self.claims_policy)
             .field(
                 "capabilities",
                 &self
@@ -201,6 +205,7 @@ struct RuntimeInner {
     cache_dir: PathBuf,
     loader: Arc<dyn ComponentLoader>,
     capabilities: Vec<Arc<dyn Capability>>,
+    claims_policy: crate::security::ClaimsPolicy,
     pool_slots: Option<u32>,
     /// Caps the instances made ahead of their call, across every component.
     spares: Arc<concurrency::SpareBudget>,
@@ -298,6 +303,7 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
+                claims_policy: config.claims_policy.clone(),
                 cache_dir,
                 loader,
                 capabilities: config.capabilities,
@@ -341,6 +347,8 @@ impl Runtime {
             inner.loader.load(&spec.image_ref).await.with_context(|| {
                 format!("loading component {} from {}", spec.id, spec.image_ref)
             })?;
+        // Claims first: a refused component is never compiled.
+        let claims = inner.claims_policy.admit(&spec.id, &bytes)?;
         let digest = cache::component_digest(&bytes);
         let (code, compile_source) = match inner.code_in_use(&digest) {
             Some(code) => (code, CompileSource::Cache),
@@ -417,6 +425,7 @@ impl Runtime {
             proxy_pre,
             gate,
             capabilities: inner.capabilities.clone(),
+            claims,
             _code: code,
             _runtime: inner,
             tasks: Mutex::new(JoinSet::new()),
