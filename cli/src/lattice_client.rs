@@ -32,7 +32,7 @@ pub struct ConnectArgs {
     pub lattice: Option<String>,
     /// NATS authentication and TLS [default: the CLI's key of a running `trellis up`]
     #[command(flatten)]
-    pub nats_auth: NatsAuth,
+    pub nats_auth: Box<NatsAuth>,
     /// How long to wait for each answer, in milliseconds
     #[arg(
         long,
@@ -79,20 +79,20 @@ impl ConnectArgs {
     /// that `trellis up` keeps in its data directory.
     pub fn auth_for(&self, nats_url: &str) -> anyhow::Result<NatsAuth> {
         if self.nats_auth.has_credentials() {
-            return Ok(self.nats_auth.clone());
+            return Ok(NatsAuth::clone(&self.nats_auth));
         }
         let Some(state) = crate::local_lattice::running_state() else {
-            return Ok(self.nats_auth.clone());
+            return Ok(NatsAuth::clone(&self.nats_auth));
         };
         match state.cli_seed_file {
             Some(file) if state.nats_url == nats_url => {
                 let seed = crate::local_lattice::read_seed(&file)?;
                 Ok(NatsAuth {
                     nkey_seed: Some(seed),
-                    ..self.nats_auth.clone()
+                    ..NatsAuth::clone(&self.nats_auth)
                 })
             }
-            _ => Ok(self.nats_auth.clone()),
+            _ => Ok(NatsAuth::clone(&self.nats_auth)),
         }
     }
 }

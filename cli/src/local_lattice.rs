@@ -680,10 +680,9 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
                     let connect = ConnectArgs {
                         nats_url: Some(args.nats_url.clone().unwrap_or(state.nats_url.clone())),
                         lattice: Some(state.lattice.clone()),
-                        nats_auth,
+                        nats_auth: Box::new(nats_auth),
                         timeout_ms: 5000,
                         output: args.output,
-                        ..Default::default()
                     };
                     let client = LatticeClient::connect(&connect).await?;
                     deploy_manifest(&client, manifest, args.output).await;
@@ -865,7 +864,7 @@ async fn wait_for_nats(
     let connect = ConnectArgs {
         nats_url: Some(url.to_string()),
         lattice: Some(lattice.to_string()),
-        nats_auth,
+        nats_auth: Box::new(nats_auth),
         timeout_ms: 1000,
         ..Default::default()
     };

@@ -48,7 +48,7 @@ async fn every_example_manifest_deploys_and_serves() {
     // A second host in another zone, for the spread example.
     // `trellis up` requires authentication: the extra host joins with the host key it made,
     // the test's own clients with the CLI's.
-    let key = |user: &str| NatsAuth {
+    let key_of = |user: &str| NatsAuth {
         nkey_seed: Some(
             std::fs::read_to_string(dir.join(format!("auth/{user}.nk")))
                 .unwrap()
@@ -61,7 +61,7 @@ async fn every_example_manifest_deploys_and_serves() {
         &nats_url,
         "default",
         &["--label", "zone=west"],
-        &key("host"),
+        &key_of("host"),
     )
     .await;
 
@@ -84,7 +84,7 @@ async fn every_example_manifest_deploys_and_serves() {
     // messaging
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/messaging.yaml"]).await;
     assert!(ok, "{out}\n{err}");
-    let client = connect_with(&nats_url, &key("cli")).await.unwrap();
+    let client = connect_with(&nats_url, &key_of("cli")).await.unwrap();
     let reply = eventually("the handler to answer", || {
         let client = client.clone();
         async move {
@@ -104,7 +104,7 @@ async fn every_example_manifest_deploys_and_serves() {
     // spread over two zones: 8 instances east, 2 west.
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
     assert!(ok, "{out}\n{err}");
-    let lattice = Lattice::connect_with(&nats_url, "default", &key("cli")).await;
+    let lattice = Lattice::connect_with(&nats_url, "default", &key_of("cli")).await;
     let (ok, out, _) = trellis_cli(dir, &["get", "hosts", "-o", "json"]).await;
     assert!(ok);
     let hosts: Value = serde_json::from_str(&out).unwrap();

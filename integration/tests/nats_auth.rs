@@ -59,10 +59,9 @@ async fn anonymous_client_is_refused_and_the_lattice_keeps_working() {
     let nats = NatsServer::start_with_config(&config, cli_auth.clone()).await;
     let url = nats.url();
 
-    let err = async_nats::connect(&url)
-        .await
-        .err()
-        .expect("an anonymous client must be refused");
+    let Err(err) = async_nats::connect(&url).await else {
+        panic!("an anonymous client must be refused");
+    };
     assert!(is_auth_error(&err), "{err}");
 
     let host = HostProcess::start_with_auth(&url, "default", &[], &host_auth).await;
