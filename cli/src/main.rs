@@ -33,7 +33,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 Commands that talk to a lattice take --nats-url, --lattice, --timeout-ms and --output json
 (or TRELLIS_NATS_URL, TRELLIS_LATTICE, TRELLIS_TIMEOUT_MS); by default they use the lattice
-a running `trellis up` started."
+a running `trellis up` started, and its key. NATS authentication and TLS: --nats-creds,
+--nats-seed, --nats-user/--nats-password, --nats-tls-ca, --nats-tls-cert/--nats-tls-key
+(or TRELLIS_NATS_*), the same in every command (see docs/security.md)."
 )]
 struct Cli {
     #[command(subcommand)]
