@@ -193,6 +193,51 @@ mod tests {
     }
 
     #[test]
+    fn nats_auth_flags_are_the_same_everywhere_and_old_names_still_work() {
+        let cli = parse(&["get", "hosts", "--nats-user", "u", "--tls-ca", "/ca.pem"]).unwrap();
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        let dbg = format!("{args:?}");
+        assert!(dbg.contains("user: Some(\"u\")"), "{dbg}");
+        assert!(dbg.contains("/ca.pem"), "{dbg}");
+        for command in [
+            &[
+                "host",
+                "--nats-creds",
+                "/c",
+                "--tls-ca",
+                "/ca",
+                "--nats-seed",
+                "SU",
+            ][..],
+            &[
+                "wadm",
+                "--nats-seed",
+                "SU",
+                "--nats-jwt",
+                "J",
+                "--nats-tls-cert",
+                "/c",
+            ][..],
+            &[
+                "up",
+                "--nats-url",
+                "nats://h:1",
+                "--nats-password",
+                "p",
+                "--nats-tls-key",
+                "/k",
+            ][..],
+        ] {
+            assert!(parse(command).is_ok(), "{command:?}");
+        }
+        let cli = parse(&["wadm", "--nats-seed", "SUSECRET"]).unwrap();
+        let dbg = format!("{:?}", cli.command);
+        assert!(!dbg.contains("SUSECRET"), "a seed in Debug output: {dbg}");
+    }
+
+    #[test]
     fn scale_takes_host_ref_id_or_auto() {
         assert!(parse(&[
             "scale",

@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use trellis_protocol::nats::NatsAuth;
 
-/// How to reach and authenticate to NATS.
-#[derive(Debug, Clone, Default)]
+/// How to reach and authenticate to NATS. Its `Debug` shows no secret.
+#[derive(Clone, Default)]
 pub struct NatsOptions {
     /// Server URL, e.g. `nats://127.0.0.1:4222` (a `user:password@` in it is used, and never
     /// shown: see [`trellis_protocol::nats::redact_url`]).
@@ -15,6 +15,16 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
     /// The client name shown by the server.
     pub client_name: String,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &trellis_protocol::nats::redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("client_name", &self.client_name)
+            .finish()
+    }
 }
 
 /// Connection state changes the host reacts to.
