@@ -378,3 +378,47 @@ async fn a_client_of_one_account_cannot_touch_another_lattice() {
         "{out}\n{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_joins_a_server_that_requires_a_password() {
+    let config = "authorization { users = [ {user: ops, password: \"j0in-pw\"} ] }\n";
+    let ops = NatsAuth {
+        user: Some("ops".into()),
+        password: Some("j0in-pw".into()),
+        ..Default::default()
+    };
+    let nats = NatsServer::start_with_config(config, ops.clone()).await;
+    let url = nats.url();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let env = vec![
+        ("TRELLIS_NATS_USER", "ops".to_string()),
+        ("TRELLIS_NATS_PASSWORD", "j0in-pw".to_string()),
+    ];
+    let (ok, out, err) = trellis_cli_env(
+        dir,
+        &["up", "--detach", "--nats-url", &url, "--lattice", "joined"],
+        &env,
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.join("logs/up.log")).unwrap_or_default();
+    assert!(ok, "up failed:\n{out}\n{err}\nlog:\n{log}");
+    assert!(out.contains("(joined)"), "{out}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let host_pid = state["host_pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("j0in-pw"));
+    assert!(!std::fs::read_to_string(dir.join("up.json"))
+        .unwrap()
+        .contains("j0in-pw"));
+    assert!(!log.contains("j0in-pw"), "the password is in the log");
+
+    let (ok, out, err) = trellis_cli_env(dir, &["get", "hosts"], &env).await;
+    assert!(
+        ok && out.contains(state["host_id"].as_str().unwrap()),
+        "{out}\n{err}"
+    );
+    let (ok, _, err) = trellis_cli_env(dir, &["down"], &[]).await;
+    assert!(ok, "{err}");
+}
