@@ -54,15 +54,9 @@ pub struct HostArgs {
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "TRELLIS_HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
     pub heartbeat_interval_ms: u64,
-    /// NATS credentials file (JWT and nkey seed).
-    #[arg(long, env = "TRELLIS_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS nkey user seed (`SU...`), when not using a credentials file.
-    #[arg(long, env = "TRELLIS_NATS_SEED", hide_env_values = true)]
-    pub nats_seed: Option<String>,
-    /// PEM file with CA certificates for a TLS connection to NATS.
-    #[arg(long, env = "TRELLIS_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    /// NATS authentication and TLS (--nats-creds, --nats-seed, --nats-user, --nats-tls-ca...).
+    #[command(flatten)]
+    pub nats_auth: trellis_protocol::nats::NatsAuth,
     /// Directory for compiled components (defaults to the user's cache directory).
     #[arg(long, env = "TRELLIS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -168,9 +162,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     let mut config = HostConfig {
         nats: NatsOptions {
             url: args.nats_url.clone(),
-            creds_file: args.nats_creds.clone(),
-            nkey_seed: args.nats_seed.clone(),
-            tls_ca: args.tls_ca.clone(),
+            auth: args.nats_auth.clone(),
             client_name: String::new(),
         },
         lattice: args.lattice.clone(),

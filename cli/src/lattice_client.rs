@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 use trellis_protocol::ctl::{CtlResponse, Host, HostInventory, Link, LinkPage, PageRequest};
+use trellis_protocol::nats::{redact_url, NatsAuth};
 use trellis_protocol::subjects::CtlSubjects;
 
 use crate::output::OutputFormat;
@@ -29,9 +30,9 @@ pub struct ConnectArgs {
     /// Lattice name [default: the one `trellis up` started, else `default`]
     #[arg(long, global = true, env = "TRELLIS_LATTICE", value_name = "NAME")]
     pub lattice: Option<String>,
-    /// NATS credentials file (JWT and seed)
-    #[arg(long, global = true, env = "TRELLIS_NATS_CREDS", value_name = "FILE")]
-    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS authentication and TLS [default: the CLI's key of a running `trellis up`]
+    #[command(flatten)]
+    pub nats_auth: Box<NatsAuth>,
     /// How long to wait for each answer, in milliseconds
     #[arg(
         long,
@@ -72,6 +73,28 @@ impl ConnectArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
     }
+
+    /// The authentication to use for `nats_url`: the options given, else (when none is
+    /// given and `nats_url` is the NATS a running secure `trellis up` started) the CLI's nkey
+    /// that `trellis up` keeps in its data directory.
+    pub fn auth_for(&self, nats_url: &str) -> anyhow::Result<NatsAuth> {
+        if self.nats_auth.has_credentials() {
+            return Ok(NatsAuth::clone(&self.nats_auth));
+        }
+        let Some(state) = crate::local_lattice::running_state() else {
+            return Ok(NatsAuth::clone(&self.nats_auth));
+        };
+        match state.cli_seed_file {
+            Some(file) if state.nats_url == nats_url => {
+                let seed = crate::local_lattice::read_seed(&file)?;
+                Ok(NatsAuth {
+                    nkey_seed: Some(seed),
+                    ..NatsAuth::clone(&self.nats_auth)
+                })
+            }
+            _ => Ok(NatsAuth::clone(&self.nats_auth)),
+        }
+    }
 }
 
 /// A connection to one lattice.
@@ -91,12 +114,13 @@ impl LatticeClient {
         if !trellis_protocol::subjects::is_valid_token(&lattice) {
             bail!("invalid lattice name {lattice:?}: it may not be empty or contain '.', '*', '>' or spaces");
         }
-        let nats = connect_nats(&nats_url, args.nats_creds.as_deref(), args.timeout()).await?;
+        let auth = args.auth_for(&nats_url)?;
+        let nats = connect_nats(&nats_url, &auth, args.timeout()).await?;
         Ok(Self {
             nats,
             subjects: CtlSubjects::new(&lattice),
             lattice,
-            nats_url,
+            nats_url: redact_url(&nats_url),
             timeout: args.timeout(),
         })
     }
@@ -111,7 +135,7 @@ impl LatticeClient {
         &self.lattice
     }
 
-    /// The NATS url connected to.
+    /// The NATS url connected to (any password in it replaced by `***`).
     pub fn nats_url(&self) -> &str {
         &self.nats_url
     }
@@ -405,34 +429,31 @@ impl Answerer {
     }
 }
 
-/// Connects to NATS, turning a refused or unreachable server into a hint.
+/// Connects to NATS, turning a refused or unreachable server into a hint. Messages show
+/// `url` without its password.
 pub async fn connect_nats(
     url: &str,
-    creds: Option<&std::path::Path>,
+    auth: &NatsAuth,
     timeout: Duration,
 ) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
+    let (bare_url, options) = auth.connect_options(url).await?;
+    let options = options
         .name("trellis-cli")
         .connection_timeout(timeout.min(Duration::from_secs(10)))
         .request_timeout(Some(timeout));
-    if let Some(path) = creds {
-        options = options
-            .credentials_file(path)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", path.display()))?;
-    }
-    options.connect(url).await.map_err(|e| {
+    options.connect(bare_url.as_str()).await.map_err(|e| {
         use async_nats::ConnectErrorKind;
+        let shown = redact_url(url);
         match e.kind() {
             ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => {
                 anyhow::anyhow!(
-                    "cannot reach NATS at {url}: start a lattice with `trellis up` or pass --nats-url"
+                    "cannot reach NATS at {shown}: start a lattice with `trellis up` or pass --nats-url"
                 )
             }
             ConnectErrorKind::ServerParse => {
-                anyhow::anyhow!("invalid NATS url {url:?}: expected e.g. nats://127.0.0.1:4222")
+                anyhow::anyhow!("invalid NATS url {shown:?}: expected e.g. nats://127.0.0.1:4222")
             }
-            _ => anyhow::Error::new(e).context(format!("cannot connect to NATS at {url}")),
+            _ => trellis_protocol::nats::connect_error(url, e, ""),
         }
     })
 }

@@ -20,6 +20,7 @@ use crate::lattice_client::{ConnectArgs, LatticeClient};
 use crate::lattice_cmds::parse_key_value;
 use crate::output::{print_json, OutputFormat};
 use crate::wadm_api::model_subject;
+use trellis_protocol::nats::{strip_url_credentials, NatsAuth};
 
 /// The NATS port `trellis up` prefers, as wasmCloud does.
 pub const DEFAULT_NATS_PORT: u16 = 4222;
@@ -34,7 +35,14 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
   trellis up                                   # NATS, a host and the reconciler; Ctrl-C stops all
   trellis up --deploy manifests/hello.yaml     # ...and deploy an app once ready
   trellis up --detach && trellis get hosts     # in the background; stop with `trellis down`
-  trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS")]
+  trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS
+  TRELLIS_NATS_CREDS=lattice.creds trellis up --nats-url tls://nats.example:4222
+
+The NATS `trellis up` starts listens on 127.0.0.1 only and admits only the nkey users it
+generates on first start (host, wadm, cli; seeds in <data-dir>/auth, mode 0600); other trellis
+commands on this machine find the CLI's key by themselves. --insecure starts it without
+authentication. When joining with --nats-url, the --nats-* options (or TRELLIS_NATS_*) say
+how to authenticate, and the host and reconciler get them through their environment.")]
 pub struct UpArgs {
     /// Join this NATS server instead of starting one
     #[arg(long, value_name = "URL")]
@@ -59,6 +67,13 @@ pub struct UpArgs {
     /// Deploy this manifest once the lattice is ready
     #[arg(long, value_name = "FILE")]
     pub deploy: Option<PathBuf>,
+    /// Start NATS without authentication, as before (anyone who can reach the port may control
+    /// the lattice)
+    #[arg(long, conflicts_with = "nats_url")]
+    pub insecure: bool,
+    /// How to authenticate to the NATS given with --nats-url
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
     /// Refuse file:// component references (allowed by default on a local lattice)
     #[arg(long)]
     pub no_file_load: bool,
@@ -111,6 +126,107 @@ pub struct UpState {
     pub data_dir: PathBuf,
     /// Where logs go.
     pub log_dir: PathBuf,
+    /// The CLI's nkey seed file, when `up` started a NATS that requires authentication.
+    #[serde(default)]
+    pub cli_seed_file: Option<PathBuf>,
+}
+
+/// The nkey users of a NATS that `trellis up` starts, in `<data-dir>/auth`.
+const AUTH_USERS: [&str; 3] = ["host", "wadm", "cli"];
+
+/// The seeds of the lattice's users (host, reconciler, CLI), generated on first start and kept
+/// in `<data-dir>/auth/<user>.nk` with mode 0600.
+struct LatticeKeys {
+    dir: PathBuf,
+    seeds: Vec<(&'static str, String)>,
+}
+
+impl LatticeKeys {
+    /// Reads the seeds, generating the missing ones.
+    fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = data_dir.join("auth");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+        let mut seeds = Vec::new();
+        for user in AUTH_USERS {
+            let path = dir.join(format!("{user}.nk"));
+            let seed = if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+                read_seed(&path)?
+            } else {
+                let seed = nkeys::KeyPair::new_user()
+                    .seed()
+                    .context("cannot generate an nkey")?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                seed
+            };
+            seeds.push((user, seed));
+        }
+        Ok(Self { dir, seeds })
+    }
+
+    fn seed(&self, user: &str) -> String {
+        self.seeds
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn auth(&self, user: &str) -> NatsAuth {
+        NatsAuth {
+            nkey_seed: Some(self.seed(user)),
+            ..Default::default()
+        }
+    }
+
+    /// The nats-server configuration: loopback only, JetStream in `store`, and only these
+    /// users admitted.
+    fn nats_config(&self, port: u16, store: &Path) -> anyhow::Result<String> {
+        let mut users = String::new();
+        for (user, seed) in &self.seeds {
+            let public = nkeys::KeyPair::from_seed(seed)
+                .with_context(|| format!("the {user} nkey is not valid"))?
+                .public_key();
+            users.push_str(&format!("    {{ nkey: \"{public}\" }}  # {user}\n"));
+        }
+        let store = serde_json::to_string(&store.display().to_string())?;
+        Ok(format!(
+            "# Written by `trellis up` on every start; edits are lost.\n\
+             listen: \"127.0.0.1:{port}\"\n\
+             jetstream {{\n    store_dir: {store}\n}}\n\
+             authorization {{\n  users = [\n{users}  ]\n}}\n"
+        ))
+    }
+}
+
+/// Reads an nkey seed file (one `SU...` line); errors name the file, never its content.
+pub fn read_seed(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the nkey seed file {}", path.display()))?;
+    let seed = text.trim().to_string();
+    nkeys::KeyPair::from_seed(&seed)
+        .map_err(|_| anyhow::anyhow!("{} does not hold a valid nkey seed", path.display()))?;
+    Ok(seed)
+}
+
+/// Gives a child `auth` through its environment only, replacing any inherited TRELLIS_NATS_*.
+fn set_child_auth(cmd: &mut Command, auth: &NatsAuth, url: &str) {
+    for name in trellis_protocol::nats::ENV_VARS {
+        cmd.env_remove(name);
+    }
+    cmd.envs(auth.child_env(url));
 }
 
 /// The data directory: `$TRELLIS_DATA_DIR`, else `$XDG_DATA_HOME/trellis`, else
@@ -251,6 +367,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         host_name: String::new(),
         data_dir: data_dir.clone(),
         log_dir,
+        cli_seed_file: None,
     };
     write_state(&state)?;
     let mut children = Children::default();
@@ -277,7 +394,8 @@ async fn bring_up_and_watch(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_secs.max(1));
     let exe = std::env::current_exe().context("cannot find the trellis executable")?;
 
-    // NATS.
+    // NATS, and how each part authenticates to it.
+    let mut keys = None;
     let (nats_url, started_nats) = match &args.nats_url {
         Some(url) => (url.clone(), false),
         None => {
@@ -288,9 +406,20 @@ async fn bring_up_and_watch(
                 .with_context(|| format!("cannot create {}", store.display()))?;
             let log = open_log(&state.log_dir.join("nats.log"))?;
             let mut cmd = Command::new(&binary);
-            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(&store)
-                .stdin(Stdio::null())
+            if args.insecure {
+                warn_insecure(port);
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                    .arg(&store);
+            } else {
+                let lattice_keys = LatticeKeys::load_or_create(&state.data_dir)?;
+                let config = state.data_dir.join("nats.conf");
+                std::fs::write(&config, lattice_keys.nats_config(port, &store)?)
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                cmd.arg("-c").arg(&config);
+                state.cli_seed_file = Some(lattice_keys.dir.join("cli.nk"));
+                keys = Some(lattice_keys);
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
             let pid = children.spawn("nats-server", cmd)?;
@@ -298,10 +427,25 @@ async fn bring_up_and_watch(
             (format!("nats://127.0.0.1:{port}"), true)
         }
     };
-    state.nats_url = nats_url.clone();
+    let auth_of = |user: &str| match &keys {
+        Some(keys) => keys.auth(user),
+        None if args.nats_url.is_some() => args.nats_auth.clone(),
+        None => NatsAuth::default(),
+    };
+    // Credentials never reach the state file, argv or the summary: children get them through
+    // their environment.
+    let bare_url = strip_url_credentials(&nats_url);
+    state.nats_url = bare_url.clone();
     write_state(state)?;
-    let client =
-        wait_for_nats(&nats_url, &args.lattice, deadline, children, &state.log_dir).await?;
+    let client = wait_for_nats(
+        &nats_url,
+        &args.lattice,
+        auth_of("cli"),
+        deadline,
+        children,
+        &state.log_dir,
+    )
+    .await?;
 
     // Host.
     let before: Vec<String> = client
@@ -312,7 +456,8 @@ async fn bring_up_and_watch(
         .collect();
     let mut cmd = Command::new(&exe);
     cmd.arg("host")
-        .args(["--nats-url", &nats_url, "--lattice", &args.lattice]);
+        .args(["--nats-url", &bare_url, "--lattice", &args.lattice]);
+    set_child_auth(&mut cmd, &auth_of("host"), &nats_url);
     for (k, v) in &args.labels {
         cmd.arg("--label").arg(format!("{k}={v}"));
     }
@@ -343,8 +488,9 @@ async fn bring_up_and_watch(
     // Reconciler.
     let mut cmd = Command::new(&exe);
     cmd.arg("wadm")
-        .args(["--nats-url", &nats_url, "--lattice", &args.lattice])
+        .args(["--nats-url", &bare_url, "--lattice", &args.lattice])
         .stdin(Stdio::null());
+    set_child_auth(&mut cmd, &auth_of("wadm"), &nats_url);
     state.wadm_pid = Some(children.spawn("reconciler", cmd)?);
     loop {
         children.check_running(&state.log_dir)?;
@@ -431,6 +577,14 @@ fn print_summary(
         "  reconciler  answering on wadm.api.{}.model.*",
         state.lattice
     );
+    match &state.cli_seed_file {
+        Some(cli) => println!(
+            "  auth        nkeys required; seeds in {} (other trellis commands here use cli.nk)",
+            cli.parent().unwrap_or(cli).display()
+        ),
+        None if started_nats => println!("  auth        NONE (--insecure)"),
+        None => {}
+    }
     println!("  logs        {}", state.log_dir.display());
     println!("HTTP endpoints appear when an app with an http-server link is deployed (`trellis app deploy FILE`).");
     Ok(())
@@ -449,7 +603,20 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
         .arg("--ready-secs")
         .arg(args.ready_secs.to_string());
     if let Some(url) = &args.nats_url {
-        cmd.arg("--nats-url").arg(url);
+        cmd.arg("--nats-url").arg(strip_url_credentials(url));
+        // Credentials through the environment, never argv.
+        for name in trellis_protocol::nats::ENV_VARS {
+            cmd.env_remove(name);
+        }
+        cmd.envs(args.nats_auth.child_env(url));
+    }
+    if args.insecure {
+        cmd.arg("--insecure");
+        if let Some(port) = args.nats_port {
+            warn_insecure(port);
+        } else {
+            eprintln!("WARNING: --insecure: the NATS started for this lattice requires NO authentication (details in the log)");
+        }
     }
     if let Some(port) = args.nats_port {
         cmd.arg("--nats-port").arg(port.to_string());
@@ -503,12 +670,19 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
                     );
                 }
                 if let Some(manifest) = &args.deploy {
+                    let nats_auth = match &state.cli_seed_file {
+                        Some(file) => NatsAuth {
+                            nkey_seed: Some(read_seed(file)?),
+                            ..Default::default()
+                        },
+                        None => args.nats_auth.clone(),
+                    };
                     let connect = ConnectArgs {
-                        nats_url: Some(state.nats_url.clone()),
+                        nats_url: Some(args.nats_url.clone().unwrap_or(state.nats_url.clone())),
                         lattice: Some(state.lattice.clone()),
+                        nats_auth: Box::new(nats_auth),
                         timeout_ms: 5000,
                         output: args.output,
-                        ..Default::default()
                     };
                     let client = LatticeClient::connect(&connect).await?;
                     deploy_manifest(&client, manifest, args.output).await;
@@ -682,6 +856,7 @@ async fn shutdown_signal() -> &'static str {
 async fn wait_for_nats(
     url: &str,
     lattice: &str,
+    nats_auth: NatsAuth,
     deadline: tokio::time::Instant,
     children: &mut Children,
     log_dir: &Path,
@@ -689,6 +864,7 @@ async fn wait_for_nats(
     let connect = ConnectArgs {
         nats_url: Some(url.to_string()),
         lattice: Some(lattice.to_string()),
+        nats_auth: Box::new(nats_auth),
         timeout_ms: 1000,
         ..Default::default()
     };
@@ -696,10 +872,21 @@ async fn wait_for_nats(
         children.check_running(log_dir)?;
         match LatticeClient::connect(&connect).await {
             Ok(client) => return Ok(client),
+            // Wrong credentials do not get better by waiting.
+            Err(e) if e.to_string().contains("refused the credentials") => return Err(e),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Says loudly that the NATS about to start lets anyone in.
+fn warn_insecure(port: u16) {
+    eprintln!(
+        "WARNING: --insecure: NATS on 127.0.0.1:{port} requires NO authentication. Any local \
+         user or process that can reach the port can run, stop and read components, configs \
+         and links in this lattice. Use it only on a single-user machine for a quick test."
+    );
 }
 
 /// Finds nats-server on PATH or in the Debian package's place, or says how to install it.
@@ -814,6 +1001,7 @@ mod tests {
             host_name: "x".into(),
             data_dir: dir.path().to_path_buf(),
             log_dir: dir.path().join("logs"),
+            cli_seed_file: None,
         };
         write_state(&state).unwrap();
         assert_eq!(read_state(dir.path()), Some(state.clone()));
@@ -821,6 +1009,25 @@ mod tests {
         assert!(is_alive(std::process::id()));
         remove_state(dir.path(), state.pid);
         assert_eq!(read_state(dir.path()), None);
+    }
+
+    #[test]
+    fn lattice_keys_are_private_and_kept_across_starts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = LatticeKeys::load_or_create(dir.path()).unwrap();
+        for user in AUTH_USERS {
+            let path = dir.path().join("auth").join(format!("{user}.nk"));
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+            assert!(first.seed(user).starts_with("SU"));
+        }
+        let again = LatticeKeys::load_or_create(dir.path()).unwrap();
+        assert_eq!(first.seeds, again.seeds);
+        let config = first.nats_config(4222, &dir.path().join("nats")).unwrap();
+        assert!(config.contains("listen: \"127.0.0.1:4222\""), "{config}");
+        assert!(!config.contains("SU"), "no seed in the config: {config}");
+        assert_eq!(config.matches("nkey: \"U").count(), 3, "{config}");
     }
 
     #[test]

@@ -34,7 +34,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 Commands that talk to a lattice take --nats-url, --lattice, --timeout-ms and --output json
 (or TRELLIS_NATS_URL, TRELLIS_LATTICE, TRELLIS_TIMEOUT_MS); by default they use the lattice
-a running `trellis up` started."
+a running `trellis up` started, and its key. NATS authentication and TLS: --nats-creds,
+--nats-seed, --nats-user/--nats-password, --nats-tls-ca, --nats-tls-cert/--nats-tls-key
+(or TRELLIS_NATS_*), the same in every command (see docs/security.md)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -192,6 +194,51 @@ mod tests {
         let dbg = format!("{args:?}");
         assert!(dbg.contains("lattice: Some(\"l1\")"), "{dbg}");
         assert!(dbg.contains("output: Json"), "{dbg}");
+    }
+
+    #[test]
+    fn nats_auth_flags_are_the_same_everywhere_and_old_names_still_work() {
+        let cli = parse(&["get", "hosts", "--nats-user", "u", "--tls-ca", "/ca.pem"]).unwrap();
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        let dbg = format!("{args:?}");
+        assert!(dbg.contains("user: Some(\"u\")"), "{dbg}");
+        assert!(dbg.contains("/ca.pem"), "{dbg}");
+        for command in [
+            &[
+                "host",
+                "--nats-creds",
+                "/c",
+                "--tls-ca",
+                "/ca",
+                "--nats-seed",
+                "SU",
+            ][..],
+            &[
+                "wadm",
+                "--nats-seed",
+                "SU",
+                "--nats-jwt",
+                "J",
+                "--nats-tls-cert",
+                "/c",
+            ][..],
+            &[
+                "up",
+                "--nats-url",
+                "nats://h:1",
+                "--nats-password",
+                "p",
+                "--nats-tls-key",
+                "/k",
+            ][..],
+        ] {
+            assert!(parse(command).is_ok(), "{command:?}");
+        }
+        let cli = parse(&["wadm", "--nats-seed", "SUSECRET"]).unwrap();
+        let dbg = format!("{:?}", cli.command);
+        assert!(!dbg.contains("SUSECRET"), "a seed in Debug output: {dbg}");
     }
 
     #[test]

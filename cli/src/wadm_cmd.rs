@@ -1,6 +1,5 @@
 //! `trellis wadm`: run the reconciler until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,15 +21,9 @@ pub struct WadmArgs {
     /// Lattice to reconcile.
     #[arg(long, env = "TRELLIS_LATTICE", default_value = "default")]
     pub lattice: String,
-    /// NATS credentials file (JWT and nkey seed).
-    #[arg(long, env = "TRELLIS_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS nkey user seed (`SU...`), when not using a credentials file.
-    #[arg(long, env = "TRELLIS_NATS_SEED", hide_env_values = true)]
-    pub nats_seed: Option<String>,
-    /// NATS user JWT, used together with `--nats-seed`.
-    #[arg(long, env = "TRELLIS_NATS_JWT", hide_env_values = true)]
-    pub nats_jwt: Option<String>,
+    /// NATS authentication and TLS (--nats-creds, --nats-seed, --nats-user...).
+    #[command(flatten)]
+    pub nats_auth: trellis_protocol::nats::NatsAuth,
     /// Control-interface subject prefix.
     #[arg(long, env = "TRELLIS_CTL_PREFIX", default_value = "wasmbus.ctl")]
     pub ctl_prefix: String,
@@ -61,9 +54,7 @@ pub async fn run(args: WadmArgs) -> anyhow::Result<()> {
         .try_init();
 
     let mut opts = WadmOptions::new(args.nats_url, args.lattice);
-    opts.nats_creds = args.nats_creds;
-    opts.nats_seed = args.nats_seed;
-    opts.nats_jwt = args.nats_jwt;
+    opts.nats_auth = args.nats_auth;
     opts.ctl_prefix = args.ctl_prefix;
     opts.host_dead_after = Duration::from_millis(args.host_dead_after_ms.max(100));
     opts.tick = Duration::from_millis(args.tick_ms.max(50));

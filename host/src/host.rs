@@ -106,7 +106,10 @@ impl std::fmt::Debug for HostSlot {
 impl std::fmt::Debug for HostConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostConfig")
-            .field("nats_url", &self.nats.url)
+            .field(
+                "nats_url",
+                &trellis_protocol::nats::redact_url(&self.nats.url),
+            )
             .field("lattice", &self.lattice)
             .field("labels", &self.labels)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -185,7 +188,8 @@ pub struct Host {
     pub policy: Option<Arc<crate::security::PolicyClient>>,
     labels: RwLock<BTreeMap<String, String>>,
     started: Instant,
-    nats_url: String,
+    /// How this host reached NATS, for the provider processes it starts.
+    nats: NatsOptions,
     stop_request: watch::Sender<Option<Duration>>,
 }
 
@@ -237,6 +241,19 @@ impl Host {
         Ok(labels.remove(key).is_some())
     }
 
+    /// The NATS URL this host joined without any credentials in it: what a child is handed
+    /// along with [`Host::child_nats_env`].
+    pub fn nats_url_bare(&self) -> String {
+        trellis_protocol::nats::strip_url_credentials(&self.nats.url)
+    }
+
+    /// The environment variables that give a child process (a provider) this host's own NATS
+    /// credentials and TLS settings. Secret: set them on the child's environment (after
+    /// removing [`trellis_protocol::nats::ENV_VARS`]), never on its command line or in logs.
+    pub fn child_nats_env(&self) -> Vec<(&'static str, String)> {
+        self.nats.auth.child_env(&self.nats.url)
+    }
+
     /// Seconds since start.
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -250,8 +267,8 @@ impl Host {
             friendly_name: self.identity.friendly_name.clone(),
             labels: self.labels(),
             lattice: self.lattice.clone(),
-            ctl_host: Some(self.nats_url.clone()),
-            rpc_host: Some(self.nats_url.clone()),
+            ctl_host: Some(trellis_protocol::nats::redact_url(&self.nats.url)),
+            rpc_host: Some(trellis_protocol::nats::redact_url(&self.nats.url)),
             js_domain: None,
             uptime_seconds: uptime,
             uptime_human: Some(human_uptime(uptime)),
@@ -388,7 +405,7 @@ impl HostHandle {
             policy,
             labels: RwLock::new(labels),
             started: Instant::now(),
-            nats_url: config.nats.url.clone(),
+            nats: config.nats.clone(),
             stop_request,
         });
         let _ = config.host_slot.0.set(Arc::downgrade(&host));

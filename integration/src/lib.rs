@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use trellis_protocol::ctl::{CtlResponse, Host};
 use trellis_protocol::events::CloudEvent;
+use trellis_protocol::nats::NatsAuth;
 use trellis_protocol::subjects::{self, CtlSubjects};
 
 pub mod oci;
@@ -68,6 +69,10 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     max_payload: Option<usize>,
+    /// Extra nats-server configuration (authorization, accounts, TLS...).
+    config: Option<String>,
+    /// How the harness itself connects (the readiness check, [`NatsServer::client`]).
+    auth: NatsAuth,
 }
 
 impl NatsServer {
@@ -82,6 +87,24 @@ impl NatsServer {
         Self::start_with(Some(bytes)).await
     }
 
+    /// Like [`NatsServer::start`] with `config` as the server's configuration file (an
+    /// `authorization {}`, `accounts {}` or `tls {}` block: the port and JetStream store still
+    /// come from the command line). The harness connects with `auth`, which must be allowed
+    /// and see JetStream.
+    pub async fn start_with_config(config: &str, auth: NatsAuth) -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            max_payload: None,
+            config: Some(config.to_string()),
+            auth,
+        };
+        server.spawn().await;
+        server
+    }
+
     async fn start_with(max_payload: Option<usize>) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
         let mut server = Self {
@@ -89,6 +112,8 @@ impl NatsServer {
             port: free_port(),
             store,
             max_payload,
+            config: None,
+            auth: NatsAuth::default(),
         };
         server.spawn().await;
         server
@@ -111,6 +136,11 @@ impl NatsServer {
             std::fs::write(&config, format!("max_payload: {max}\n")).expect("nats config");
             command.arg("-c").arg(config);
         }
+        if let Some(text) = &self.config {
+            let config = self.store.path().join("nats-auth.conf");
+            std::fs::write(&config, text).expect("nats config");
+            command.arg("-c").arg(config);
+        }
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -124,7 +154,7 @@ impl NatsServer {
                 .is_ok()
             {
                 // JetStream may still be starting: wait until it answers.
-                if let Ok(client) = async_nats::connect(self.url()).await {
+                if let Ok(client) = connect_with(&self.url(), &self.auth).await {
                     let js = async_nats::jetstream::new(client);
                     if js.query_account().await.is_ok() {
                         return;
@@ -155,9 +185,9 @@ impl NatsServer {
         self.spawn().await;
     }
 
-    /// A client connection.
+    /// A client connection (with the harness's credentials, if the server wants some).
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        connect_with(&self.url(), &self.auth)
             .await
             .expect("cannot connect to test nats-server")
     }
@@ -167,6 +197,12 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Connects to `url` with `auth`, the way every Trellis process does.
+pub async fn connect_with(url: &str, auth: &NatsAuth) -> anyhow::Result<async_nats::Client> {
+    let (url, options) = auth.connect_options(url).await?;
+    Ok(options.connect(url.as_str()).await?)
 }
 
 /// The `trellis` binary built from this workspace.
@@ -221,6 +257,8 @@ pub struct HostProcess {
     pub id: String,
     seed: String,
     args: Vec<String>,
+    /// NATS credentials, handed over in the environment.
+    env: Vec<(&'static str, String)>,
     /// Where its logs go.
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -243,6 +281,38 @@ impl HostProcess {
         seed: String,
         allow_file_load: bool,
     ) -> Self {
+        Self::start_full(
+            nats_url,
+            lattice,
+            extra,
+            seed,
+            allow_file_load,
+            &NatsAuth::default(),
+        )
+        .await
+    }
+
+    /// Like [`HostProcess::start`] with NATS credentials and TLS settings `auth`, which the
+    /// host gets through its environment (TRELLIS_NATS_*); the harness waits for it with the
+    /// same credentials.
+    pub async fn start_with_auth(
+        nats_url: &str,
+        lattice: &str,
+        extra: &[&str],
+        auth: &NatsAuth,
+    ) -> Self {
+        let seed = nkeys::KeyPair::new_server().seed().expect("seed");
+        Self::start_full(nats_url, lattice, extra, seed, true, auth).await
+    }
+
+    async fn start_full(
+        nats_url: &str,
+        lattice: &str,
+        extra: &[&str],
+        seed: String,
+        allow_file_load: bool,
+        auth: &NatsAuth,
+    ) -> Self {
         let id = nkeys::KeyPair::from_seed(&seed).expect("seed").public_key();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = vec![
@@ -263,11 +333,12 @@ impl HostProcess {
             id,
             seed,
             args,
+            env: auth.child_env(nats_url),
             log: dir.path().join("host.log"),
             _dir: dir,
         };
         host.spawn();
-        let lattice_client = Lattice::connect(nats_url, lattice).await;
+        let lattice_client = Lattice::connect_with(nats_url, lattice, auth).await;
         lattice_client
             .wait_for_host(&host.id)
             .await
@@ -287,6 +358,7 @@ impl HostProcess {
             // `file://./components/...` refs resolve.
             .current_dir(repo_root())
             .env("TRELLIS_HOST_SEED", &self.seed)
+            .envs(self.env.iter().cloned())
             .env("TRELLIS_CACHE_DIR", self._dir.path().join("cache"))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().expect("log"))
@@ -430,7 +502,12 @@ pub struct Lattice {
 impl Lattice {
     /// Connects to `nats_url` for lattice `name`.
     pub async fn connect(nats_url: &str, name: &str) -> Self {
-        let client = async_nats::connect(nats_url)
+        Self::connect_with(nats_url, name, &NatsAuth::default()).await
+    }
+
+    /// Connects to `nats_url` for lattice `name` with credentials and TLS settings `auth`.
+    pub async fn connect_with(nats_url: &str, name: &str, auth: &NatsAuth) -> Self {
+        let client = connect_with(nats_url, auth)
             .await
             .expect("cannot connect to NATS");
         Self {
@@ -583,12 +660,28 @@ pub fn guest_ref(name: &str) -> String {
 /// relative `file://./components/...` refs resolve), with a private data directory so no
 /// other `trellis up` state leaks in. Returns (success, stdout, stderr).
 pub async fn trellis_cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(trellis_bin())
+    trellis_cli_env(data_dir, args, &[]).await
+}
+
+/// Like [`trellis_cli`] with extra environment variables (e.g. TRELLIS_NATS_SEED); no
+/// TRELLIS_NATS_* variable of the test's own environment leaks in.
+pub async fn trellis_cli_env(
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(trellis_bin());
+    command
         .args(args)
         .current_dir(repo_root())
         .env("TRELLIS_DATA_DIR", data_dir)
         .env_remove("TRELLIS_NATS_URL")
-        .env_remove("TRELLIS_LATTICE")
+        .env_remove("TRELLIS_LATTICE");
+    for name in trellis_protocol::nats::ENV_VARS {
+        command.env_remove(name);
+    }
+    let output = command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .await
         .expect("cannot run trellis");
@@ -633,6 +726,12 @@ impl WadmProcess {
     /// Starts `trellis wadm` on `nats_url`/`lattice` with `extra` flags. It is ready once
     /// [`WadmProcess::wait_ready`] sees its API answer.
     pub fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
+        Self::start_with_auth(nats_url, lattice, extra, &NatsAuth::default())
+    }
+
+    /// Like [`WadmProcess::start`] with NATS credentials and TLS settings `auth`, handed over
+    /// in the environment (TRELLIS_NATS_*).
+    pub fn start_with_auth(nats_url: &str, lattice: &str, extra: &[&str], auth: &NatsAuth) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("wadm.log");
         let file = std::fs::File::create(&log).expect("log file");
@@ -640,6 +739,7 @@ impl WadmProcess {
             .args(["wadm", "--nats-url", nats_url, "--lattice", lattice])
             .args(extra)
             .current_dir(repo_root())
+            .envs(auth.child_env(nats_url))
             .env("RUST_LOG", "info")
             .stdout(file.try_clone().expect("log"))
             .stderr(file)

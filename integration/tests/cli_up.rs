@@ -123,6 +123,28 @@ spec:
     let body = eventually("the app to answer over HTTP", || http_ok(&address, "/")).await;
     assert!(body.contains("Hello from Trellis!"), "{body}");
 
+    // Secure by default: NATS admits only the keys `up` generated (kept private), and other
+    // commands find the CLI's key by themselves.
+    assert!(out.contains("nkeys required"), "{out}");
+    for user in ["host", "wadm", "cli"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("auth/{user}.nk"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let anonymous = async_nats::connect(&nats_url).await;
+    assert!(anonymous.is_err(), "an anonymous client got in");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let host_pid = state["host_pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap();
+    let seed = std::fs::read_to_string(dir.join("auth/host.nk")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(seed.trim()),
+        "the host's seed is on its command line"
+    );
+
     // Other commands find the lattice through the state file, with no flags.
     let (ok, out, err) = trellis_cli(dir, &["app", "list", "-o", "json"]).await;
     assert!(ok, "{err}");
@@ -156,4 +178,36 @@ spec:
     }
     let (ok, out, _) = trellis_cli(dir, &["down"]).await;
     assert!(ok && out.contains("not up"), "{out}");
+}
+
+#[tokio::test]
+async fn up_insecure_says_so_and_admits_anyone() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path();
+    let _stop = StopOnDrop(dir);
+    let nats_port = free_port();
+    let port = nats_port.to_string();
+    let (ok, out, err) = trellis_cli(
+        dir,
+        &[
+            "up",
+            "--detach",
+            "--insecure",
+            "--nats-port",
+            &port,
+            "--lattice",
+            "open",
+        ],
+    )
+    .await;
+    assert!(ok, "up failed:\n{err}\nlog:\n{}", log_of(dir));
+    assert!(err.contains("WARNING: --insecure"), "{err}");
+    assert!(out.contains("NONE (--insecure)"), "{out}");
+    assert!(!dir.join("auth").exists());
+    let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await;
+    assert!(client.is_ok(), "--insecure keeps today's open NATS");
+    let (ok, out, err) = trellis_cli(dir, &["get", "hosts"]).await;
+    assert!(ok, "{out}\n{err}");
+    let (ok, _, err) = trellis_cli(dir, &["down"]).await;
+    assert!(ok, "{err}");
 }

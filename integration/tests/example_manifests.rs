@@ -5,10 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use trellis_integration::connect_with;
 use trellis_integration::{
     eventually, free_port, guest_dir, http_ok, trellis_bin, trellis_cli, HostProcess, Lattice,
 };
 use trellis_protocol::ctl::HostInventory;
+use trellis_protocol::nats::NatsAuth;
 
 /// Brings the lattice down at the end of the test, even on failure.
 struct Down<'a>(&'a Path);
@@ -44,7 +46,24 @@ async fn every_example_manifest_deploys_and_serves() {
     assert!(ok, "up failed: {out}\n{err}");
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     // A second host in another zone, for the spread example.
-    let west = HostProcess::start(&nats_url, "default", &["--label", "zone=west"]).await;
+    // `trellis up` requires authentication: the extra host joins with the host key it made,
+    // the test's own clients with the CLI's.
+    let key_of = |user: &str| NatsAuth {
+        nkey_seed: Some(
+            std::fs::read_to_string(dir.join(format!("auth/{user}.nk")))
+                .unwrap()
+                .trim()
+                .to_string(),
+        ),
+        ..Default::default()
+    };
+    let west = HostProcess::start_with_auth(
+        &nats_url,
+        "default",
+        &["--label", "zone=west"],
+        &key_of("host"),
+    )
+    .await;
 
     // hello
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/hello.yaml"]).await;
@@ -65,7 +84,7 @@ async fn every_example_manifest_deploys_and_serves() {
     // messaging
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/messaging.yaml"]).await;
     assert!(ok, "{out}\n{err}");
-    let client = async_nats::connect(&nats_url).await.unwrap();
+    let client = connect_with(&nats_url, &key_of("cli")).await.unwrap();
     let reply = eventually("the handler to answer", || {
         let client = client.clone();
         async move {
@@ -85,7 +104,7 @@ async fn every_example_manifest_deploys_and_serves() {
     // spread over two zones: 8 instances east, 2 west.
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
     assert!(ok, "{out}\n{err}");
-    let lattice = Lattice::connect(&nats_url, "default").await;
+    let lattice = Lattice::connect_with(&nats_url, "default", &key_of("cli")).await;
     let (ok, out, _) = trellis_cli(dir, &["get", "hosts", "-o", "json"]).await;
     assert!(ok);
     let hosts: Value = serde_json::from_str(&out).unwrap();

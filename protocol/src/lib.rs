@@ -4,9 +4,12 @@
 //! crate holds only the shapes that cross the wire: NATS subjects ([`subjects`]), the
 //! control-interface request and response bodies ([`ctl`]), lattice events ([`events`]), and the
 //! limits every request is checked against ([`limits`]).
-//! It has no I/O, so the host, the reconciler and the CLI all share it cheaply.
+//! It has no I/O, so the host, the reconciler and the CLI all share it cheaply; the optional
+//! `nats` feature adds [`nats`], the connection options every Trellis process shares.
 
 pub mod ctl;
 pub mod events;
 pub mod limits;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod subjects;

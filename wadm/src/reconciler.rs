@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -15,6 +14,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use trellis_protocol::ctl::{CtlResponse, Host, HostInventory, Link};
 use trellis_protocol::events::CloudEvent;
+use trellis_protocol::nats::NatsAuth;
 use trellis_protocol::subjects::{self, CtlSubjects};
 
 use crate::api::types::{status_subject, Status};
@@ -31,12 +31,8 @@ pub struct WadmOptions {
     pub nats_url: String,
     /// Lattice name.
     pub lattice: String,
-    /// NATS credentials file (JWT and seed).
-    pub nats_creds: Option<PathBuf>,
-    /// NATS nkey seed (alone: nkey auth; with `nats_jwt`: JWT auth).
-    pub nats_seed: Option<String>,
-    /// NATS user JWT, used with `nats_seed`.
-    pub nats_jwt: Option<String>,
+    /// NATS authentication and TLS, shared by every Trellis process.
+    pub nats_auth: NatsAuth,
     /// Control-interface subject prefix.
     pub ctl_prefix: String,
     /// A host silent this long is considered gone (default 6 s: three missed 2 s heartbeats).
@@ -58,9 +54,7 @@ impl WadmOptions {
         Self {
             nats_url: nats_url.into(),
             lattice: lattice.into(),
-            nats_creds: None,
-            nats_seed: None,
-            nats_jwt: None,
+            nats_auth: NatsAuth::default(),
             ctl_prefix: subjects::DEFAULT_CTL_PREFIX.to_string(),
             host_dead_after: Duration::from_secs(6),
             tick: Duration::from_millis(500),
@@ -73,30 +67,13 @@ impl WadmOptions {
 
 /// Connects to NATS as the options say.
 pub async fn connect(opts: &WadmOptions) -> Result<async_nats::Client> {
-    let mut connect = match (&opts.nats_creds, &opts.nats_seed, &opts.nats_jwt) {
-        (Some(path), _, _) => async_nats::ConnectOptions::with_credentials_file(path)
-            .await
-            .with_context(|| format!("reading NATS credentials {}", path.display()))?,
-        (None, Some(seed), Some(jwt)) => {
-            let key = std::sync::Arc::new(
-                nkeys::KeyPair::from_seed(seed)
-                    .context("the NATS seed is not a valid nkey seed")?,
-            );
-            async_nats::ConnectOptions::with_jwt(jwt.clone(), move |nonce| {
-                let key = key.clone();
-                async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
-            })
-        }
-        (None, Some(seed), None) => async_nats::ConnectOptions::with_nkey(seed.clone()),
-        (None, None, _) => async_nats::ConnectOptions::new(),
-    };
-    connect = connect
-        .name(format!("trellis-wadm-{}", opts.lattice))
-        .connection_timeout(Duration::from_secs(5));
+    let (url, connect) = opts.nats_auth.connect_options(&opts.nats_url).await?;
     connect
-        .connect(&opts.nats_url)
+        .name(format!("trellis-wadm-{}", opts.lattice))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url.as_str())
         .await
-        .with_context(|| format!("connecting to NATS at {}", opts.nats_url))
+        .map_err(|e| trellis_protocol::nats::connect_error(&opts.nats_url, e, ""))
 }
 
 /// Runs a reconciler until `shutdown` resolves (or the returned future is dropped).

@@ -1,24 +1,30 @@
 //! The host's NATS connection: authentication, TLS, and reconnecting forever.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
+use trellis_protocol::nats::NatsAuth;
 
-/// How to reach and authenticate to NATS.
-#[derive(Debug, Clone, Default)]
+/// How to reach and authenticate to NATS. Its `Debug` shows no secret.
+#[derive(Clone, Default)]
 pub struct NatsOptions {
-    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    /// Server URL, e.g. `nats://127.0.0.1:4222` (a `user:password@` in it is used, and never
+    /// shown: see [`trellis_protocol::nats::redact_url`]).
     pub url: String,
-    /// A `.creds` file (JWT plus nkey seed).
-    pub creds_file: Option<PathBuf>,
-    /// An nkey user seed (`SU...`), when not using a creds file.
-    pub nkey_seed: Option<String>,
-    /// A PEM file of CA certificates to trust for TLS.
-    pub tls_ca: Option<PathBuf>,
+    /// Authentication and TLS, shared by every Trellis process.
+    pub auth: NatsAuth,
     /// The client name shown by the server.
     pub client_name: String,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &trellis_protocol::nats::redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("client_name", &self.client_name)
+            .finish()
+    }
 }
 
 /// Connection state changes the host reacts to.
@@ -36,23 +42,7 @@ pub async fn connect(
     opts: &NatsOptions,
 ) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<ConnectionEvent>)> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut options = match &opts.creds_file {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-            .await
-            .with_context(|| format!("cannot read NATS credentials file {}", path.display()))?,
-        None => async_nats::ConnectOptions::new(),
-    };
-    if let Some(seed) = &opts.nkey_seed {
-        nkeys::KeyPair::from_seed(seed.trim())
-            .context("the NATS nkey seed is not a valid nkeys seed (expected `SU...`)")?;
-        options = options.nkey(seed.trim().to_string());
-    }
-    if let Some(ca) = &opts.tls_ca {
-        if !ca.exists() {
-            anyhow::bail!("the TLS CA file {} does not exist", ca.display());
-        }
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
+    let (url, options) = opts.auth.connect_options(&opts.url).await?;
     let options = options
         .name(&opts.client_name)
         .max_reconnects(None)
@@ -78,10 +68,11 @@ pub async fn connect(
                 }
             }
         });
-    let client = options.connect(opts.url.as_str()).await.with_context(|| {
-        format!(
-            "cannot connect to NATS at {}: is nats-server running there? (start one with `nats-server -js`, or use `trellis up`)",
-            opts.url
+    let client = options.connect(url.as_str()).await.map_err(|e| {
+        trellis_protocol::nats::connect_error(
+            &opts.url,
+            e,
+            ": is nats-server running there? (start one with `nats-server -js`, or use `trellis up`)",
         )
     })?;
     Ok((client, rx))

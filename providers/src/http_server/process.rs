@@ -125,11 +125,15 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .await
         .context("reading the host data from stdin")?;
     let data = ProviderHostData::decode_line(&line)?;
-    let client = async_nats::ConnectOptions::new()
+    // Credentials and TLS come from the environment the host set (TRELLIS_NATS_*).
+    let (url, options) = trellis_protocol::nats::NatsAuth::from_env()
+        .connect_options(&data.lattice_rpc_url)
+        .await?;
+    let client = options
         .name(format!("trellis provider {NAME} {}", data.provider_key))
-        .connect(&data.lattice_rpc_url)
+        .connect(url.as_str())
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", data.lattice_rpc_url))?;
+        .map_err(|e| trellis_protocol::nats::connect_error(&data.lattice_rpc_url, e, ""))?;
     let lattice = data.lattice_rpc_prefix.clone();
     let provider_id = data.provider_key.clone();
     let mut health = client
@@ -262,7 +266,7 @@ impl Supervisor {
         ProviderHostData {
             host_id: self.host.identity.host_id.clone(),
             lattice_rpc_prefix: self.host.lattice.clone(),
-            lattice_rpc_url: self.host.info().ctl_host.unwrap_or_default(),
+            lattice_rpc_url: self.host.nats_url_bare(),
             provider_key: self.spec.id.clone(),
             config: self.spec.config.clone(),
         }
@@ -276,7 +280,15 @@ impl Supervisor {
             None => std::env::current_exe()
                 .context("cannot find this executable to start the provider process")?,
         };
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        // The host's own NATS credentials and TLS settings, through the environment only
+        // (never argv, which any local user can read): the child reads them back with
+        // `NatsAuth::from_env`.
+        for name in trellis_protocol::nats::ENV_VARS {
+            command.env_remove(name);
+        }
+        command.envs(self.host.child_nats_env());
+        let mut child = command
             .args(["provider", &self.provider_name])
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
