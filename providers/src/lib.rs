@@ -1,5 +1,5 @@
-//! Trellis capability providers, built in: the HTTP server, the HTTP client, key-value and
-//! messaging.
+//! Trellis capability providers, built in: the HTTP server, the HTTP client, key-value,
+//! messaging and secrets.
 //!
 //! [`Launcher`] is the host's [`ProviderLauncher`]: it maps provider references to the
 //! built-in implementations. The HTTP server can also run as its own supervised process
@@ -12,6 +12,7 @@ pub mod http_server;
 pub mod keyvalue;
 pub mod messaging;
 pub mod native;
+pub mod secrets;
 
 use std::sync::Arc;
 

@@ -30,7 +30,8 @@ pub use logging::LoggingCapability;
 
 /// Every capability this crate implements, ready for `RuntimeConfig::capabilities`:
 /// `wasi:logging`, `wasi:config`, `wasi:keyvalue` (store, atomics, batch at 0.2.0-draft),
-/// `wasmcloud:messaging/consumer` (0.2.0) and outgoing `wasi:http` through an http-client link.
+/// `wasmcloud:messaging/consumer` (0.2.0), outgoing `wasi:http` through an http-client link and
+/// `wasmcloud:secrets` (0.1.0-draft; no secrets granted, so every `get` is `not-found`).
 pub fn capabilities(slot: &HostSlot) -> Vec<Arc<dyn Capability>> {
     vec![
         Arc::new(LoggingCapability),
@@ -39,6 +40,7 @@ pub fn capabilities(slot: &HostSlot) -> Vec<Arc<dyn Capability>> {
         Arc::new(crate::messaging::MessagingCapability::new(slot.clone())),
         Arc::new(crate::blobstore::BlobstoreCapability::new(slot.clone())),
         Arc::new(crate::http_client::HttpClientCapability::new(slot.clone())),
+        Arc::new(crate::secrets::SecretsCapability::default()),
     ]
 }
 

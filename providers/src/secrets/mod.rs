@@ -1,0 +1,311 @@
+//! `wasmcloud:secrets@0.1.0-draft` (`store` and `reveal`) for components.
+//!
+//! Every component that imports `wasmcloud:secrets` instantiates. `store.get(key)` asks the
+//! capability's [`SecretSource`] for the secret `key` granted to the calling component; the
+//! guest gets an opaque `secret` handle holding the value, and `reveal` hands the value over.
+//!
+//! What exists in this first slice (see `docs/secrets.md`): the interface, the handle, a
+//! [`SecretValue`] type that never prints its contents, and [`StaticSecrets`], an in-memory
+//! source the host is given explicitly. A host with no source ([`NoSecrets`], the default)
+//! answers `not-found` for every key. Nothing here logs a value: only key names and the calling
+//! component's id appear in `tracing` events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use trellis_host::runtime::{Capability, Extensions, InstanceContext, InstanceState};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/deps/wasmcloud-secrets-0.1.0-draft",
+        world: "wasmcloud:secrets/imports",
+        imports: { default: trappable },
+        with: {
+            "wasmcloud:secrets/store.secret": super::SecretHandle,
+        },
+    });
+}
+
+use bindings::wasmcloud::secrets::{reveal, store};
+
+/// A secret's value. `Debug` and `Display` print `<redacted>`, so a value cannot reach a log
+/// through formatting; [`SecretValue::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Value);
+
+/// The two shapes `wasmcloud:secrets` knows.
+#[derive(Clone, PartialEq, Eq)]
+enum Value {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// What [`SecretValue::expose`] returns: the value, borrowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ExposedSecret<'a> {
+    /// A text secret.
+    Text(&'a str),
+    /// A binary secret.
+    Bytes(&'a [u8]),
+}
+
+impl SecretValue {
+    /// A text secret.
+    pub fn text(value: impl Into<String>) -> Self {
+        Self(Value::Text(value.into()))
+    }
+
+    /// A binary secret.
+    pub fn bytes(value: impl Into<Vec<u8>>) -> Self {
+        Self(Value::Bytes(value.into()))
+    }
+
+    /// The value itself. Call sites are the places secrets leave their wrapper: keep them few.
+    pub fn expose(&self) -> ExposedSecret<'_> {
+        match &self.0 {
+            Value::Text(text) => ExposedSecret::Text(text),
+            Value::Bytes(bytes) => ExposedSecret::Bytes(bytes),
+        }
+    }
+
+    /// The value's length in bytes (safe to log).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Value::Text(text) => text.len(),
+            Value::Bytes(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for ExposedSecret<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why a secret could not be fetched; mirrors `wasmcloud:secrets/store.secrets-error`.
+/// Messages must not contain secret values (they reach the guest and may be logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretError {
+    /// No secret with this key is granted to the component.
+    NotFound,
+    /// The backend failed.
+    Upstream(String),
+    /// An I/O operation failed.
+    Io(String),
+}
+
+/// Where secrets come from. One implementation per backend; the capability asks it for the
+/// secret `key` granted to `component_id`.
+pub trait SecretSource: Send + Sync + 'static {
+    /// The secret `key` as granted to `component_id`, or why not.
+    fn get(&self, component_id: &str, key: &str) -> Result<SecretValue, SecretError>;
+}
+
+/// The default source: no secrets at all, `not-found` for every key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn get(&self, _component_id: &str, _key: &str) -> Result<SecretValue, SecretError> {
+        Err(SecretError::NotFound)
+    }
+}
+
+/// Secrets given to the host explicitly, held in memory: each granted to one component, or to
+/// every component on the host.
+#[derive(Debug, Default, Clone)]
+pub struct StaticSecrets {
+    per_component: HashMap<(String, String), SecretValue>,
+    everyone: HashMap<String, SecretValue>,
+}
+
+impl StaticSecrets {
+    /// No secrets yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Grants secret `key` with `value` to the component `component_id` only.
+    pub fn grant(&mut self, component_id: &str, key: &str, value: SecretValue) -> &mut Self {
+        self.per_component
+            .insert((component_id.to_string(), key.to_string()), value);
+        self
+    }
+
+    /// Grants secret `key` with `value` to every component on the host.
+    pub fn grant_to_all(&mut self, key: &str, value: SecretValue) -> &mut Self {
+        self.everyone.insert(key.to_string(), value);
+        self
+    }
+}
+
+impl SecretSource for StaticSecrets {
+    fn get(&self, component_id: &str, key: &str) -> Result<SecretValue, SecretError> {
+        self.per_component
+            .get(&(component_id.to_string(), key.to_string()))
+            .or_else(|| self.everyone.get(key))
+            .cloned()
+            .ok_or(SecretError::NotFound)
+    }
+}
+
+/// The host side of a guest's `secret` handle: the value it was fetched with.
+#[derive(Debug)]
+pub struct SecretHandle {
+    value: SecretValue,
+}
+
+/// Serves `wasmcloud:secrets/{store,reveal}@0.1.0-draft` to every component.
+#[derive(Clone)]
+pub struct SecretsCapability {
+    source: Arc<dyn SecretSource>,
+}
+
+impl std::fmt::Debug for SecretsCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsCapability").finish_non_exhaustive()
+    }
+}
+
+impl Default for SecretsCapability {
+    fn default() -> Self {
+        Self::new(Arc::new(NoSecrets))
+    }
+}
+
+impl SecretsCapability {
+    /// A capability answering from `source`.
+    pub fn new(source: Arc<dyn SecretSource>) -> Self {
+        Self { source }
+    }
+}
+
+/// Per-instance state: the source to ask.
+struct SecretsInstance {
+    source: Arc<dyn SecretSource>,
+}
+
+impl Capability for SecretsCapability {
+    fn name(&self) -> &str {
+        "wasmcloud:secrets"
+    }
+
+    fn add_to_linker(&self, linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        store::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
+        reveal::add_to_linker::<InstanceState, HasSelf<InstanceState>>(linker, |s| s)?;
+        Ok(())
+    }
+
+    fn new_instance_state(
+        &self,
+        _ctx: &InstanceContext,
+        extensions: &mut Extensions,
+    ) -> anyhow::Result<()> {
+        extensions.insert(SecretsInstance {
+            source: self.source.clone(),
+        });
+        Ok(())
+    }
+}
+
+impl From<SecretError> for store::SecretsError {
+    fn from(error: SecretError) -> Self {
+        match error {
+            SecretError::NotFound => store::SecretsError::NotFound,
+            SecretError::Upstream(message) => store::SecretsError::Upstream(message),
+            SecretError::Io(message) => store::SecretsError::Io(message),
+        }
+    }
+}
+
+impl store::Host for InstanceState {
+    fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<SecretHandle>, store::SecretsError>> {
+        let Some(source) = self
+            .extension::<SecretsInstance>()
+            .map(|s| s.source.clone())
+        else {
+            return Ok(Err(store::SecretsError::Upstream(
+                "wasmcloud:secrets is not set up for this instance".to_string(),
+            )));
+        };
+        let component_id = self.component_id().to_string();
+        match source.get(&component_id, &key) {
+            Ok(value) => {
+                tracing::debug!(component_id, key, "wasmcloud:secrets get: found");
+                Ok(Ok(self.table().push(SecretHandle { value })?))
+            }
+            Err(error) => {
+                tracing::debug!(component_id, key, ?error, "wasmcloud:secrets get: failed");
+                Ok(Err(error.into()))
+            }
+        }
+    }
+}
+
+impl store::HostSecret for InstanceState {
+    fn drop(&mut self, secret: Resource<SecretHandle>) -> wasmtime::Result<()> {
+        self.table().delete(secret)?;
+        Ok(())
+    }
+}
+
+impl reveal::Host for InstanceState {
+    fn reveal(&mut self, secret: Resource<SecretHandle>) -> wasmtime::Result<store::SecretValue> {
+        let handle = self.table().get(&secret)?;
+        Ok(match handle.value.expose() {
+            ExposedSecret::Text(text) => store::SecretValue::String(text.to_string()),
+            ExposedSecret::Bytes(bytes) => store::SecretValue::Bytes(bytes.to_vec()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_never_format() {
+        let value = SecretValue::text("hunter2");
+        assert_eq!(format!("{value}"), "<redacted>");
+        assert_eq!(format!("{value:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", value.expose()), "<redacted>");
+        let handle = SecretHandle { value };
+        assert!(!format!("{handle:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn static_secrets_are_scoped_to_their_component() {
+        let mut secrets = StaticSecrets::new();
+        secrets
+            .grant("a", "db", SecretValue::text("pw"))
+            .grant_to_all("shared", SecretValue::bytes(vec![1, 2, 3]));
+        assert_eq!(secrets.get("a", "db"), Ok(SecretValue::text("pw")));
+        assert_eq!(secrets.get("b", "db"), Err(SecretError::NotFound));
+        assert_eq!(secrets.get("b", "shared").map(|v| v.len()), Ok(3));
+        assert_eq!(NoSecrets.get("a", "db"), Err(SecretError::NotFound));
+        assert!(!format!("{secrets:?}").contains("pw"));
+    }
+}
