@@ -38,6 +38,11 @@ pub struct HostArgs {
     /// Allow loading components from local paths and `file://` URLs.
     #[arg(long, env = "TRELLIS_ALLOW_FILE_LOAD")]
     pub allow_file_load: bool,
+    /// Grant the contents of file PATH to every component on this host as the
+    /// `wasmcloud:secrets` secret NAME (repeatable, `NAME=PATH`). Without it every secret
+    /// lookup answers `not-found`. Values are never logged.
+    #[arg(long = "secret-file", env = "TRELLIS_SECRET_FILES", value_delimiter = ',', value_parser = trellis_providers::secrets::parse_secret_file, value_name = "NAME=PATH")]
+    pub secret_files: Vec<(String, PathBuf)>,
     /// The largest component file the host loads, in MiB; bigger files (and anything that is
     /// not a regular file, such as /dev/zero) are refused before they are read.
     #[arg(
@@ -191,6 +196,16 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     });
     // Built-in capabilities (logging, config, keyvalue, messaging) and providers.
     config.capabilities = trellis_providers::native::capabilities(&config.host_slot);
+    if !args.secret_files.is_empty() {
+        // Secrets given explicitly replace the default (empty) secrets capability.
+        let secrets = trellis_providers::secrets::StaticSecrets::from_files(&args.secret_files)?;
+        config
+            .capabilities
+            .retain(|capability| capability.name() != "wasmcloud:secrets");
+        config.capabilities.push(Arc::new(
+            trellis_providers::secrets::SecretsCapability::new(Arc::new(secrets)),
+        ));
+    }
     config.provider_launcher = Some(Arc::new(trellis_providers::Launcher::new()));
     let mut handle = HostHandle::start(config)
         .await

@@ -43,6 +43,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so the size of the `Host` variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a local lattice: NATS, a host and the reconciler (Ctrl-C stops all)

@@ -159,6 +159,50 @@ impl StaticSecrets {
     }
 }
 
+/// Parses a `--secret-file` argument, `NAME=PATH`.
+pub fn parse_secret_file(arg: &str) -> Result<(String, std::path::PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.trim().is_empty() => Ok((
+            name.trim().to_string(),
+            std::path::PathBuf::from(path.trim()),
+        )),
+        _ => Err(format!("secret file `{arg}` must look like NAME=PATH")),
+    }
+}
+
+/// The largest secret file [`StaticSecrets::from_files`] reads.
+pub const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+impl StaticSecrets {
+    /// Reads each `(name, path)` and grants the file's contents, as secret `name`, to every
+    /// component on the host: text when the file is UTF-8, bytes otherwise. Errors name the
+    /// secret and the file, never the contents.
+    pub fn from_files(files: &[(String, std::path::PathBuf)]) -> anyhow::Result<Self> {
+        let mut secrets = Self::new();
+        for (name, path) in files {
+            let size = std::fs::metadata(path)
+                .map_err(|e| {
+                    anyhow::anyhow!("secret `{name}`: cannot read {}: {e}", path.display())
+                })?
+                .len();
+            anyhow::ensure!(
+                size <= MAX_SECRET_FILE_BYTES,
+                "secret `{name}`: {} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+                path.display()
+            );
+            let bytes = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("secret `{name}`: cannot read {}: {e}", path.display())
+            })?;
+            let value = match String::from_utf8(bytes) {
+                Ok(text) => SecretValue::text(text),
+                Err(not_text) => SecretValue::bytes(not_text.into_bytes()),
+            };
+            secrets.grant_to_all(name, value);
+        }
+        Ok(secrets)
+    }
+}
+
 impl SecretSource for StaticSecrets {
     fn get(&self, component_id: &str, key: &str) -> Result<SecretValue, SecretError> {
         self.per_component
@@ -307,5 +351,32 @@ mod tests {
         assert_eq!(secrets.get("b", "shared").map(|v| v.len()), Ok(3));
         assert_eq!(NoSecrets.get("a", "db"), Err(SecretError::NotFound));
         assert!(!format!("{secrets:?}").contains("pw"));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_granted_to_everyone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = dir.path().join("text");
+        let binary = dir.path().join("binary");
+        std::fs::write(&text, "hunter2").expect("write");
+        std::fs::write(&binary, [0xff, 0x00]).expect("write");
+        let arg = format!("db = {}", text.display());
+        let files = vec![
+            parse_secret_file(&arg).expect("parses"),
+            ("blob".to_string(), binary),
+        ];
+        let secrets = StaticSecrets::from_files(&files).expect("reads");
+        assert_eq!(secrets.get("any", "db"), Ok(SecretValue::text("hunter2")));
+        assert_eq!(
+            secrets.get("any", "blob"),
+            Ok(SecretValue::bytes(vec![0xff, 0]))
+        );
+        assert!(parse_secret_file("novalue").is_err());
+        assert!(parse_secret_file("=x").is_err());
+        let missing = vec![("gone".to_string(), dir.path().join("missing"))];
+        let error = StaticSecrets::from_files(&missing)
+            .err()
+            .map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("secret `gone`")));
     }
 }
