@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Trellis needs to build and test, skipping what is already there:
-# nats-server, redis-server, docker-registry and apache2-utils (Debian packages), wrk for
-# benchmarks, and the wasm32-wasip2 Rust target for guest components.
+# nats-server, redis-server, docker-registry, apache2-utils and openssl (Debian packages), wrk
+# for benchmarks, and the wasm32-wasip2 Rust target for guest components.
 set -euo pipefail
 
 need_apt=()
@@ -11,6 +11,10 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_
 # htpasswd for its basic-auth setup.
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || [ -x /usr/bin/htpasswd ] || need_apt+=(apache2-utils)
+# The NATS TLS tests make a throwaway CA with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The benchmark harness drives HTTP load with wrk (the header above always promised it).
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
