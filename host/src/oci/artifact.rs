@@ -2,7 +2,6 @@
 //! manifest, the config pushed beside it, and what a component imports, exports and claims.
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use serde::{Deserialize, Serialize};
 
@@ -200,11 +199,11 @@ pub fn wasm_info(bytes: &[u8]) -> anyhow::Result<WasmInfo> {
                 }
             }
             Payload::CustomSection(section)
-                if depth == 0
-                    && (section.name() == crate::security::claims::SECTION_JWT
-                        || section.name() == crate::security::claims::SECTION_WASMCLOUD_JWT) =>
+                if depth == 0 && crate::security::claims::is_jwt_section(section.name()) =>
             {
-                claims = decode_jwt_claims(section.data());
+                claims = std::str::from_utf8(section.data())
+                    .ok()
+                    .and_then(crate::security::claims::decode_unverified);
             }
             _ => {}
         }
@@ -215,14 +214,4 @@ pub fn wasm_info(bytes: &[u8]) -> anyhow::Result<WasmInfo> {
         exports,
         claims,
     })
-}
-
-/// The payload of a JWT (its middle part), as JSON; `None` when it is not one.
-fn decode_jwt_claims(data: &[u8]) -> Option<serde_json::Value> {
-    let text = std::str::from_utf8(data).ok()?;
-    let payload = text.trim().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }

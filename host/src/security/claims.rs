@@ -187,7 +187,8 @@ pub fn now_secs() -> u64 {
         .unwrap_or_default()
 }
 
-fn is_jwt_section(name: &str) -> bool {
+/// Whether a custom section of this name holds wascap claims (`wasmcloud_jwt` or `jwt`).
+pub fn is_jwt_section(name: &str) -> bool {
     name == SECTION_JWT || name == SECTION_WASMCLOUD_JWT
 }
 
@@ -358,8 +359,9 @@ pub fn decode_jwt(jwt: &str) -> Result<ComponentClaims, ClaimsError> {
     Ok(claims)
 }
 
-/// The claims of a JWT decoded without any check, for display when a check failed.
-pub fn decode_unverified(jwt: &str) -> Option<ComponentClaims> {
+/// The claims of a JWT decoded without any check, for display (`trellis inspect`, or when a
+/// check failed): as [`ComponentClaims`] or as any other shape, such as raw JSON.
+pub fn decode_unverified<T: serde::de::DeserializeOwned>(jwt: &str) -> Option<T> {
     let body = jwt.trim().split('.').nth(1)?;
     let bytes = b64().decode(body.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
