@@ -6,7 +6,6 @@
 //! component, `M...`), each holding an nkeys seed, created with mode 0600 when missing.
 //! See docs/signing.md.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -231,44 +230,18 @@ fn key(
         "key name `{name}` must be a plain name (no path separators)"
     );
     let path = dir.join(format!("{name}_{kind}.nk"));
-    match std::fs::read_to_string(&path) {
-        Ok(seed) => {
-            let pair = KeyPair::from_seed(seed.trim()).map_err(|_| {
-                anyhow::anyhow!("{} does not hold a valid nkeys seed", path.display())
-            })?;
-            Ok((pair, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if disable_keygen {
-                bail!(
-                    "no {kind} key {} and --disable-keygen is set; create it or drop the flag",
-                    path.display()
-                );
-            }
-            let pair = if kind == "account" {
-                KeyPair::new_account()
-            } else {
-                KeyPair::new_module()
-            };
-            let seed = pair
-                .seed()
-                .map_err(|e| anyhow::anyhow!("cannot read the new key's seed: {e}"))?;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the keys directory {}", dir.display()))?;
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create key file {}", path.display()))?;
-            file.write_all(seed.as_bytes())
-                .with_context(|| format!("cannot write key file {}", path.display()))?;
-            Ok((pair, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read key file {}", path.display())),
+    if disable_keygen && !path.exists() {
+        bail!(
+            "no {kind} key {} and --disable-keygen is set; create it or drop the flag",
+            path.display()
+        );
     }
+    let generate: fn() -> KeyPair = if kind == "account" {
+        KeyPair::new_account
+    } else {
+        KeyPair::new_module
+    };
+    crate::seed_files::read_or_generate(&path, Some(generate))
 }
 
 /// What `claims sign` reports.

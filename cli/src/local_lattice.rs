@@ -144,34 +144,22 @@ struct LatticeKeys {
 impl LatticeKeys {
     /// Reads the seeds, generating the missing ones.
     fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let dir = data_dir.join("auth");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+        if dir.exists() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+        }
         let mut seeds = Vec::new();
         for user in AUTH_USERS {
             let path = dir.join(format!("{user}.nk"));
-            let seed = if path.exists() {
+            if path.exists() {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                     .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
-                read_seed(&path)?
-            } else {
-                let seed = nkeys::KeyPair::new_user()
-                    .seed()
-                    .context("cannot generate an nkey")?;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                seed
-            };
-            seeds.push((user, seed));
+            }
+            let (pair, _) =
+                crate::seed_files::read_or_generate(&path, Some(nkeys::KeyPair::new_user))?;
+            seeds.push((user, pair.seed().context("cannot read an nkey seed")?));
         }
         Ok(Self { dir, seeds })
     }

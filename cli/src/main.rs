@@ -13,6 +13,7 @@ mod local_lattice;
 mod oci_cmds;
 mod output;
 mod progress;
+mod seed_files;
 mod wadm_api;
 mod wadm_cmd;
 
