@@ -11,6 +11,7 @@
 //! component's id appear in `tracing` events.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource};
@@ -180,19 +181,27 @@ impl StaticSecrets {
     pub fn from_files(files: &[(String, std::path::PathBuf)]) -> anyhow::Result<Self> {
         let mut secrets = Self::new();
         for (name, path) in files {
-            let size = std::fs::metadata(path)
-                .map_err(|e| {
-                    anyhow::anyhow!("secret `{name}`: cannot read {}: {e}", path.display())
-                })?
-                .len();
+            let unreadable = |e: std::io::Error| {
+                anyhow::anyhow!("secret `{name}`: cannot read {}: {e}", path.display())
+            };
+            let metadata = std::fs::metadata(path).map_err(unreadable)?;
             anyhow::ensure!(
-                size <= MAX_SECRET_FILE_BYTES,
+                metadata.is_file(),
+                "secret `{name}`: {} is not a regular file; point --secret-file at a file",
+                path.display()
+            );
+            // Bounded even if the file grows (or is swapped) after the check above.
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .map_err(unreadable)?
+                .take(MAX_SECRET_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(unreadable)?;
+            anyhow::ensure!(
+                bytes.len() as u64 <= MAX_SECRET_FILE_BYTES,
                 "secret `{name}`: {} is larger than {MAX_SECRET_FILE_BYTES} bytes",
                 path.display()
             );
-            let bytes = std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("secret `{name}`: cannot read {}: {e}", path.display())
-            })?;
             let value = match String::from_utf8(bytes) {
                 Ok(text) => SecretValue::text(text),
                 Err(not_text) => SecretValue::bytes(not_text.into_bytes()),
@@ -328,6 +337,14 @@ impl reveal::Host for InstanceState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_file_must_be_a_regular_file() {
+        let error = StaticSecrets::from_files(&[("zero".into(), "/dev/zero".into())])
+            .expect_err("a device is refused before it is read")
+            .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+    }
+
     use super::*;
 
     #[test]
