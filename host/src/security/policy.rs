@@ -238,10 +238,18 @@ impl PolicyClient {
                                     ),
                                 }
                             }
-                            Err(error) => tracing::warn!(
-                                %error,
-                                "ignoring a policy change that is not a decision"
-                            ),
+                            Err(error) => {
+                                // Anyone who may publish on the topic can repeat this at will.
+                                static NOT_A_DECISION: crate::log_limit::LogLimiter =
+                                    crate::log_limit::LogLimiter::new(Duration::from_secs(10));
+                                if let Some(suppressed) = NOT_A_DECISION.allow() {
+                                    tracing::warn!(
+                                        %error,
+                                        suppressed,
+                                        "ignoring a policy change that is not a decision"
+                                    );
+                                }
+                            }
                         }
                     }
                 }))
