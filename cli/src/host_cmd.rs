@@ -39,10 +39,19 @@ pub struct HostArgs {
     #[arg(long, env = "TRELLIS_ALLOW_FILE_LOAD")]
     pub allow_file_load: bool,
     /// Grant the contents of file PATH to every component on this host as the
-    /// `wasmcloud:secrets` secret NAME (repeatable, `NAME=PATH`). Without it every secret
-    /// lookup answers `not-found`. Values are never logged.
+    /// `wasmcloud:secrets` secret NAME (repeatable, `NAME=PATH`). Secrets a manifest references
+    /// come from secrets backends instead (--secrets-topic). Values are never logged.
     #[arg(long = "secret-file", env = "TRELLIS_SECRET_FILES", value_delimiter = ',', value_parser = trellis_providers::secrets::parse_secret_file, value_name = "NAME=PATH")]
     pub secret_files: Vec<(String, PathBuf)>,
+    /// The subject prefix secrets backends answer under (wasmCloud's `--secrets-topic`):
+    /// a backend named B answers `<prefix>.v1alpha1.B.get`.
+    #[arg(
+        long = "secrets-topic",
+        env = "TRELLIS_SECRETS_TOPIC",
+        default_value = trellis_protocol::secrets::DEFAULT_TOPIC_PREFIX,
+        value_name = "PREFIX"
+    )]
+    pub secrets_topic: String,
     /// The largest component file the host loads, in MiB; bigger files (and anything that is
     /// not a regular file, such as /dev/zero) are refused before they are read.
     #[arg(
@@ -182,6 +191,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         direct_advertise: args.direct_advertise.clone(),
         claims_policy: args.signing.claims_policy(),
         policy: args.signing.policy(),
+        secrets_topic: args.secrets_topic.clone(),
         ..HostConfig::default()
     };
     // OCI pulls (registries, cache, mirrors) for every runtime this process builds.
@@ -197,13 +207,16 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     // Built-in capabilities (logging, config, keyvalue, messaging) and providers.
     config.capabilities = trellis_providers::native::capabilities(&config.host_slot);
     if !args.secret_files.is_empty() {
-        // Secrets given explicitly replace the default (empty) secrets capability.
+        // Files add to what manifests' references bring (those are looked up first).
         let secrets = trellis_providers::secrets::StaticSecrets::from_files(&args.secret_files)?;
         config
             .capabilities
             .retain(|capability| capability.name() != "wasmcloud:secrets");
         config.capabilities.push(Arc::new(
-            trellis_providers::secrets::SecretsCapability::new(Arc::new(secrets)),
+            trellis_providers::secrets::SecretsCapability::for_host(
+                &config.host_slot,
+                Arc::new(secrets),
+            ),
         ));
     }
     config.provider_launcher = Some(Arc::new(trellis_providers::Launcher::new()));

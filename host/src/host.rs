@@ -83,6 +83,8 @@ pub struct HostConfig {
     /// wasmCloud's policy service, asked before components and providers start and before
     /// lattice calls reach a component (`--policy-topic`); `None` permits everything.
     pub policy: Option<crate::security::PolicyConfig>,
+    /// The subject prefix of secrets backends (`--secrets-topic`, default `wasmcloud.secrets`).
+    pub secrets_topic: String,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -120,6 +122,7 @@ impl std::fmt::Debug for HostConfig {
             .field("direct_listen", &self.direct_listen)
             .field("claims_policy", &self.claims_policy)
             .field("policy", &self.policy)
+            .field("secrets_topic", &self.secrets_topic)
             .field(
                 "capabilities",
                 &self
@@ -154,6 +157,7 @@ impl Default for HostConfig {
             direct_advertise: None,
             claims_policy: crate::security::ClaimsPolicy::default(),
             policy: None,
+            secrets_topic: trellis_protocol::secrets::DEFAULT_TOPIC_PREFIX.to_string(),
         }
     }
 }
@@ -186,6 +190,10 @@ pub struct Host {
     pub allow_file_load: bool,
     /// The policy service client, when `--policy-topic` is set.
     pub policy: Option<Arc<crate::security::PolicyClient>>,
+    /// Secrets fetched for running components (the `wasmcloud:secrets` capability reads them).
+    pub secrets: crate::secrets::ComponentSecrets,
+    /// Resolves secret references through their backends.
+    pub secret_fetcher: crate::secrets::SecretFetcher,
     labels: RwLock<BTreeMap<String, String>>,
     started: Instant,
     /// How this host reached NATS, for the provider processes it starts.
@@ -388,6 +396,13 @@ impl HostHandle {
         let direct_peers = direct_listener
             .as_ref()
             .map(|_| Arc::new(DirectPeers::default()));
+        let host_token =
+            crate::security::HostToken::issue(&identity.host_id, &identity.friendly_name, &labels)?;
+        let secret_fetcher = crate::secrets::SecretFetcher::new(
+            client.clone(),
+            &config.secrets_topic,
+            host_token.jwt,
+        );
         let (stop_request, stop_rx) = watch::channel(None);
         let host = Arc::new(Host {
             events: EventPublisher::new(client.clone(), &config.lattice, &identity.host_id),
@@ -403,6 +418,8 @@ impl HostHandle {
             provider_launcher: config.provider_launcher.clone(),
             allow_file_load: config.allow_file_load,
             policy,
+            secrets: crate::secrets::ComponentSecrets::default(),
+            secret_fetcher,
             labels: RwLock::new(labels),
             started: Instant::now(),
             nats: config.nats.clone(),

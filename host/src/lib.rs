@@ -20,6 +20,7 @@ pub mod oci;
 pub mod providers;
 pub mod routing;
 pub mod runtime;
+pub mod secrets;
 pub mod security;
 
 #[cfg(test)]

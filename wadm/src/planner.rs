@@ -20,8 +20,9 @@ use crate::lattice::{
 };
 use crate::model::{
     config_name, lattice_config_name, Component, ConfigProperty, Manifest, ScalerProperties,
-    Spread, Trait,
+    SecretProperty, Spread, Trait, SECRET_POLICY_TYPE,
 };
+use trellis_protocol::secrets::{self, SecretPolicy, SecretReference};
 
 /// Why configs and links wait: hosts answer `config.put` and `link.put`.
 const NO_HOSTS: &str = "no host in the lattice yet to store it";
@@ -324,7 +325,8 @@ fn annotations(app: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Every config a manifest defines (with properties): lattice name -> values.
+/// Every config a manifest defines (with properties), and a reference config for each secret
+/// it names: lattice name -> values.
 pub fn defined_configs(manifest: &Manifest) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut add = |cfg: &ConfigProperty| {
@@ -341,7 +343,70 @@ pub fn defined_configs(manifest: &Manifest) -> BTreeMap<String, BTreeMap<String,
             }
         }
     }
+    for secret in all_secrets(manifest) {
+        if let Some(reference) = secret_reference(manifest, secret) {
+            out.insert(
+                secrets::reference_config_name(manifest.name(), &secret.name),
+                reference.to_config_map(),
+            );
+        }
+    }
     out
+}
+
+/// Every secret a manifest names: on components and providers, and on links' sources and
+/// targets.
+fn all_secrets(manifest: &Manifest) -> impl Iterator<Item = &SecretProperty> {
+    manifest.spec.components.iter().flat_map(|comp| {
+        comp.properties.secrets.iter().chain(
+            comp.traits
+                .iter()
+                .filter_map(|tr| match tr {
+                    Trait::Link(link) => Some(link),
+                    _ => None,
+                })
+                .flat_map(|link| {
+                    link.source
+                        .iter()
+                        .flat_map(|s| s.secrets.iter())
+                        .chain(link.target.secrets.iter())
+                }),
+        )
+    })
+}
+
+/// The reference a secret is stored as: its policy's backend and the policy's other
+/// properties, never a value. `None` when its policy is missing or has no backend (validation
+/// refuses such manifests).
+fn secret_reference(manifest: &Manifest, secret: &SecretProperty) -> Option<SecretReference> {
+    let policy = manifest
+        .spec
+        .policies
+        .iter()
+        .find(|p| p.name == secret.properties.policy && p.policy_type == SECRET_POLICY_TYPE)?;
+    let backend = policy.properties.get("backend")?.clone();
+    let properties = policy
+        .properties
+        .iter()
+        .filter(|(k, _)| k.as_str() != "backend")
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Some(SecretReference {
+        name: secret.name.clone(),
+        backend,
+        key: secret.properties.key.clone(),
+        field: secret.properties.field.clone(),
+        version: secret.properties.version.clone(),
+        policy: serde_json::to_string(&SecretPolicy::new(properties)).ok()?,
+    })
+}
+
+/// The reference config names of `secrets`, as components and links name them.
+fn secret_config_names(manifest: &Manifest, secrets: &[SecretProperty]) -> Vec<String> {
+    secrets
+        .iter()
+        .map(|s| secrets::reference_config_name(manifest.name(), &s.name))
+        .collect()
 }
 
 /// Desired links of a manifest, or per link the reason it cannot be built yet.
@@ -375,11 +440,16 @@ fn desired_links(manifest: &Manifest, apps: &[AppView]) -> Vec<(String, Result<L
                         .source_configs()
                         .into_iter()
                         .map(|c| lattice_config_name(manifest.name(), c))
+                        .chain(secret_config_names(
+                            manifest,
+                            props.source.as_ref().map(|s| &s.secrets[..]).unwrap_or(&[]),
+                        ))
                         .collect(),
                     target_config: props
                         .target_configs()
                         .into_iter()
                         .map(|c| lattice_config_name(manifest.name(), c))
+                        .chain(secret_config_names(manifest, &props.target.secrets))
                         .collect(),
                 })
             });
@@ -549,6 +619,7 @@ pub fn plan(apps: &[AppView], lattice: &LatticeState, now: Instant) -> Plan {
                 .config
                 .iter()
                 .map(|c| lattice_config_name(manifest.name(), c))
+                .chain(secret_config_names(manifest, &comp.properties.secrets))
                 .collect();
             let mut progress = Progress::default();
             let mut failed: Vec<String> = Vec::new();

@@ -624,7 +624,15 @@ async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
                 );
             }
         }
-        let config = host.store.merged_config(&cmd.config).await?;
+        let (plain_config, secret_references) = crate::secrets::split_config_names(&cmd.config);
+        if !secret_references.is_empty() {
+            tracing::warn!(
+                provider_id = %cmd.provider_id,
+                references = ?secret_references,
+                "secret references are not passed to providers yet; ignoring them"
+            );
+        }
+        let config = host.store.merged_config(&plain_config).await?;
         let spec = ProviderSpec {
             id: cmd.provider_id.clone(),
             image_ref: cmd.provider_ref.clone(),
@@ -723,6 +731,7 @@ async fn scale_component(host: &Arc<Host>, cmd: ScaleComponentCommand) {
     if cmd.max_instances == 0 {
         match host.components.remove(&cmd.component_id) {
             Some(stopped) => {
+                host.secrets.remove(&cmd.component_id);
                 let mut data = component_event(host, &stopped);
                 data["max_instances"] = 0.into();
                 host.events.publish(names::COMPONENT_SCALED, data).await;
@@ -815,7 +824,8 @@ async fn start_component(
     annotations: std::collections::BTreeMap<String, String>,
     revision: i32,
 ) -> anyhow::Result<Arc<RunningComponent>> {
-    let config = host.store.merged_config(&config_names).await?;
+    let (plain_config, secret_references) = crate::secrets::split_config_names(&config_names);
+    let config = host.store.merged_config(&plain_config).await?;
     let parsed_limits = ComponentLimits::from_map(&limits)?;
     let prepared = host
         .runtime
@@ -852,6 +862,20 @@ async fn start_component(
             );
         }
     }
+    // Secrets last: only a component that may start is shown to a backend.
+    let secrets = host
+        .secret_fetcher
+        .fetch(
+            &host.store,
+            &secret_references,
+            prepared.claims().map(|c| c.jwt.as_str()),
+            annotations
+                .get(crate::secrets::APP_ANNOTATION)
+                .map(String::as_str),
+        )
+        .await
+        .with_context(|| format!("component {id} cannot get its secrets"))?;
+    host.secrets.set(id, secrets);
     Ok(host.components.insert(RunningComponent {
         prepared,
         annotations,

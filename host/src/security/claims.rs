@@ -94,6 +94,10 @@ pub struct ComponentClaims {
     /// wascap's internal revision of the format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wascap_revision: Option<u32>,
+    /// The token these claims were read from (not part of the JSON); secrets backends are
+    /// shown it as the component's identity.
+    #[serde(skip)]
+    pub jwt: String,
 }
 
 impl ComponentClaims {
@@ -300,6 +304,11 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 /// Encodes and signs claims as a wascap JWT with the issuer's (account) key.
 pub fn encode_jwt(claims: &ComponentClaims, issuer: &KeyPair) -> anyhow::Result<String> {
+    sign_jwt(claims, issuer)
+}
+
+/// Encodes any wascap claims body (component, host, ...) as a JWT signed by `issuer`.
+pub fn sign_jwt<T: Serialize>(claims: &T, issuer: &KeyPair) -> anyhow::Result<String> {
     let body = serde_json::to_vec(claims).context("cannot encode the claims")?;
     let signed = format!("{}.{}", b64().encode(HEADER_JSON), b64().encode(body));
     let signature = issuer
@@ -374,7 +383,8 @@ pub fn verify(wasm: &[u8], now: u64) -> Result<Option<ComponentClaims>, ClaimsEr
     let Some(jwt) = jwt else {
         return Ok(None);
     };
-    let claims = decode_jwt(&jwt)?;
+    let mut claims = decode_jwt(&jwt)?;
+    claims.jwt = jwt.trim().to_string();
     let signed = claims
         .metadata
         .as_ref()
@@ -454,6 +464,7 @@ pub fn sign(
             provider: false,
         }),
         wascap_revision: Some(WASCAP_REVISION),
+        jwt: String::new(),
     };
     let jwt = encode_jwt(&claims, account)?;
     let mut section = Vec::new();

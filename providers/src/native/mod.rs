@@ -40,7 +40,10 @@ pub fn capabilities(slot: &HostSlot) -> Vec<Arc<dyn Capability>> {
         Arc::new(crate::messaging::MessagingCapability::new(slot.clone())),
         Arc::new(crate::blobstore::BlobstoreCapability::new(slot.clone())),
         Arc::new(crate::http_client::HttpClientCapability::new(slot.clone())),
-        Arc::new(crate::secrets::SecretsCapability::default()),
+        Arc::new(crate::secrets::SecretsCapability::for_host(
+            slot,
+            Arc::new(crate::secrets::NoSecrets),
+        )),
     ]
 }
 

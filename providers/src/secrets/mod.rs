@@ -4,10 +4,10 @@
 //! capability's [`SecretSource`] for the secret `key` granted to the calling component; the
 //! guest gets an opaque `secret` handle holding the value, and `reveal` hands the value over.
 //!
-//! What exists in this first slice (see `docs/secrets.md`): the interface, the handle, a
-//! [`SecretValue`] type that never prints its contents, and [`StaticSecrets`], an in-memory
-//! source the host is given explicitly. A host with no source ([`NoSecrets`], the default)
-//! answers `not-found` for every key. Nothing here logs a value: only key names and the calling
+//! Sources (see `docs/secrets.md`): [`HostSecrets`], what the host fetched from secrets
+//! backends for each component's manifest references (the default on a lattice host), and
+//! [`StaticSecrets`], an in-memory map the host is given explicitly (`--secret-file`).
+//! [`NoSecrets`] answers `not-found` for every key. Nothing here logs a value: only key names and the calling
 //! component's id appear in `tracing` events.
 
 use std::collections::HashMap;
@@ -31,77 +31,7 @@ mod bindings {
 
 use bindings::wasmcloud::secrets::{reveal, store};
 
-/// A secret's value. `Debug` and `Display` print `<redacted>`, so a value cannot reach a log
-/// through formatting; [`SecretValue::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(Value);
-
-/// The two shapes `wasmcloud:secrets` knows.
-#[derive(Clone, PartialEq, Eq)]
-enum Value {
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-/// What [`SecretValue::expose`] returns: the value, borrowed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum ExposedSecret<'a> {
-    /// A text secret.
-    Text(&'a str),
-    /// A binary secret.
-    Bytes(&'a [u8]),
-}
-
-impl SecretValue {
-    /// A text secret.
-    pub fn text(value: impl Into<String>) -> Self {
-        Self(Value::Text(value.into()))
-    }
-
-    /// A binary secret.
-    pub fn bytes(value: impl Into<Vec<u8>>) -> Self {
-        Self(Value::Bytes(value.into()))
-    }
-
-    /// The value itself. Call sites are the places secrets leave their wrapper: keep them few.
-    pub fn expose(&self) -> ExposedSecret<'_> {
-        match &self.0 {
-            Value::Text(text) => ExposedSecret::Text(text),
-            Value::Bytes(bytes) => ExposedSecret::Bytes(bytes),
-        }
-    }
-
-    /// The value's length in bytes (safe to log).
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            Value::Text(text) => text.len(),
-            Value::Bytes(bytes) => bytes.len(),
-        }
-    }
-
-    /// Whether the value is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::fmt::Display for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::fmt::Debug for ExposedSecret<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use trellis_host::secrets::{ExposedSecret, SecretValue};
 
 /// Why a secret could not be fetched; mirrors `wasmcloud:secrets/store.secrets-error`.
 /// Messages must not contain secret values (they reach the guest and may be logged).
@@ -222,6 +152,33 @@ impl SecretSource for StaticSecrets {
     }
 }
 
+/// Secrets the running host fetched for its components from the references in their
+/// manifests (see `trellis_host::secrets`), then `fallback` (e.g. `--secret-file`).
+pub struct HostSecrets {
+    slot: trellis_host::HostSlot,
+    fallback: Arc<dyn SecretSource>,
+}
+
+impl HostSecrets {
+    /// Reads the host in `slot`, then `fallback`.
+    pub fn new(slot: trellis_host::HostSlot, fallback: Arc<dyn SecretSource>) -> Self {
+        Self { slot, fallback }
+    }
+}
+
+impl SecretSource for HostSecrets {
+    fn get(&self, component_id: &str, key: &str) -> Result<SecretValue, SecretError> {
+        if let Some(value) = self
+            .slot
+            .get()
+            .and_then(|host| host.secrets.get(component_id, key))
+        {
+            return Ok(value);
+        }
+        self.fallback.get(component_id, key)
+    }
+}
+
 /// The host side of a guest's `secret` handle: the value it was fetched with.
 #[derive(Debug)]
 pub struct SecretHandle {
@@ -250,6 +207,12 @@ impl SecretsCapability {
     /// A capability answering from `source`.
     pub fn new(source: Arc<dyn SecretSource>) -> Self {
         Self { source }
+    }
+
+    /// A capability answering what the host in `slot` fetched for each component, then
+    /// `fallback`.
+    pub fn for_host(slot: &trellis_host::HostSlot, fallback: Arc<dyn SecretSource>) -> Self {
+        Self::new(Arc::new(HostSecrets::new(slot.clone(), fallback)))
     }
 }
 

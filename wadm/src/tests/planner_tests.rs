@@ -794,3 +794,79 @@ fn a_removal_in_flight_is_not_sent_again() {
     acknowledge(&mut l, &p.commands, now);
     assert!(plan(&[], &l, now).commands.is_empty());
 }
+
+const WITH_SECRETS: &str = r#"
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata: {name: Shop}
+spec:
+  policies:
+    - name: vault
+      type: policy.secret.wasmcloud.dev/v1alpha1
+      properties: {backend: nats-kv, role_name: shop}
+  components:
+    - name: api
+      type: component
+      properties:
+        image: "file:///api.wasm"
+        secrets:
+          - name: db-password
+            properties: {policy: vault, key: prod/db, version: "2"}
+      traits:
+        - type: spreadscaler
+          properties: {instances: 1}
+        - type: link
+          properties:
+            namespace: wasi
+            package: keyvalue
+            interfaces: [store]
+            target:
+              name: kv
+              secrets:
+                - name: redis-password
+                  properties: {policy: vault, key: prod/redis}
+    - name: kv
+      type: capability
+      properties: {image: "ghcr.io/wasmcloud/keyvalue-redis:0.28.1"}
+      traits:
+        - type: spreadscaler
+          properties: {instances: 1}
+"#;
+
+#[test]
+fn secrets_become_references_named_by_the_component_and_its_links() {
+    use trellis_protocol::secrets::{SecretPolicy, SecretReference};
+    let now = Instant::now();
+    let l = lattice_with(vec![host("H1", &[], now)]);
+    let m = app(WITH_SECRETS);
+    let p = plan(&[deployed(&m)], &l, now);
+    // The references are configs, put first; they hold where to look, never a value.
+    let puts: BTreeMap<String, BTreeMap<String, String>> = p
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::PutConfig { name, values } => Some((name.clone(), values.clone())),
+            _ => None,
+        })
+        .collect();
+    let db = SecretReference::from_config_map(&puts["SECRET_shop-db_password"])
+        .expect("a secret reference");
+    assert_eq!(db.name, "db-password");
+    assert_eq!(db.backend, "nats-kv");
+    assert_eq!(db.key, "prod/db");
+    assert_eq!(db.version.as_deref(), Some("2"));
+    let policy: SecretPolicy = serde_json::from_str(&db.policy).expect("policy JSON");
+    assert_eq!(policy.properties["role_name"], "shop");
+    assert!(!policy.properties.contains_key("backend"));
+    assert!(puts.contains_key("SECRET_shop-redis_password"));
+    // The component names its reference like a config.
+    let scale = p
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            Command::ScaleComponent(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a scale command");
+    assert_eq!(scale.config, vec!["SECRET_shop-db_password".to_string()]);
+}
