@@ -304,11 +304,15 @@ impl LatticeStore {
     }
 
     /// Named configs merged left to right (later names win), as components and providers see
-    /// them. A missing name is an error that names it.
+    /// them. A missing name is an error that names it. Secret references (`SECRET_*`) are not
+    /// configuration and are skipped: [`crate::secrets`] resolves them.
     pub async fn merged_config(&self, names: &[String]) -> anyhow::Result<ConfigMap> {
         limits::check_config_names("config", names).map_err(anyhow::Error::msg)?;
         let mut merged = ConfigMap::new();
-        for name in names {
+        for name in names
+            .iter()
+            .filter(|n| !trellis_protocol::secrets::is_reference_name(n))
+        {
             let values = self.get_config(name).await?.with_context(|| {
                 format!("config {name} does not exist: create it with config.put first")
             })?;
