@@ -604,16 +604,17 @@ async fn start_secrets_backend(
     use trellis_protocol::secrets::{server_xkey_subject, DEFAULT_TOPIC_PREFIX};
     use trellis_secrets::server::DEFAULT_BACKEND_NAME;
     let subject = server_xkey_subject(DEFAULT_TOPIC_PREFIX, DEFAULT_BACKEND_NAME);
-    let probe = || async {
-        let request = client.nats().request(subject.clone(), Vec::new().into());
+    // What answers on `server_xkey` within a second, if anything.
+    async fn probe(client: &LatticeClient, subject: &str) -> Option<String> {
+        let request = client.nats().request(subject.to_string(), Vec::new().into());
         match tokio::time::timeout(Duration::from_secs(1), request).await {
             Ok(Ok(reply)) => Some(String::from_utf8_lossy(&reply.payload).into_owned()),
             _ => None,
         }
-    };
+    }
     let keys = SecretsKeys::load_or_create(&state.data_dir)?;
     if args.nats_url.is_some() {
-        if let Some(other) = probe().await {
+        if let Some(other) = probe(client, &subject).await {
             if other.trim() != keys.transit.public_key() {
                 eprintln!(
                     "note: a secrets backend `{DEFAULT_BACKEND_NAME}` already answers on this \
@@ -644,7 +645,7 @@ async fn start_secrets_backend(
     state.secrets_pid = Some(children.spawn("secrets backend", cmd)?);
     loop {
         children.check_running(&state.log_dir)?;
-        if probe().await.is_some() {
+        if probe(client, &subject).await.is_some() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {

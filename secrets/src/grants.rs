@@ -213,10 +213,6 @@ spec:
       type: policy.secret.wasmcloud.dev/v1alpha1
       properties:
         backend: vault
-    - name: wrong-type
-      type: policy.other/v1
-      properties:
-        backend: nats-kv
   components:
     - name: c
       type: component
@@ -231,10 +227,6 @@ spec:
             properties:
               policy: theirs
               key: vault-key
-          - name: w
-            properties:
-              policy: wrong-type
-              key: other-key
       traits:
         - type: link
           properties:

@@ -58,9 +58,9 @@ pub fn verify(jwt: &str, now: u64) -> Result<Claims, String> {
         b64.decode(part.trim_end_matches('='))
             .map_err(|_| format!("its {what} is not base64url"))
     };
-    let header: serde_json::Value = serde_json::from_slice(&decode(header, "header")?)
+    let header_json: serde_json::Value = serde_json::from_slice(&decode(header, "header")?)
         .map_err(|_| "its header is not JSON".to_string())?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("Ed25519") {
+    if header_json.get("alg").and_then(|a| a.as_str()) != Some("Ed25519") {
         return Err("its header does not say alg Ed25519".to_string());
     }
     let claims: Claims = serde_json::from_slice(&decode(body, "claims")?)
