@@ -183,7 +183,10 @@ impl SecretsKeys {
         let seed = |key: &nkeys::XKey| key.seed().context("cannot read an xkey seed");
         Ok([
             (crate::secrets_serve::ENV_TRANSIT_SEED, seed(&self.transit)?),
-            (crate::secrets_serve::ENV_ENCRYPTION_SEED, seed(&self.encryption)?),
+            (
+                crate::secrets_serve::ENV_ENCRYPTION_SEED,
+                seed(&self.encryption)?,
+            ),
         ])
     }
 }
@@ -606,7 +609,9 @@ async fn start_secrets_backend(
     let subject = server_xkey_subject(DEFAULT_TOPIC_PREFIX, DEFAULT_BACKEND_NAME);
     // What answers on `server_xkey` within a second, if anything.
     async fn probe(client: &LatticeClient, subject: &str) -> Option<String> {
-        let request = client.nats().request(subject.to_string(), Vec::new().into());
+        let request = client
+            .nats()
+            .request(subject.to_string(), Vec::new().into());
         match tokio::time::timeout(Duration::from_secs(1), request).await {
             Ok(Ok(reply)) => Some(String::from_utf8_lossy(&reply.payload).into_owned()),
             _ => None,
@@ -625,10 +630,17 @@ async fn start_secrets_backend(
         }
     }
     let mut cmd = Command::new(exe);
-    cmd.args(["secrets", "serve", "--nats-url", bare_url, "--lattice", &args.lattice])
-        .arg("--admin-xkey")
-        .arg(keys.admin.public_key())
-        .stdin(Stdio::null());
+    cmd.args([
+        "secrets",
+        "serve",
+        "--nats-url",
+        bare_url,
+        "--lattice",
+        &args.lattice,
+    ])
+    .arg("--admin-xkey")
+    .arg(keys.admin.public_key())
+    .stdin(Stdio::null());
     for name in crate::secrets_serve::SEED_ENV_VARS {
         cmd.env_remove(name);
     }

@@ -364,13 +364,36 @@ mod tests {
         assert!(parse(&["secret", "put", "db", "--file", "/f"]).is_ok());
         assert!(parse(&["secret", "put", "db", "--stdin", "-o", "json"]).is_ok());
         assert!(parse(&["secret", "put", "db", "v"]).is_ok());
-        assert!(parse(&["secret", "put", "db"]).is_err(), "a value source is required");
+        assert!(
+            parse(&["secret", "put", "db"]).is_err(),
+            "a value source is required"
+        );
         assert!(parse(&["secret", "put", "db", "v", "--stdin"]).is_err());
         assert!(parse(&["secret", "get-names", "--backend", "other"]).is_ok());
         assert!(parse(&["secret", "del", "db"]).is_ok());
-        assert!(parse(&["secret", "add-mapping", "MABC", "--secret", "a", "--secret", "b"]).is_ok());
-        assert!(parse(&["secret", "remove-mapping", "MABC"]).is_err(), "--secret is required");
-        assert!(parse(&["secrets", "serve", "--admin-xkey", "XA", "--admin-xkey", "XB"]).is_ok());
+        assert!(parse(&[
+            "secret",
+            "add-mapping",
+            "MABC",
+            "--secret",
+            "a",
+            "--secret",
+            "b"
+        ])
+        .is_ok());
+        assert!(
+            parse(&["secret", "remove-mapping", "MABC"]).is_err(),
+            "--secret is required"
+        );
+        assert!(parse(&[
+            "secrets",
+            "serve",
+            "--admin-xkey",
+            "XA",
+            "--admin-xkey",
+            "XB"
+        ])
+        .is_ok());
         // Seeds are never flags.
         assert!(parse(&["secrets", "serve", "--transit-seed", "SX"]).is_err());
     }

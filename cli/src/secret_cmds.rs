@@ -43,7 +43,12 @@ pub struct SecretArgs {
     #[arg(long, global = true, env = "TRELLIS_SECRETS_TOPIC_PREFIX", default_value = DEFAULT_TOPIC_PREFIX)]
     topic_prefix: String,
     /// File holding the backend's admin xkey seed [default: TRELLIS_SECRETS_ADMIN_SEED, else the one of a running `trellis up`]
-    #[arg(long, global = true, env = "TRELLIS_SECRETS_ADMIN_SEED_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_SECRETS_ADMIN_SEED_FILE",
+        value_name = "FILE"
+    )]
     admin_seed_file: Option<PathBuf>,
 }
 
@@ -185,7 +190,11 @@ fn print_mapping(entity: &str, secrets: Vec<String>, output: OutputFormat) -> an
 }
 
 /// The value to put, from the argument, a file or stdin, at most 64 KiB.
-fn read_value(value: Option<&str>, file: Option<&Path>, stdin: bool) -> anyhow::Result<SecretValue> {
+fn read_value(
+    value: Option<&str>,
+    file: Option<&Path>,
+    stdin: bool,
+) -> anyhow::Result<SecretValue> {
     let bytes = match (value, file) {
         (Some(value), _) => {
             eprintln!(
@@ -227,8 +236,9 @@ fn admin_key(file: Option<&Path>, nats_url: &str) -> anyhow::Result<XKey> {
         .ok()
         .filter(|s| !s.trim().is_empty())
     {
-        return XKey::from_seed(seed.trim())
-            .map_err(|_| anyhow::anyhow!("{ENV_ADMIN_SEED} does not hold a valid xkey seed (SX...)"));
+        return XKey::from_seed(seed.trim()).map_err(|_| {
+            anyhow::anyhow!("{ENV_ADMIN_SEED} does not hold a valid xkey seed (SX...)")
+        });
     }
     if let Some(state) = crate::local_lattice::running_state() {
         if let Some(file) = state

@@ -88,7 +88,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TRELLIS_SECRETS_TRANSIT_SEED_FILE", value_name = "FILE")]
     pub transit_seed_file: Option<PathBuf>,
     /// File holding the encryption xkey seed [else TRELLIS_SECRETS_ENCRYPTION_SEED or ENCRYPTION_XKEY_SEED]
-    #[arg(long, env = "TRELLIS_SECRETS_ENCRYPTION_SEED_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "TRELLIS_SECRETS_ENCRYPTION_SEED_FILE",
+        value_name = "FILE"
+    )]
     pub encryption_seed_file: Option<PathBuf>,
     /// Public xkey (`X...`) allowed to put, list, delete and map secrets (repeatable)
     #[arg(
@@ -153,7 +157,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "encryption",
     )?;
     let mut admin_keys = BTreeSet::new();
-    for key in args.admin_xkeys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
+    for key in args
+        .admin_xkeys
+        .iter()
+        .map(|k| k.trim())
+        .filter(|k| !k.is_empty())
+    {
         if XKey::from_public_key(key).is_err() {
             bail!("--admin-xkey {key:?} is not a public xkey (X...)");
         }

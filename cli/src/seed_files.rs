@@ -98,6 +98,9 @@ mod tests {
         assert_eq!(first.public_key(), again.public_key());
         std::fs::write(&path, "SUnotanxkey").unwrap();
         let err = read_or_generate_xkey(&path, true).unwrap_err().to_string();
-        assert!(err.contains("valid xkey seed") && !err.contains("SUnot"), "{err}");
+        assert!(
+            err.contains("valid xkey seed") && !err.contains("SUnot"),
+            "{err}"
+        );
     }
 }

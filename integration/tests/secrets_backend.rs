@@ -37,8 +37,7 @@ impl Keys {
         let seed = |k: XKey| k.seed().expect("seed");
         let admin = XKey::new();
         let admin_file = dir.join("admin.xk");
-        std::fs::write(&admin_file, seed(XKey::from_seed(&admin.seed().expect("seed")).expect("key")))
-            .expect("admin seed file");
+        std::fs::write(&admin_file, admin.seed().expect("seed")).expect("admin seed file");
         Self {
             transit: seed(XKey::new()),
             encryption: seed(XKey::new()),
@@ -61,7 +60,14 @@ impl Backend {
         let log = dir.join(format!("secrets-{}.log", free_port()));
         let file = std::fs::File::create(&log).expect("log");
         let child = Command::new(trellis_bin())
-            .args(["secrets", "serve", "--nats-url", &nats.url(), "--lattice", LATTICE])
+            .args([
+                "secrets",
+                "serve",
+                "--nats-url",
+                &nats.url(),
+                "--lattice",
+                LATTICE,
+            ])
             .args(["--admin-xkey", &keys.admin.public_key()])
             .env("TRELLIS_SECRETS_TRANSIT_SEED", &keys.transit)
             .env("ENCRYPTION_XKEY_SEED", &keys.encryption)
@@ -75,7 +81,10 @@ impl Backend {
         let client = nats.client().await;
         let deadline = Instant::now() + WAIT;
         loop {
-            let probe = client.request(format!("{PREFIX}.v1alpha1.{BACKEND}.server_xkey"), "".into());
+            let probe = client.request(
+                format!("{PREFIX}.v1alpha1.{BACKEND}.server_xkey"),
+                "".into(),
+            );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
                 return backend;
             }
@@ -192,7 +201,9 @@ async fn get(
     app: Option<&str>,
     entity_jwt: &str,
 ) -> Result<String, FetchError> {
-    let secret = client.get(BACKEND, &request(key, app, entity_jwt, None)).await?;
+    let secret = client
+        .get(BACKEND, &request(key, app, entity_jwt, None))
+        .await?;
     Ok(secret.string_secret.unwrap_or_default())
 }
 
@@ -231,7 +242,10 @@ async fn raw(
         .await
         .unwrap_or_else(|e| panic!("{subject}: {e}"));
     serde_json::from_slice(&reply.payload).unwrap_or_else(|e| {
-        panic!("{subject} answered non-JSON ({e}): {}", String::from_utf8_lossy(&reply.payload))
+        panic!(
+            "{subject} answered non-JSON ({e}): {}",
+            String::from_utf8_lossy(&reply.payload)
+        )
     })
 }
 
@@ -251,15 +265,38 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     let file = dir.join("db-pass.txt");
     std::fs::write(&file, value).expect("value file");
     let file_arg = file.display().to_string();
-    let (ok, out, err) = cli(dir, &nats, &keys.admin_file, &["secret", "put", "prod/db", "--file", &file_arg]).await;
+    let (ok, out, err) = cli(
+        dir,
+        &nats,
+        &keys.admin_file,
+        &["secret", "put", "prod/db", "--file", &file_arg],
+    )
+    .await;
     assert!(ok, "{out}\n{err}\n{}", backend.logs());
-    assert!(out.contains("stored secret prod/db") && !out.contains(value), "{out}");
-    let (ok, out, err) =
-        cli(dir, &nats, &keys.admin_file, &["secret", "put", "api-token", "tok-123456", "-o", "json"]).await;
+    assert!(
+        out.contains("stored secret prod/db") && !out.contains(value),
+        "{out}"
+    );
+    let (ok, out, err) = cli(
+        dir,
+        &nats,
+        &keys.admin_file,
+        &["secret", "put", "api-token", "tok-123456", "-o", "json"],
+    )
+    .await;
     assert!(ok, "{err}");
-    assert!(err.contains("shell history"), "the argv value note is printed: {err}");
+    assert!(
+        err.contains("shell history"),
+        "the argv value note is printed: {err}"
+    );
     assert!(!out.contains("tok-123456"), "{out}");
-    let (ok, out, err) = cli(dir, &nats, &keys.admin_file, &["secret", "get-names", "-o", "json"]).await;
+    let (ok, out, err) = cli(
+        dir,
+        &nats,
+        &keys.admin_file,
+        &["secret", "get-names", "-o", "json"],
+    )
+    .await;
     assert!(ok, "{err}");
     let names: Vec<String> = serde_json::from_str(&out).expect("names json");
     assert_eq!(names, vec!["api-token", "prod/db"]);
@@ -280,11 +317,27 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     put_app(&client, "draft", "prod/db", BACKEND, false).await;
     put_app(&client, "vaulted", "prod/db", "vault", true).await;
     let secrets = SecretsClient::new(client.clone(), PREFIX, WAIT);
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), "").await.expect("granted"), value);
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), "")
+            .await
+            .expect("granted"),
+        value
+    );
     let signed = KeyPair::new_module();
     let signed_jwt = component_jwt(&signed);
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), &signed_jwt).await.expect("granted"), value);
-    for app in [Some("other"), Some("draft"), Some("vaulted"), Some("missing"), None] {
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), &signed_jwt)
+            .await
+            .expect("granted"),
+        value
+    );
+    for app in [
+        Some("other"),
+        Some("draft"),
+        Some("vaulted"),
+        Some("missing"),
+        None,
+    ] {
         assert_eq!(
             refused(get(&secrets, "prod/db", app, "").await),
             GetSecretError::Unauthorized,
@@ -300,11 +353,19 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     no_host.context.host_jwt.clear();
     assert!(matches!(
         secrets.get(BACKEND, &no_host).await,
-        Err(FetchError::Backend { error: GetSecretError::InvalidHostJWT(_), .. })
+        Err(FetchError::Backend {
+            error: GetSecretError::InvalidHostJWT(_),
+            ..
+        })
     ));
     // Undeploying withdraws the grant (after the short cache).
     put_app(&client, "brief", "api-token", BACKEND, true).await;
-    assert_eq!(get(&secrets, "api-token", Some("brief"), "").await.expect("granted"), "tok-123456");
+    assert_eq!(
+        get(&secrets, "api-token", Some("brief"), "")
+            .await
+            .expect("granted"),
+        "tok-123456"
+    );
     let undeployed = wadm_request(&client, LATTICE, "undeploy", Some("brief"), Vec::new()).await;
     assert_eq!(undeployed["result"], "acknowledged", "{undeployed}");
     let deadline = Instant::now() + WAIT;
@@ -324,8 +385,16 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("prod/db"), "{out}");
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), &signed_jwt).await.expect("mapped"), value);
-    assert_eq!(refused(get(&secrets, "prod/db", Some("billing"), "").await), GetSecretError::Unauthorized);
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), &signed_jwt)
+            .await
+            .expect("mapped"),
+        value
+    );
+    assert_eq!(
+        refused(get(&secrets, "prod/db", Some("billing"), "").await),
+        GetSecretError::Unauthorized
+    );
     let stranger = component_jwt(&KeyPair::new_module());
     assert_eq!(
         refused(get(&secrets, "prod/db", Some("billing"), &stranger).await),
@@ -340,19 +409,52 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
         dir,
         &nats,
         &keys.admin_file,
-        &["secret", "remove-mapping", &signed_key, "--secret", "prod/db"],
+        &[
+            "secret",
+            "remove-mapping",
+            &signed_key,
+            "--secret",
+            "prod/db",
+        ],
     )
     .await;
     assert!(ok, "{err}");
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), "").await.expect("unrestricted"), value);
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), "")
+            .await
+            .expect("unrestricted"),
+        value
+    );
 
     // Versions select revisions.
-    let admin = AdminClient::new(client.clone(), PREFIX, BACKEND, XKey::from_seed(&keys.admin.seed().expect("seed")).expect("key"), WAIT);
-    let first: u64 = kv.entry("prod/db").await.expect("entry").expect("entry").revision;
-    admin.put("prod/db", SecretValue::Text("rotated".into())).await.expect("put");
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), "").await.expect("latest"), "rotated");
+    let admin = AdminClient::new(
+        client.clone(),
+        PREFIX,
+        BACKEND,
+        XKey::from_seed(&keys.admin.seed().expect("seed")).expect("key"),
+        WAIT,
+    );
+    let first: u64 = kv
+        .entry("prod/db")
+        .await
+        .expect("entry")
+        .expect("entry")
+        .revision;
+    admin
+        .put("prod/db", SecretValue::Text("rotated".into()))
+        .await
+        .expect("put");
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), "")
+            .await
+            .expect("latest"),
+        "rotated"
+    );
     let old = secrets
-        .get(BACKEND, &request("prod/db", Some("billing"), "", Some(&first.to_string())))
+        .get(
+            BACKEND,
+            &request("prod/db", Some("billing"), "", Some(&first.to_string())),
+        )
         .await
         .expect("old revision");
     assert_eq!(old.string_secret.as_deref(), Some(value));
@@ -360,11 +462,21 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
 
     // The largest binary value goes through; one byte more is refused.
     put_app(&client, "blobs", "blob", BACKEND, true).await;
-    let blob: Vec<u8> = (0..MAX_SECRET_BYTES).map(|i| (i % 251) as u8 | 0x80).collect();
-    admin.put("blob", SecretValue::Bytes(blob.clone())).await.expect("64 KiB put");
-    let fetched = secrets.get(BACKEND, &request("blob", Some("blobs"), "", None)).await.expect("64 KiB get");
+    let blob: Vec<u8> = (0..MAX_SECRET_BYTES)
+        .map(|i| (i % 251) as u8 | 0x80)
+        .collect();
+    admin
+        .put("blob", SecretValue::Bytes(blob.clone()))
+        .await
+        .expect("64 KiB put");
+    let fetched = secrets
+        .get(BACKEND, &request("blob", Some("blobs"), "", None))
+        .await
+        .expect("64 KiB get");
     assert_eq!(fetched.binary_secret.as_deref(), Some(&blob[..]));
-    let too_big = admin.put("blob", SecretValue::Bytes(vec![0x80; MAX_SECRET_BYTES + 1])).await;
+    let too_big = admin
+        .put("blob", SecretValue::Bytes(vec![0x80; MAX_SECRET_BYTES + 1]))
+        .await;
     assert!(too_big.unwrap_err().to_string().contains("at most"));
 
     // A wrong admin key can neither put, list, delete nor map.
@@ -381,9 +493,23 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
         assert!(err.contains("unauthorized"), "{args:?}: {err}");
     }
     // An unsealed wasmCloud-style mapping request is refused too.
-    let plain = raw(&client, &format!("add_mapping.{signed_key}"), None, br#"["prod/db"]"#.to_vec()).await;
-    assert!(plain["error"].is_object() || plain["error"].is_string(), "{plain}");
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), "").await.expect("still open"), "rotated");
+    let plain = raw(
+        &client,
+        &format!("add_mapping.{signed_key}"),
+        None,
+        br#"["prod/db"]"#.to_vec(),
+    )
+    .await;
+    assert!(
+        plain["error"].is_object() || plain["error"].is_string(),
+        "{plain}"
+    );
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), "")
+            .await
+            .expect("still open"),
+        "rotated"
+    );
 
     // Malformed and oversized requests get error replies; the backend keeps serving.
     let empty = raw(&client, "get", None, Vec::new()).await;
@@ -398,14 +524,26 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     headers.insert(HOST_XKEY_HEADER, XKey::new().public_key().as_str());
     let unsealed = raw(&client, "get", Some(headers.clone()), b"garbage".to_vec()).await;
     assert_eq!(unsealed["error"], "DecryptionError", "{unsealed}");
-    let huge = raw(&client, "get", Some(headers.clone()), vec![b'x'; 600 * 1024]).await;
+    let huge = raw(
+        &client,
+        "get",
+        Some(headers.clone()),
+        vec![b'x'; 600 * 1024],
+    )
+    .await;
     assert_eq!(huge["error"], "InvalidPayload", "{huge}");
     // Sealed, but not a request.
-    let server = XKey::from_public_key(&secrets.server_key(BACKEND).await.expect("server key")).expect("xkey");
+    let server = XKey::from_public_key(&secrets.server_key(BACKEND).await.expect("server key"))
+        .expect("xkey");
     let sender = XKey::new();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HOST_XKEY_HEADER, sender.public_key().as_str());
-    for body in [&b"{}"[..], b"[1,2]", b"\xff\xfe", br#"{"key":"../x","context":{}}"#] {
+    for body in [
+        &b"{}"[..],
+        b"[1,2]",
+        b"\xff\xfe",
+        br#"{"key":"../x","context":{}}"#,
+    ] {
         let sealed = sender.seal(body, &server).expect("seal");
         let reply = raw(&client, "get", Some(headers.clone()), sealed).await;
         let reply: SecretResponse = serde_json::from_value(reply).expect("a secret response");
@@ -413,25 +551,42 @@ async fn cli_admin_grants_mappings_at_rest_and_restarts() {
     }
     let unknown = raw(&client, "frobnicate.x.y", None, Vec::new()).await;
     assert!(unknown["error"].is_object(), "{unknown}");
-    assert_eq!(get(&secrets, "prod/db", Some("billing"), "").await.expect("still serving"), "rotated");
+    assert_eq!(
+        get(&secrets, "prod/db", Some("billing"), "")
+            .await
+            .expect("still serving"),
+        "rotated"
+    );
 
     // Restarted with the same keys, the old values are served.
+    let first_log = backend.logs();
     backend.kill();
     let backend = Backend::start(&nats, &keys, dir).await;
     let fresh = SecretsClient::new(client.clone(), PREFIX, WAIT);
-    assert_eq!(get(&fresh, "prod/db", Some("billing"), "").await.expect("after restart"), "rotated");
+    assert_eq!(
+        get(&fresh, "prod/db", Some("billing"), "")
+            .await
+            .expect("after restart"),
+        "rotated"
+    );
 
     // Delete through the CLI: gone, history too.
     let (ok, _, err) = cli(dir, &nats, &keys.admin_file, &["secret", "del", "prod/db"]).await;
     assert!(ok, "{err}");
-    assert_eq!(refused(get(&fresh, "prod/db", Some("billing"), "").await), GetSecretError::SecretNotFound);
+    assert_eq!(
+        refused(get(&fresh, "prod/db", Some("billing"), "").await),
+        GetSecretError::SecretNotFound
+    );
     let (ok, out, _) = cli(dir, &nats, &keys.admin_file, &["secret", "get-names"]).await;
-    assert!(ok && !out.contains("prod/db") && out.contains("api-token"), "{out}");
+    assert!(
+        ok && !out.contains("prod/db") && out.contains("api-token"),
+        "{out}"
+    );
     let (ok, _, err) = cli(dir, &nats, &keys.admin_file, &["secret", "del", "prod/db"]).await;
     assert!(!ok && err.contains("no such secret"), "{err}");
 
     // No value ever reached the log.
-    let logs = backend.logs();
+    let logs = first_log + &backend.logs();
     for secret in [value, "tok-123456", "rotated"] {
         assert!(!logs.contains(secret), "a value in the backend log");
     }
@@ -455,7 +610,9 @@ struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
     fn drop(&mut self) {
         if let Some(pid) = up_state(self.0)["pid"].as_u64() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while is_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -470,18 +627,32 @@ async fn trellis_up_runs_the_backend_and_keeps_its_data() {
     let dir = data.path();
     let _down = Down(dir);
     let port = free_port().to_string();
-    let up = ["up", "--detach", "--nats-port", &port, "--lattice", "sec-up"];
+    let up = [
+        "up",
+        "--detach",
+        "--nats-port",
+        &port,
+        "--lattice",
+        "sec-up",
+    ];
     let (ok, out, err) = trellis_cli(dir, &up).await;
     let log = || std::fs::read_to_string(dir.join("logs/up.log")).unwrap_or_default();
     assert!(ok, "up failed:\n{err}\n{}", log());
     assert!(out.contains("secrets     backend nats-kv running"), "{out}");
-    assert!(out.contains("secrets-encryption.xk"), "the key to back up is named: {out}");
+    assert!(
+        out.contains("secrets-encryption.xk"),
+        "the key to back up is named: {out}"
+    );
 
     // Keys are private files; the backend got its seeds by environment, not argv.
     for name in ["transit", "encryption", "admin"] {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join(format!("auth/secrets-{name}.xk"));
-        let mode = std::fs::metadata(&path).expect("key file").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("key file")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
     let state = up_state(dir);
@@ -489,8 +660,12 @@ async fn trellis_up_runs_the_backend_and_keeps_its_data() {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     let cmdline = String::from_utf8_lossy(&cmdline);
     for name in ["transit", "encryption"] {
-        let seed = std::fs::read_to_string(dir.join(format!("auth/secrets-{name}.xk"))).expect("seed");
-        assert!(!cmdline.contains(seed.trim()), "the {name} seed is on the command line");
+        let seed =
+            std::fs::read_to_string(dir.join(format!("auth/secrets-{name}.xk"))).expect("seed");
+        assert!(
+            !cmdline.contains(seed.trim()),
+            "the {name} seed is on the command line"
+        );
     }
 
     // The CLI finds the lattice and the admin key with no flags.
@@ -510,7 +685,10 @@ async fn trellis_up_runs_the_backend_and_keeps_its_data() {
     assert!(ok, "second up failed:\n{err}\n{}", log());
     let (ok, out, err) = trellis_cli_env(dir, &["secret", "get-names", "-o", "json"], &[]).await;
     assert!(ok, "{err}");
-    assert_eq!(serde_json::from_str::<Vec<String>>(&out).ok(), Some(vec!["kept".to_string()]));
+    assert_eq!(
+        serde_json::from_str::<Vec<String>>(&out).ok(),
+        Some(vec!["kept".to_string()])
+    );
     let (ok, _, err) = trellis_cli(dir, &["down"]).await;
     assert!(ok, "{err}");
 }

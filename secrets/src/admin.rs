@@ -171,7 +171,13 @@ mod tests {
 
     #[test]
     fn keys_are_kv_safe_and_bounded() {
-        for good in ["db", "prod/db-password", "a.b", "A_b=c", &"k".repeat(MAX_KEY_LEN)] {
+        for good in [
+            "db",
+            "prod/db-password",
+            "a.b",
+            "A_b=c",
+            &"k".repeat(MAX_KEY_LEN),
+        ] {
             assert!(is_valid_key(good), "{good}");
         }
         for bad in [
@@ -207,7 +213,10 @@ mod tests {
             revision: 3,
             ..AdminResponse::default()
         };
-        assert_eq!(serde_json::to_string(&ok).unwrap_or_default(), r#"{"revision":3}"#);
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap_or_default(),
+            r#"{"revision":3}"#
+        );
         let refused: AdminResponse =
             serde_json::from_str(r#"{"revision":0,"error":"DecryptionError"}"#).unwrap_or_default();
         assert_eq!(refused.error, Some(AdminError::DecryptionError));

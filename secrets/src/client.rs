@@ -143,7 +143,9 @@ impl AdminClient {
     /// The backend's public transit xkey.
     pub async fn server_key(&self) -> anyhow::Result<XKey> {
         let subject = server_xkey_subject(&self.prefix, &self.backend);
-        let reply = self.request(&subject, async_nats::HeaderMap::new(), Vec::new()).await?;
+        let reply = self
+            .request(&subject, async_nats::HeaderMap::new(), Vec::new())
+            .await?;
         std::str::from_utf8(&reply.payload)
             .ok()
             .and_then(|k| XKey::from_public_key(k.trim()).ok())
@@ -151,7 +153,11 @@ impl AdminClient {
     }
 
     /// Seals `body` and sends it as operation `op`; a refusal becomes an error.
-    async fn call<B: Serialize + ?Sized>(&self, op: &str, body: &B) -> anyhow::Result<AdminResponse> {
+    async fn call<B: Serialize + ?Sized>(
+        &self,
+        op: &str,
+        body: &B,
+    ) -> anyhow::Result<AdminResponse> {
         let server = self.server_key().await?;
         let body = serde_json::to_vec(body).context("cannot encode the request")?;
         let sealed = self
@@ -162,16 +168,17 @@ impl AdminClient {
         headers.insert(HOST_XKEY_HEADER, self.admin.public_key().as_str());
         let subject = format!("{}.{op}", backend_subject(&self.prefix, &self.backend));
         let reply = self.request(&subject, headers, sealed).await?;
-        let response: AdminResponse = serde_json::from_slice(&reply.payload).with_context(|| {
-            format!(
-                "the secrets backend answered {op} with something else than a reply: {}",
-                String::from_utf8_lossy(&reply.payload[..reply.payload.len().min(200)])
-            )
-        })?;
+        let response: AdminResponse =
+            serde_json::from_slice(&reply.payload).with_context(|| {
+                format!(
+                    "the secrets backend answered {op} with something else than a reply: {}",
+                    String::from_utf8_lossy(&reply.payload[..reply.payload.len().min(200)])
+                )
+            })?;
         match response.error {
             None => Ok(response),
             Some(AdminError::Unauthorized(why)) => bail!(
-                "the secrets backend `{}` refused: {why}; use the backend's admin seed \
+                "the secrets backend `{}` refused (unauthorized): {why}; use the backend's admin seed \
                  (--admin-seed-file, or TRELLIS_SECRETS_ADMIN_SEED_FILE)",
                 self.backend
             ),

@@ -94,14 +94,21 @@ impl Grants {
             version: Some(version),
         })
         .map_err(|e| format!("cannot encode a reconciler request: {e}"))?;
-        let reply: GetModelResponse = self.request(api_subject(&self.lattice, "get", Some(app)), body).await?;
+        let reply: GetModelResponse = self
+            .request(api_subject(&self.lattice, "get", Some(app)), body)
+            .await?;
         match (reply.result, reply.manifest) {
-            (GetResult::Success, Some(manifest)) => serde_json::from_value(manifest)
-                .map(Some)
-                .map_err(|e| format!("the reconciler answered an unreadable manifest for {app}: {e}")),
+            (GetResult::Success, Some(manifest)) => {
+                serde_json::from_value(manifest).map(Some).map_err(|e| {
+                    format!("the reconciler answered an unreadable manifest for {app}: {e}")
+                })
+            }
             // Deleted or undeployed meanwhile.
             (GetResult::NotFound, _) => Ok(None),
-            (_, _) => Err(format!("the reconciler could not read {app}: {}", reply.message)),
+            (_, _) => Err(format!(
+                "the reconciler could not read {app}: {}",
+                reply.message
+            )),
         }
     }
 
@@ -120,7 +127,10 @@ impl Grants {
                 GetResult::Success => {}
                 GetResult::NotFound => return Ok(None),
                 GetResult::Error => {
-                    return Err(format!("the reconciler could not list {app}: {}", reply.message))
+                    return Err(format!(
+                        "the reconciler could not list {app}: {}",
+                        reply.message
+                    ))
                 }
             }
             if let Some(deployed) = reply.versions.iter().find(|v| v.deployed) {

@@ -130,14 +130,15 @@ mod tests {
             &account,
             &serde_json::json!({"iss": account.public_key(), "sub": module, "nbf": 500}),
         );
-        assert!(verify(&early, 100).unwrap_err().contains("not valid before"));
+        assert!(verify(&early, 100)
+            .unwrap_err()
+            .contains("not valid before"));
 
         // Altered claims keep the old signature: refused.
         let mut parts: Vec<String> = jwt.split('.').map(str::to_string).collect();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        parts[1] = b64.encode(
-            serde_json::json!({"iss": account.public_key(), "sub": "MOTHER"}).to_string(),
-        );
+        parts[1] = b64
+            .encode(serde_json::json!({"iss": account.public_key(), "sub": "MOTHER"}).to_string());
         assert!(verify(&parts.join("."), 100).is_err());
     }
 

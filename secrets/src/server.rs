@@ -257,11 +257,7 @@ impl Backend {
     }
 
     /// Opens a sealed request: the requester's public xkey and the opened body.
-    fn open<E>(
-        &self,
-        msg: &Message,
-        errors: [E; 4],
-    ) -> Result<(XKey, Vec<u8>), E> {
+    fn open<E>(&self, msg: &Message, errors: [E; 4]) -> Result<(XKey, Vec<u8>), E> {
         let [invalid_payload, invalid_headers, invalid_xkey, decryption] = errors;
         if msg.payload.is_empty() || msg.payload.len() > MAX_REQUEST_BYTES {
             return Err(invalid_payload);
@@ -494,7 +490,9 @@ impl Backend {
                     )));
                 }
                 let names: MappingNames = serde_json::from_slice(&body).map_err(|_| {
-                    AdminError::InvalidRequest("the body is not a JSON array of secret names".into())
+                    AdminError::InvalidRequest(
+                        "the body is not a JSON array of secret names".into(),
+                    )
                 })?;
                 if names.len() > MAX_NAMES_PER_MAPPING {
                     return Err(AdminError::InvalidRequest(format!(
@@ -507,7 +505,8 @@ impl Backend {
                         truncate(bad, 64)
                     )));
                 }
-                self.change_mapping(entity, &names, op == OP_ADD_MAPPING).await
+                self.change_mapping(entity, &names, op == OP_ADD_MAPPING)
+                    .await
             }
         }
     }
@@ -633,21 +632,31 @@ impl Backend {
                 }
                 set.retain(|n| !names.contains(n));
             }
-            let value = serde_json::to_vec(&set)
-                .map_err(|e| AdminError::UpstreamError(e.to_string()))?;
+            let value =
+                serde_json::to_vec(&set).map_err(|e| AdminError::UpstreamError(e.to_string()))?;
             let written = match revision {
                 Some(revision) => self
                     .state
                     .update(entity, value.into(), revision)
                     .await
                     .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    }),
                 None => self
                     .state
                     .create(entity, value.into())
                     .await
                     .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::CreateErrorKind::AlreadyExists,
+                            e.to_string(),
+                        )
+                    }),
             };
             match written {
                 Ok(()) => {
