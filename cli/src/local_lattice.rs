@@ -1196,7 +1196,10 @@ mod tests {
         assert!(config.contains("listen: \"127.0.0.1:4222\""), "{config}");
         // (Not `contains("SU")`: a public key may hold those two letters by chance.)
         for (user, seed) in &first.seeds {
-            assert!(!config.contains(seed.as_str()), "{user}'s seed in the config");
+            assert!(
+                !config.contains(seed.as_str()),
+                "{user}'s seed in the config"
+            );
         }
         assert_eq!(config.matches("nkey: \"U").count(), 4, "{config}");
     }
