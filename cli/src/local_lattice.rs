@@ -39,7 +39,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
   TRELLIS_NATS_CREDS=lattice.creds trellis up --nats-url tls://nats.example:4222
 
 The NATS `trellis up` starts listens on 127.0.0.1 only and admits only the nkey users it
-generates on first start (host, wadm, cli; seeds in <data-dir>/auth, mode 0600); other trellis
+generates on first start (host, wadm, cli, secrets; seeds in <data-dir>/auth, mode 0600). It
+also runs the nats-kv secrets backend (--no-secrets to skip), whose xkeys are kept there too:
+back up auth/secrets-encryption.xk, which seals every stored secret. Other trellis
 commands on this machine find the CLI's key by themselves. --insecure starts it without
 authentication. When joining with --nats-url, the --nats-* options (or TRELLIS_NATS_*) say
 how to authenticate, and the host and reconciler get them through their environment.")]
@@ -77,6 +79,9 @@ pub struct UpArgs {
     /// Refuse file:// component references (allowed by default on a local lattice)
     #[arg(long)]
     pub no_file_load: bool,
+    /// Do not run the built-in nats-kv secrets backend
+    #[arg(long)]
+    pub no_secrets: bool,
     /// Where state, NATS data and logs go [default: $XDG_DATA_HOME/trellis or ~/.local/share/trellis]
     #[arg(long, env = "TRELLIS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -129,10 +134,62 @@ pub struct UpState {
     /// The CLI's nkey seed file, when `up` started a NATS that requires authentication.
     #[serde(default)]
     pub cli_seed_file: Option<PathBuf>,
+    /// The secrets backend child (`trellis secrets serve`).
+    #[serde(default)]
+    pub secrets_pid: Option<u32>,
+    /// The secrets backend's name, when `up` runs one.
+    #[serde(default)]
+    pub secrets_backend: Option<String>,
+    /// The admin xkey seed file of the secrets backend `up` runs (`trellis secret ...` use it).
+    #[serde(default)]
+    pub secrets_admin_seed_file: Option<PathBuf>,
 }
 
 /// The nkey users of a NATS that `trellis up` starts, in `<data-dir>/auth`.
-const AUTH_USERS: [&str; 3] = ["host", "wadm", "cli"];
+const AUTH_USERS: [&str; 4] = ["host", "wadm", "cli", "secrets"];
+
+/// The xkeys of the secrets backend `trellis up` runs, generated on first start and kept in
+/// `<data-dir>/auth/secrets-<name>.xk` with mode 0600. The encryption key seals every stored
+/// value: it is the one to back up.
+struct SecretsKeys {
+    transit: nkeys::XKey,
+    encryption: nkeys::XKey,
+    admin: nkeys::XKey,
+    admin_file: PathBuf,
+}
+
+impl SecretsKeys {
+    fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("auth");
+        let load = |name: &str| {
+            let path = dir.join(format!("secrets-{name}.xk"));
+            if path.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+            }
+            crate::seed_files::read_or_generate_xkey(&path, true).map(|(key, _)| key)
+        };
+        Ok(Self {
+            transit: load("transit")?,
+            encryption: load("encryption")?,
+            admin: load("admin")?,
+            admin_file: dir.join("secrets-admin.xk"),
+        })
+    }
+
+    /// The backend's seeds as environment variables (never argv).
+    fn child_env(&self) -> anyhow::Result<[(&'static str, String); 2]> {
+        let seed = |key: &nkeys::XKey| key.seed().context("cannot read an xkey seed");
+        Ok([
+            (crate::secrets_serve::ENV_TRANSIT_SEED, seed(&self.transit)?),
+            (
+                crate::secrets_serve::ENV_ENCRYPTION_SEED,
+                seed(&self.encryption)?,
+            ),
+        ])
+    }
+}
 
 /// The seeds of the lattice's users (host, reconciler, CLI), generated on first start and kept
 /// in `<data-dir>/auth/<user>.nk` with mode 0600.
@@ -356,6 +413,9 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         log_dir,
         cli_seed_file: None,
+        secrets_pid: None,
+        secrets_backend: None,
+        secrets_admin_seed_file: None,
     };
     write_state(&state)?;
     let mut children = Children::default();
@@ -435,6 +495,23 @@ async fn bring_up_and_watch(
     )
     .await?;
 
+    // The secrets backend, before the host so components that need secrets can start.
+    if !args.no_secrets {
+        start_secrets_backend(
+            &exe,
+            &bare_url,
+            &nats_url,
+            &auth_of("secrets"),
+            args,
+            state,
+            children,
+            &client,
+            deadline,
+        )
+        .await?;
+        write_state(state)?;
+    }
+
     // Host.
     let before: Vec<String> = client
         .ping_hosts()
@@ -512,6 +589,90 @@ async fn bring_up_and_watch(
     bail!("the {name} exited unexpectedly ({status}); stopping everything")
 }
 
+/// Starts `trellis secrets serve` with the data directory's keys (seeds in its environment)
+/// and waits until it answers; when another backend of the same name already answers on the
+/// lattice (a joined NATS), leaves it alone.
+#[allow(clippy::too_many_arguments)]
+async fn start_secrets_backend(
+    exe: &Path,
+    bare_url: &str,
+    nats_url: &str,
+    auth: &NatsAuth,
+    args: &UpArgs,
+    state: &mut UpState,
+    children: &mut Children,
+    client: &LatticeClient,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    use trellis_protocol::secrets::{server_xkey_subject, DEFAULT_TOPIC_PREFIX};
+    use trellis_secrets::server::DEFAULT_BACKEND_NAME;
+    let subject = server_xkey_subject(DEFAULT_TOPIC_PREFIX, DEFAULT_BACKEND_NAME);
+    // What answers on `server_xkey` within a second, if anything.
+    async fn probe(client: &LatticeClient, subject: &str) -> Option<String> {
+        let request = client
+            .nats()
+            .request(subject.to_string(), Vec::new().into());
+        match tokio::time::timeout(Duration::from_secs(1), request).await {
+            Ok(Ok(reply)) => Some(String::from_utf8_lossy(&reply.payload).into_owned()),
+            _ => None,
+        }
+    }
+    let keys = SecretsKeys::load_or_create(&state.data_dir)?;
+    if args.nats_url.is_some() {
+        if let Some(other) = probe(client, &subject).await {
+            if other.trim() != keys.transit.public_key() {
+                eprintln!(
+                    "note: a secrets backend `{DEFAULT_BACKEND_NAME}` already answers on this \
+                     NATS; not starting another (its keys are not this data directory's)"
+                );
+                return Ok(());
+            }
+        }
+    }
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "secrets",
+        "serve",
+        "--nats-url",
+        bare_url,
+        "--lattice",
+        &args.lattice,
+    ])
+    .arg("--admin-xkey")
+    .arg(keys.admin.public_key())
+    .stdin(Stdio::null());
+    for name in crate::secrets_serve::SEED_ENV_VARS {
+        cmd.env_remove(name);
+    }
+    for name in [
+        "TRELLIS_SECRETS_BACKEND",
+        "TRELLIS_SECRETS_TOPIC_PREFIX",
+        "TRELLIS_SECRETS_BUCKET",
+        "TRELLIS_SECRETS_ADMIN_XKEYS",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(keys.child_env()?);
+    set_child_auth(&mut cmd, auth, nats_url);
+    state.secrets_pid = Some(children.spawn("secrets backend", cmd)?);
+    loop {
+        children.check_running(&state.log_dir)?;
+        if probe(client, &subject).await.is_some() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the secrets backend did not answer on {subject} within {} s; see its output above",
+                args.ready_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    state.secrets_backend = Some(DEFAULT_BACKEND_NAME.to_string());
+    state.secrets_admin_seed_file = Some(keys.admin_file.clone());
+    Ok(())
+}
+
 /// Deploys `manifest` and prints the outcome; a failure is reported but does not stop the lattice.
 async fn deploy_manifest(client: &LatticeClient, manifest: &Path, output: OutputFormat) {
     let args = DeployArgs {
@@ -565,6 +726,13 @@ fn print_summary(
         "  reconciler  answering on wadm.api.{}.model.*",
         state.lattice
     );
+    if let (Some(backend), Some(admin)) = (&state.secrets_backend, &state.secrets_admin_seed_file) {
+        let dir = admin.parent().unwrap_or(admin);
+        println!(
+            "  secrets     backend {backend} running (`trellis secret put NAME --file F`); back up {}",
+            dir.join("secrets-encryption.xk").display()
+        );
+    }
     match &state.cli_seed_file {
         Some(cli) => println!(
             "  auth        nkeys required; seeds in {} (other trellis commands here use cli.nk)",
@@ -614,6 +782,9 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
     }
     if args.no_file_load {
         cmd.arg("--no-file-load");
+    }
+    if args.no_secrets {
+        cmd.arg("--no-secrets");
     }
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -706,9 +877,14 @@ pub async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     if !is_up_process(state.pid) {
         let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
         // The supervisor is gone; make sure no child outlived it.
-        for pid in [state.wadm_pid, state.host_pid, state.nats_pid]
-            .into_iter()
-            .flatten()
+        for pid in [
+            state.wadm_pid,
+            state.host_pid,
+            state.secrets_pid,
+            state.nats_pid,
+        ]
+        .into_iter()
+        .flatten()
         {
             if is_alive(pid) {
                 signal(pid, libc::SIGTERM);
@@ -729,6 +905,7 @@ pub async fn run_down(args: DownArgs) -> anyhow::Result<()> {
                 Some(state.pid),
                 state.wadm_pid,
                 state.host_pid,
+                state.secrets_pid,
                 state.nats_pid,
             ]
             .into_iter()
@@ -990,6 +1167,9 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             log_dir: dir.path().join("logs"),
             cli_seed_file: None,
+            secrets_pid: None,
+            secrets_backend: None,
+            secrets_admin_seed_file: None,
         };
         write_state(&state).unwrap();
         assert_eq!(read_state(dir.path()), Some(state.clone()));
@@ -1014,8 +1194,14 @@ mod tests {
         assert_eq!(first.seeds, again.seeds);
         let config = first.nats_config(4222, &dir.path().join("nats")).unwrap();
         assert!(config.contains("listen: \"127.0.0.1:4222\""), "{config}");
-        assert!(!config.contains("SU"), "no seed in the config: {config}");
-        assert_eq!(config.matches("nkey: \"U").count(), 3, "{config}");
+        // (Not `contains("SU")`: a public key may hold those two letters by chance.)
+        for (user, seed) in &first.seeds {
+            assert!(
+                !config.contains(seed.as_str()),
+                "{user}'s seed in the config"
+            );
+        }
+        assert_eq!(config.matches("nkey: \"U").count(), 4, "{config}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ mod local_lattice;
 mod oci_cmds;
 mod output;
 mod progress;
+mod secret_cmds;
+mod secrets_serve;
 mod seed_files;
 mod wadm_api;
 mod wadm_cmd;
@@ -75,6 +77,10 @@ enum Command {
     Host(HostCommand),
     /// Run the reconciler: keep deployed OAM applications in their declared state.
     Wadm(wadm_cmd::WadmArgs),
+    /// Run the built-in nats-kv secrets backend (`trellis secrets serve`)
+    Secrets(secrets_serve::SecretsArgs),
+    /// Store, list, delete and map secrets in a nats-kv secrets backend (values never printed)
+    Secret(secret_cmds::SecretArgs),
     /// Run a capability provider as its own process (started and supervised by a host, which
     /// writes its connection data on stdin; `trellis+process://http-server` refs do this)
     #[command(hide = true)]
@@ -148,6 +154,8 @@ fn main() -> std::process::ExitCode {
             }) => lattice_cmds::run_stop_host(args).await,
             Command::Host(HostCommand { run, action: None }) => host_cmd::run(run).await,
             Command::Wadm(args) => wadm_cmd::run(args).await,
+            Command::Secrets(args) => secrets_serve::run(args).await,
+            Command::Secret(args) => secret_cmds::run(args).await,
             Command::Provider { name } => trellis_providers::run_provider_process(&name).await,
             Command::Push(args) => oci_cmds::run_push(args).await,
             Command::Pull(args) => oci_cmds::run_pull(args).await,
@@ -349,6 +357,45 @@ mod tests {
         assert!(parse(&["app", "get", "hello", "--version", "v1"]).is_ok());
         assert!(parse(&["app", "delete", "hello"]).is_ok());
         assert!(parse(&["app", "versions", "hello", "--output", "json"]).is_ok());
+    }
+
+    #[test]
+    fn secret_commands_parse() {
+        assert!(parse(&["secret", "put", "db", "--file", "/f"]).is_ok());
+        assert!(parse(&["secret", "put", "db", "--stdin", "-o", "json"]).is_ok());
+        assert!(parse(&["secret", "put", "db", "v"]).is_ok());
+        assert!(
+            parse(&["secret", "put", "db"]).is_err(),
+            "a value source is required"
+        );
+        assert!(parse(&["secret", "put", "db", "v", "--stdin"]).is_err());
+        assert!(parse(&["secret", "get-names", "--backend", "other"]).is_ok());
+        assert!(parse(&["secret", "del", "db"]).is_ok());
+        assert!(parse(&[
+            "secret",
+            "add-mapping",
+            "MABC",
+            "--secret",
+            "a",
+            "--secret",
+            "b"
+        ])
+        .is_ok());
+        assert!(
+            parse(&["secret", "remove-mapping", "MABC"]).is_err(),
+            "--secret is required"
+        );
+        assert!(parse(&[
+            "secrets",
+            "serve",
+            "--admin-xkey",
+            "XA",
+            "--admin-xkey",
+            "XB"
+        ])
+        .is_ok());
+        // Seeds are never flags.
+        assert!(parse(&["secrets", "serve", "--transit-seed", "SX"]).is_err());
     }
 
     #[test]

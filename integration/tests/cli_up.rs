@@ -203,7 +203,9 @@ async fn up_insecure_says_so_and_admits_anyone() {
     assert!(ok, "up failed:\n{err}\nlog:\n{}", log_of(dir));
     assert!(err.contains("WARNING: --insecure"), "{err}");
     assert!(out.contains("NONE (--insecure)"), "{out}");
-    assert!(!dir.join("auth").exists());
+    // No NATS users (only the secrets backend's xkeys, which it runs with --insecure too).
+    assert!(!dir.join("auth/cli.nk").exists());
+    assert!(out.contains("secrets     backend nats-kv running"), "{out}");
     let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await;
     assert!(client.is_ok(), "--insecure keeps today's open NATS");
     let (ok, out, err) = trellis_cli(dir, &["get", "hosts"]).await;

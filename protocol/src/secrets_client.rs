@@ -139,7 +139,9 @@ impl SecretsClient {
         headers.insert(HOST_XKEY_HEADER, ours.public_key().as_str());
         let subject = get_subject(&self.prefix, backend);
         let reply = self.request(backend, &subject, headers, sealed).await?;
-        if reply.payload.len() > MAX_SECRET_BYTES * 2 + 4096 {
+        // JSON may spend up to 6 bytes on one byte of value (`\u0001` in a string, `255,` in
+        // a binary array), plus the envelope and the seal.
+        if reply.payload.len() > MAX_SECRET_BYTES * 6 + 4096 {
             return Err(protocol(format!(
                 "the answer is {} bytes, more than a secret may be",
                 reply.payload.len()
