@@ -103,7 +103,10 @@ impl TelemetryConfig {
     /// `None` lets the exporter read `OTEL_EXPORTER_OTLP_{SIGNAL_}ENDPOINT`. A per-signal
     /// variable wins over the flag (it is the more specific setting).
     pub fn signal_endpoint(&self, signal: &str) -> Option<String> {
-        let specific = format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.to_ascii_uppercase());
+        let specific = format!(
+            "OTEL_EXPORTER_OTLP_{}_ENDPOINT",
+            signal.to_ascii_uppercase()
+        );
         if std::env::var_os(&specific).is_some() {
             return None;
         }

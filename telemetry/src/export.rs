@@ -114,11 +114,7 @@ impl HttpClient for TokioHttpClient {
         });
         let result = match task.await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(format!(
-                "no answer within {} s",
-                EXPORT_TIMEOUT.as_secs()
-            )
-            .into()),
+            Ok(Err(_)) => Err(format!("no answer within {} s", EXPORT_TIMEOUT.as_secs()).into()),
             Err(join) => Err(format!("the export task ended: {join}").into()),
         };
         match &result {

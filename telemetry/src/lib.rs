@@ -43,6 +43,14 @@ pub use config::{Signals, TelemetryConfig};
 static TRACES: AtomicBool = AtomicBool::new(false);
 static METRICS: AtomicBool = AtomicBool::new(false);
 static HOST_ID: OnceLock<Box<str>> = OnceLock::new();
+static CHILD_ENV: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+
+/// Variables to give a child process (a provider the host starts) so that it exports
+/// telemetry as this process was told to ([`TelemetryConfig::child_env`]); empty before
+/// [`init`].
+pub fn child_env() -> Vec<(&'static str, String)> {
+    CHILD_ENV.get().cloned().unwrap_or_default()
+}
 
 /// Whether spans are exported: the one branch the hot paths take before making a span.
 #[inline]
@@ -83,7 +91,10 @@ impl std::fmt::Debug for Telemetry {
             .field("traces", &self.tracer.is_some())
             .field("logs", &self.logger.is_some())
             .field("metrics", &self.meter.is_some())
-            .field("prometheus", &self.prometheus.as_ref().map(|p| p.local_addr()))
+            .field(
+                "prometheus",
+                &self.prometheus.as_ref().map(|p| p.local_addr()),
+            )
             .finish()
     }
 }
@@ -115,9 +126,7 @@ impl Telemetry {
             }
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(handle)
-                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(stop)
             }
             _ => stop(),
@@ -162,6 +171,7 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
         .with_writer(std::io::stderr)
         .with_filter(fmt_filter);
     let signals = config.signals();
+    let _ = CHILD_ENV.set(config.child_env());
     let mut warnings = signals.warnings.clone();
     let resource = resource(&config);
     let handle = tokio::runtime::Handle::current();
@@ -270,7 +280,9 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
         TRACES.store(true, Ordering::Relaxed);
     }
     let prometheus = match (config.metrics_listen, prometheus_reader) {
-        (Some(addr), Some(reader)) => Some(prometheus::PrometheusServer::start(addr, reader).await?),
+        (Some(addr), Some(reader)) => {
+            Some(prometheus::PrometheusServer::start(addr, reader).await?)
+        }
         _ => None,
     };
     for warning in warnings {
@@ -299,10 +311,8 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
 /// `service.name` (from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when set, else the
 /// process's default), `service.version`, and `OTEL_RESOURCE_ATTRIBUTES`.
 fn resource(config: &TelemetryConfig) -> Resource {
-    let mut builder = Resource::builder().with_attribute(KeyValue::new(
-        "service.version",
-        env!("CARGO_PKG_VERSION"),
-    ));
+    let mut builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     let named_by_env = std::env::var_os("OTEL_SERVICE_NAME").is_some()
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
             .is_ok_and(|attrs| attrs.contains("service.name="));

@@ -158,7 +158,13 @@ fn answer(reader: &PrometheusReader, request: &Request<Incoming>) -> Response<Fu
 fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
@@ -173,7 +179,10 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn labels<'a>(attributes: impl Iterator<Item = &'a KeyValue>, extra: Option<(&str, &str)>) -> String {
+fn labels<'a>(
+    attributes: impl Iterator<Item = &'a KeyValue>,
+    extra: Option<(&str, &str)>,
+) -> String {
     let mut parts: Vec<String> = attributes
         .map(|kv| {
             format!(
@@ -199,7 +208,11 @@ trait Num: Copy {
 impl Num for f64 {
     fn text(self) -> String {
         if self.is_infinite() {
-            if self > 0.0 { "+Inf".into() } else { "-Inf".into() }
+            if self > 0.0 {
+                "+Inf".into()
+            } else {
+                "-Inf".into()
+            }
         } else {
             format!("{self}")
         }
@@ -220,10 +233,19 @@ fn render_data<T: Num>(out: &mut String, base: &str, unit: &str, help: &str, dat
     let seconds = unit == "s";
     match data {
         MetricData::Gauge(gauge) => {
-            let name = if seconds { format!("{base}_seconds") } else { base.to_string() };
+            let name = if seconds {
+                format!("{base}_seconds")
+            } else {
+                base.to_string()
+            };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for point in gauge.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(point.attributes(), None), point.value().text());
+                let _ = writeln!(
+                    out,
+                    "{name}{} {}",
+                    labels(point.attributes(), None),
+                    point.value().text()
+                );
             }
         }
         MetricData::Sum(sum) => {
@@ -234,11 +256,20 @@ fn render_data<T: Num>(out: &mut String, base: &str, unit: &str, help: &str, dat
             };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for point in sum.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(point.attributes(), None), point.value().text());
+                let _ = writeln!(
+                    out,
+                    "{name}{} {}",
+                    labels(point.attributes(), None),
+                    point.value().text()
+                );
             }
         }
         MetricData::Histogram(histogram) => {
-            let name = if seconds { format!("{base}_seconds") } else { base.to_string() };
+            let name = if seconds {
+                format!("{base}_seconds")
+            } else {
+                base.to_string()
+            };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for point in histogram.data_points() {
                 let mut cumulative = 0u64;
@@ -258,8 +289,18 @@ fn render_data<T: Num>(out: &mut String, base: &str, unit: &str, help: &str, dat
                     labels(point.attributes(), Some(("le", "+Inf"))),
                     point.count()
                 );
-                let _ = writeln!(out, "{name}_sum{} {}", labels(point.attributes(), None), point.sum().text());
-                let _ = writeln!(out, "{name}_count{} {}", labels(point.attributes(), None), point.count());
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{} {}",
+                    labels(point.attributes(), None),
+                    point.sum().text()
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}_count{} {}",
+                    labels(point.attributes(), None),
+                    point.count()
+                );
             }
         }
         // Not configured for any instrument here.
@@ -275,9 +316,15 @@ pub fn render(metrics: &ResourceMetrics) -> String {
             let base = sanitize(metric.name());
             let help = metric.description().replace('\n', " ");
             match metric.data() {
-                AggregatedMetrics::F64(data) => render_data(&mut out, &base, metric.unit(), &help, data),
-                AggregatedMetrics::U64(data) => render_data(&mut out, &base, metric.unit(), &help, data),
-                AggregatedMetrics::I64(data) => render_data(&mut out, &base, metric.unit(), &help, data),
+                AggregatedMetrics::F64(data) => {
+                    render_data(&mut out, &base, metric.unit(), &help, data)
+                }
+                AggregatedMetrics::U64(data) => {
+                    render_data(&mut out, &base, metric.unit(), &help, data)
+                }
+                AggregatedMetrics::I64(data) => {
+                    render_data(&mut out, &base, metric.unit(), &help, data)
+                }
             }
         }
     }
@@ -310,7 +357,10 @@ mod tests {
             text.contains("trellis_component_invocations_total{component_id=\"echo\\\"1\"} 3"),
             "{text}"
         );
-        assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE http_server_request_duration_seconds histogram"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "http_server_request_duration_seconds_bucket{http_response_status_code=\"200\",le=\"1\"} 1"
@@ -318,7 +368,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("http_server_request_duration_seconds_count{http_response_status_code=\"200\"} 1"),
+            text.contains(
+                "http_server_request_duration_seconds_count{http_response_status_code=\"200\"} 1"
+            ),
             "{text}"
         );
     }

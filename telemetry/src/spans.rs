@@ -146,9 +146,9 @@ pub fn rpc_server(
     span
 }
 
-/// The client span of a capability operation (`capability` is the WIT interface, e.g.
-/// `wasi:keyvalue/store`, `operation` its function) made by `component_id`.
-pub fn capability(capability: &str, operation: &str, component_id: &str) -> Span {
+/// The client span of a capability operation (`capability` is the WIT package, e.g.
+/// `wasi:keyvalue`, `operation` its function), a child of the invocation making it.
+pub fn capability(capability: &str, operation: &str) -> Span {
     if !traces_enabled() {
         return Span::none();
     }
@@ -161,7 +161,6 @@ pub fn capability(capability: &str, operation: &str, component_id: &str) -> Span
         error.message = Empty,
         trellis.capability = capability,
         trellis.operation = operation,
-        trellis.component.id = component_id,
         trellis.host.id = host_id(),
     )
 }

@@ -147,14 +147,8 @@ async fn answer(
             call.interface, call.function
         ))
     })?;
-    let finished = call_export(
-        prepared,
-        exported,
-        &params,
-        &call.interface,
-        &call.function,
-    )
-    .await?;
+    let finished =
+        call_export(prepared, exported, &params, &call.interface, &call.function).await?;
     let encoded = encode_values(&finished.results, &exported.results).map_err(|e| {
         InvocationError::trap(format!(
             "encoding the results of {}.{}: {e}",

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::Instrument as _;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, Linker, Val};
 use wasmtime::StoreContextMut;
