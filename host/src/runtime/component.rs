@@ -610,7 +610,14 @@ impl PreparedComponent {
         let abort = {
             let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             while tasks.try_join_next().is_some() {}
-            AbortOnDrop(Some(tasks.spawn(invocation)))
+            // The guest runs in its own task: it keeps the invocation span (when tracing) so
+            // its calls, capability operations and log lines belong to the request's trace.
+            let handle = if trellis_telemetry::traces_enabled() {
+                tasks.spawn(tracing::Instrument::in_current_span(invocation))
+            } else {
+                tasks.spawn(invocation)
+            };
+            AbortOnDrop(Some(handle))
         };
 
         match response_rx.await {
