@@ -264,3 +264,20 @@ pub fn record_error(span: &Span, message: &dyn std::fmt::Display) {
     span.record("otel.status_code", "error");
     span.record("error.message", tracing::field::display(message));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_cost_nothing_while_tracing_is_off() {
+        // No `init` in this test process: tracing is off.
+        assert!(!traces_enabled());
+        assert!(invocation("c", "i", "f", None).is_none());
+        assert!(rpc_client("a", "b", "i", "f").is_none());
+        assert!(rpc_server("b", "i", "f", None, None).is_none());
+        assert!(capability("wasi:keyvalue", "get").is_none());
+        assert!(http_server("GET", "/", &http::HeaderMap::new(), "c").is_none());
+        assert!(crate::propagation::current_traceparent().is_none());
+    }
+}
