@@ -301,7 +301,16 @@ impl HostProcess {
         env: &[(&'static str, String)],
     ) -> Self {
         let seed = nkeys::KeyPair::new_server().seed().expect("seed");
-        Self::start_full(nats_url, lattice, extra, seed, true, &NatsAuth::default(), env).await
+        Self::start_full(
+            nats_url,
+            lattice,
+            extra,
+            seed,
+            true,
+            &NatsAuth::default(),
+            env,
+        )
+        .await
     }
 
     /// Like [`HostProcess::start`] with NATS credentials and TLS settings `auth`, which the

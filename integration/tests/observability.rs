@@ -168,7 +168,10 @@ fn attr(record: &Value, key: &str) -> Option<String> {
             v.get("stringValue")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .or_else(|| v.get("intValue").map(|i| i.to_string().trim_matches('"').to_owned()))
+                .or_else(|| {
+                    v.get("intValue")
+                        .map(|i| i.to_string().trim_matches('"').to_owned())
+                })
                 .or_else(|| v.get("boolValue").map(|b| b.to_string()))
         })
 }
@@ -258,7 +261,11 @@ async fn one_trace_across_three_hosts_with_guest_log_and_metrics() {
         .await
         .expect("no answer in 60 s")
         .expect("request");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}\n{}", logs());
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "{response}\n{}",
+        logs()
+    );
 
     // Wait until the whole trace has arrived: spans of all three hosts and the guest's line.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -283,8 +290,7 @@ async fn one_trace_across_three_hosts_with_guest_log_and_metrics() {
             attr(s, "trellis.component.id").as_deref() == Some("callee")
                 && attr(s, "trellis.function").as_deref() == Some("shout")
         });
-        if on(&host_a.id) && on(&host_b.id) && on(&host_c.id) && shout_logged && callee_invoked
-        {
+        if on(&host_a.id) && on(&host_b.id) && on(&host_c.id) && shout_logged && callee_invoked {
             break (spans, trace_logs);
         }
         assert!(
@@ -308,7 +314,10 @@ async fn one_trace_across_three_hosts_with_guest_log_and_metrics() {
         .unwrap_or_else(|| panic!("no HTTP server span: {spans:#?}"));
     assert_eq!(host_of(ingress), host_a.id);
     assert_eq!(id_hex(&ingress["parentSpanId"]), client_parent);
-    assert_eq!(attr(ingress, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        attr(ingress, "http.response.status_code").as_deref(),
+        Some("200")
+    );
     assert_eq!(attr(ingress, "url.path").as_deref(), Some("/all"));
 
     // B: the caller's HTTP invocation, child of A's server span.
@@ -344,7 +353,10 @@ async fn one_trace_across_three_hosts_with_guest_log_and_metrics() {
     assert_eq!(host_of(client), host_b.id);
     assert_eq!(attr(client, "trellis.target.id").as_deref(), Some("callee"));
     assert!(
-        matches!(attr(client, "trellis.transport").as_deref(), Some("nats" | "direct")),
+        matches!(
+            attr(client, "trellis.transport").as_deref(),
+            Some("nats" | "direct")
+        ),
         "{client:#}"
     );
     assert_eq!(
@@ -358,15 +370,18 @@ async fn one_trace_across_three_hosts_with_guest_log_and_metrics() {
         .iter()
         .find(|l| log_body(l).contains("demo-callee: shouting"))
         .expect("guest log line");
-    assert_eq!(id_hex(&line["spanId"]), id_hex(&shout["spanId"]), "{line:#}");
+    assert_eq!(
+        id_hex(&line["spanId"]),
+        id_hex(&shout["spanId"]),
+        "{line:#}"
+    );
 
     // Metrics: the invocation counter arrives with the component ids.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let records = receiver.records();
         let has_callee_count = records.iter().any(|m| {
-            m["name"] == "trellis.component.invocations"
-                && m.to_string().contains("\"callee\"")
+            m["name"] == "trellis.component.invocations" && m.to_string().contains("\"callee\"")
         });
         if has_callee_count {
             break;
@@ -418,7 +433,10 @@ async fn collector_down_costs_requests_nothing() {
         assert_eq!(status, 200, "{text}\n{}", logs());
     }
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(30), "20 requests took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "20 requests took {elapsed:?}"
+    );
     // Let the exporters fail a few more times.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = host_a.logs();
