@@ -109,7 +109,9 @@ impl PrometheusServer {
                         let reader = reader.clone();
                         async move { Ok::<_, Infallible>(answer(&reader, &request)) }
                     });
+                    // Bounded as a whole (a slow or idle scraper costs one task, a minute).
                     let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
                         .serve_connection(TokioIo::new(stream), service);
                     let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
