@@ -27,3 +27,9 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "installing the wasm32-wasip2 Rust target"
   rustup target add wasm32-wasip2
 fi
+
+# The OTLP/HTTP receiver the observability tests send telemetry to (PyPI, pinned).
+if ! command -v oteltap >/dev/null 2>&1; then
+  echo "installing oteltap (PyPI)"
+  python3 -m pip install --quiet "oteltap==1.0.0"
+fi

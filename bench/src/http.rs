@@ -181,6 +181,10 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             }
             bench.push(figure);
             if *provider == "http-inproc" && connections == 50 {
+                // The same path on a host exporting traces of every request (see below).
+                telemetry_row(bench, &nats.url(), name, &wasm, r.requests_per_sec).await?;
+            }
+            if *provider == "http-inproc" && connections == 50 {
                 bench.push(Figure {
                     section: crate::footprint::SECTION.into(),
                     scenario: "host RSS under load (in-process HTTP, 50 conn)".into(),
@@ -196,6 +200,69 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The in-process path with telemetry on (`--otel`, every request sampled), 50 connections,
+/// against the same path with telemetry off (`off_rate`, measured just before). Spans are
+/// made, batched and encoded as in production; the collector is a closed port, so the cost
+/// of a collector process on this 2-core machine stays out of the figure (export failures
+/// cost one warning a minute).
+async fn telemetry_row(
+    bench: &mut Bench,
+    nats_url: &str,
+    lattice_name: &str,
+    wasm: &str,
+    off_rate: f64,
+) -> anyhow::Result<()> {
+    let collector = format!("http://127.0.0.1:{}", free_port());
+    let host = HostProcess::start_with_env(
+        nats_url,
+        lattice_name,
+        &["--otel", "--otel-endpoint", &collector],
+        &[("OTEL_TRACES_SAMPLER", "always_on".to_string())],
+    )
+    .await;
+    let lattice = Lattice::connect(nats_url, lattice_name).await;
+    lattice::scale(&lattice, &host, wasm, "hello-otel", 100).await?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    lattice::put_config(&lattice, "http-otel-addr", &[("address", &addr)]).await?;
+    lattice::start_provider(
+        &lattice,
+        &host,
+        "http-otel",
+        "trellis+builtin://http-server",
+        &[],
+    )
+    .await?;
+    lattice::link(
+        &lattice,
+        "http-otel",
+        "hello-otel",
+        ("wasi", "http"),
+        &["incoming-handler"],
+        &["http-otel-addr"],
+    )
+    .await?;
+    lattice::wait_http_ok(
+        &addr,
+        "/",
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let r = crate::wrk::run(&format!("http://{addr}/"), 50, bench.wrk_duration).await?;
+    let share = r.requests_per_sec / off_rate;
+    bench.push(Figure {
+        budget: Some(">= 0.85x of telemetry off".into()),
+        met: Some(share >= 0.85 && r.errors == 0),
+        note: format!("{share:.2}x of the same path with telemetry off"),
+        ..wrk_figure(
+            "Trellis in-process http-server, traces on (all sampled)",
+            50,
+            &r,
+        )
+    });
     Ok(())
 }
 

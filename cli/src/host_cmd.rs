@@ -96,6 +96,9 @@ pub struct HostArgs {
     /// Which signed components run (see docs/signing.md).
     #[command(flatten)]
     pub signing: Box<crate::claims_cmds::HostSigningArgs>,
+    /// Traces, metrics and logs (see docs/observability.md).
+    #[command(flatten)]
+    pub telemetry: Box<crate::telemetry_args::TelemetryArgs>,
 }
 
 /// OCI flags of `trellis host`.
@@ -170,7 +173,8 @@ fn env_labels() -> BTreeMap<String, String> {
 
 /// Runs a host until it is told to stop, then stops it cleanly.
 pub async fn run(args: HostArgs) -> anyhow::Result<()> {
-    init_logging();
+    // Flushed and stopped when dropped, after the host has stopped.
+    let _telemetry = trellis_telemetry::init(args.telemetry.config("trellis-host"), "info").await?;
     let mut labels = env_labels();
     labels.extend(args.labels.iter().cloned());
     let mut config = HostConfig {
@@ -247,16 +251,6 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     lattice_http.abort();
     handle.stop(timeout).await;
     Ok(())
-}
-
-/// Human-readable logs on stderr; `RUST_LOG` picks the level (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod progress;
 mod secret_cmds;
 mod secrets_serve;
 mod seed_files;
+mod telemetry_args;
 mod wadm_api;
 mod wadm_cmd;
 
@@ -156,7 +157,17 @@ fn main() -> std::process::ExitCode {
             Command::Wadm(args) => wadm_cmd::run(args).await,
             Command::Secrets(args) => secrets_serve::run(args).await,
             Command::Secret(args) => secret_cmds::run(args).await,
-            Command::Provider { name } => trellis_providers::run_provider_process(&name).await,
+            Command::Provider { name } => {
+                // Settings from the environment the host gave (TRELLIS_OTEL, OTEL_*).
+                let _telemetry = trellis_telemetry::init(
+                    trellis_telemetry::TelemetryConfig::from_env(format!(
+                        "trellis-provider-{name}"
+                    )),
+                    "info",
+                )
+                .await?;
+                trellis_providers::run_provider_process(&name).await
+            }
             Command::Push(args) => oci_cmds::run_push(args).await,
             Command::Pull(args) => oci_cmds::run_pull(args).await,
             Command::Inspect(args) => oci_cmds::run_inspect(args).await,

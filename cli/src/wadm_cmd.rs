@@ -42,16 +42,15 @@ pub struct WadmArgs {
         default_value_t = trellis_wadm::limits::DEFAULT_MAX_MANIFEST_BYTES
     )]
     pub max_manifest_bytes: usize,
+    /// Traces, metrics and logs (see docs/observability.md).
+    #[command(flatten)]
+    pub telemetry: crate::telemetry_args::TelemetryArgs,
 }
 
 /// Runs the reconciler until SIGINT or SIGTERM.
 pub async fn run(args: WadmArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Flushed and stopped when dropped, after the reconciler has stopped.
+    let _telemetry = trellis_telemetry::init(args.telemetry.config("trellis-wadm"), "info").await?;
 
     let mut opts = WadmOptions::new(args.nats_url, args.lattice);
     opts.nats_auth = args.nats_auth;

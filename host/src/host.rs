@@ -426,6 +426,7 @@ impl HostHandle {
             stop_request,
         });
         let _ = config.host_slot.0.set(Arc::downgrade(&host));
+        telemetry::register_host(&host);
         let control = control::ControlServer::subscribe(host.clone()).await?;
         let tasks = vec![
             // First: installs the import resolver before any component can be started.
@@ -549,4 +550,33 @@ fn host_started_data(host: &Host) -> serde_json::Value {
         "uptime_seconds": 0,
         "version": crate::VERSION,
     })
+}
+
+/// Telemetry of a started host: its id on spans, and its components' instance gauges.
+mod telemetry {
+    use std::sync::Arc;
+
+    use super::Host;
+
+    pub(super) fn register_host(host: &Arc<Host>) {
+        trellis_telemetry::set_host_id(&host.identity.host_id);
+        if !trellis_telemetry::metrics_enabled() {
+            return;
+        }
+        let weak = Arc::downgrade(host);
+        trellis_telemetry::metrics::add_load_source(Arc::new(move || {
+            let Some(host) = weak.upgrade() else {
+                return Vec::new();
+            };
+            host.components
+                .all()
+                .iter()
+                .map(|running| trellis_telemetry::metrics::ComponentLoad {
+                    component_id: running.prepared.id().to_string(),
+                    in_use: running.prepared.in_flight() as u64,
+                    waiting: running.prepared.queued() as u64,
+                })
+                .collect()
+        }));
+    }
 }

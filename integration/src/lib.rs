@@ -288,6 +288,27 @@ impl HostProcess {
             seed,
             allow_file_load,
             &NatsAuth::default(),
+            &[],
+        )
+        .await
+    }
+
+    /// Like [`HostProcess::start`] with extra environment variables (e.g. `OTEL_*`).
+    pub async fn start_with_env(
+        nats_url: &str,
+        lattice: &str,
+        extra: &[&str],
+        env: &[(&'static str, String)],
+    ) -> Self {
+        let seed = nkeys::KeyPair::new_server().seed().expect("seed");
+        Self::start_full(
+            nats_url,
+            lattice,
+            extra,
+            seed,
+            true,
+            &NatsAuth::default(),
+            env,
         )
         .await
     }
@@ -302,7 +323,7 @@ impl HostProcess {
         auth: &NatsAuth,
     ) -> Self {
         let seed = nkeys::KeyPair::new_server().seed().expect("seed");
-        Self::start_full(nats_url, lattice, extra, seed, true, auth).await
+        Self::start_full(nats_url, lattice, extra, seed, true, auth, &[]).await
     }
 
     async fn start_full(
@@ -312,6 +333,7 @@ impl HostProcess {
         seed: String,
         allow_file_load: bool,
         auth: &NatsAuth,
+        extra_env: &[(&'static str, String)],
     ) -> Self {
         let id = nkeys::KeyPair::from_seed(&seed).expect("seed").public_key();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -333,7 +355,11 @@ impl HostProcess {
             id,
             seed,
             args,
-            env: auth.child_env(nats_url),
+            env: auth
+                .child_env(nats_url)
+                .into_iter()
+                .chain(extra_env.iter().cloned())
+                .collect(),
             log: dir.path().join("host.log"),
             _dir: dir,
         };
@@ -798,5 +824,77 @@ impl WadmProcess {
 impl Drop for WadmProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real OTLP/HTTP (protobuf) receiver: the `oteltap` program from PyPI
+/// (scripts/install-deps.sh installs it), printing every span, log record and metric it
+/// receives as one JSON object per line. Killed on drop.
+pub struct OtlpReceiver {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OtlpReceiver {
+    /// Starts `oteltap --port <free port>` and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("otlp.ndjson");
+        let file = std::fs::File::create(&out).expect("receiver output file");
+        let child = Command::new("oteltap")
+            .args(["--port", &port.to_string()])
+            .stdout(file.try_clone().expect("file"))
+            .stderr(file)
+            .spawn()
+            .expect("cannot start oteltap: run scripts/install-deps.sh (pip install oteltap)");
+        let receiver = Self {
+            child,
+            port,
+            out,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "oteltap did not listen on {port} within 30 s:\n{}",
+                receiver.raw()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        receiver
+    }
+
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything it printed so far.
+    pub fn raw(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// The JSON objects it printed so far (other lines skipped).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.raw()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

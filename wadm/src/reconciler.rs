@@ -451,15 +451,62 @@ impl Reconciler {
         if !self.leader {
             return;
         }
+        let started = Instant::now();
         let views = self.app_views(now);
         let plan = planner::plan(&views, &self.lattice, now);
+        let traced = trellis_telemetry::traces_enabled() || trellis_telemetry::metrics_enabled();
+        // One span per application and pass; its commands' control requests are its children.
+        let app_spans: BTreeMap<String, tracing::Span> = if trellis_telemetry::traces_enabled() {
+            views
+                .iter()
+                .map(|view| {
+                    let version = view
+                        .deployed
+                        .as_ref()
+                        .and_then(|m| m.version())
+                        .unwrap_or("");
+                    (
+                        view.name.clone(),
+                        trellis_telemetry::spans::reconcile(&view.name, version),
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+        if traced {
+            for cmd in &plan.commands {
+                if let Some(app) = command_app(cmd) {
+                    *sent.entry(app.to_string()).or_default() += 1;
+                }
+            }
+        }
         if !plan.commands.is_empty() {
-            self.execute(plan.commands).await;
+            self.execute(plan.commands, &app_spans).await;
+        }
+        if traced {
+            let elapsed = started.elapsed();
+            for (app, status) in &plan.statuses {
+                let state = status_name(status);
+                let commands = sent.get(app).copied().unwrap_or(0);
+                if let Some(span) = app_spans.get(app) {
+                    trellis_telemetry::spans::record_reconcile(span, commands, state);
+                    if status.status.status_type == crate::api::types::StatusType::Failed {
+                        trellis_telemetry::spans::record_error(span, &status.status.message);
+                    }
+                }
+                trellis_telemetry::metrics::record_reconcile(app, state, elapsed);
+            }
         }
         self.publish_statuses(plan.statuses).await;
     }
 
-    async fn execute(&mut self, commands: Vec<Command>) {
+    async fn execute(
+        &mut self,
+        commands: Vec<Command>,
+        app_spans: &BTreeMap<String, tracing::Span>,
+    ) {
         // Phases in order; the commands of one phase go out concurrently.
         let mut phase: Vec<Command> = Vec::new();
         let mut phases: Vec<Vec<Command>> = Vec::new();
@@ -476,7 +523,14 @@ impl Reconciler {
             phases.push(phase);
         }
         for phase in phases {
-            let results = futures::future::join_all(phase.iter().map(|cmd| self.send(cmd))).await;
+            let results = futures::future::join_all(phase.iter().map(|cmd| {
+                let span = command_app(cmd)
+                    .and_then(|app| app_spans.get(app))
+                    .cloned()
+                    .unwrap_or_else(tracing::Span::none);
+                tracing::Instrument::instrument(self.send(cmd), span)
+            }))
+            .await;
             let now = Instant::now();
             for (cmd, result) in phase.into_iter().zip(results) {
                 self.record(cmd, result, now);
@@ -616,6 +670,32 @@ impl Reconciler {
     }
 }
 
+/// The application a command works for, when it says (components and providers carry the
+/// app in their annotations; links and configs do not).
+fn command_app(cmd: &Command) -> Option<&str> {
+    let annotations = match cmd {
+        Command::ScaleComponent(c) => c.annotations.as_ref(),
+        Command::StartProvider(c) => c.annotations.as_ref(),
+        _ => None,
+    }?;
+    annotations
+        .get(crate::lattice::APPSPEC_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// An application status as a metric and span value.
+fn status_name(status: &Status) -> &'static str {
+    use crate::api::types::StatusType;
+    match status.status.status_type {
+        StatusType::Deployed => "deployed",
+        StatusType::Unhealthy => "unhealthy",
+        StatusType::Reconciling => "reconciling",
+        StatusType::Waiting => "waiting",
+        StatusType::Undeployed => "undeployed",
+        StatusType::Failed => "failed",
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -630,7 +710,22 @@ pub async fn ctl_request<T: serde::de::DeserializeOwned>(
     subject: &str,
     body: Vec<u8>,
 ) -> Result<Option<T>, String> {
-    let reply = tokio::time::timeout(timeout, client.request(subject.to_string(), body.into()))
+    // The current span's context (a reconcile pass's) goes with the request, so the host's
+    // control span joins the trace.
+    let traceparent = trellis_telemetry::propagation::current_traceparent();
+    let request = async {
+        match traceparent {
+            Some(traceparent) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("traceparent", traceparent.as_str());
+                client
+                    .request_with_headers(subject.to_string(), headers, body.into())
+                    .await
+            }
+            None => client.request(subject.to_string(), body.into()).await,
+        }
+    };
+    let reply = tokio::time::timeout(timeout, request)
         .await
         .map_err(|_| format!("no reply on {subject} within {timeout:?}"))?
         .map_err(|e| format!("request on {subject} failed: {e}"))?;

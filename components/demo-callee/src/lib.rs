@@ -70,6 +70,9 @@ impl Guest for Callee {
     }
 
     fn shout(s: String, c: char) -> String {
+        // One stdout line per call: the host logs it with the invocation's trace id
+        // (integration/tests/observability.rs checks that).
+        println!("demo-callee: shouting {} chars", s.chars().count());
         let mut out = s.to_uppercase();
         for _ in 0..3 {
             out.push(c);

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::{HeaderMap, Message, Request, RequestErrorKind};
 use bytes::{Bytes, BytesMut};
+use tracing::Instrument as _;
 
 use super::direct::{DirectPeers, MAX_DIRECT_PARAMS};
 use super::error::InvocationError;
@@ -83,6 +84,39 @@ impl InvocationClient {
         interface: &str,
         function: &str,
         params: Bytes,
+        mut context: CallContext,
+    ) -> Result<Bytes, InvocationError> {
+        if !trellis_telemetry::traces_enabled() {
+            return self
+                .invoke_untraced(target_id, interface, function, params, context)
+                .await;
+        }
+        // A client span whose context travels with the call (NATS header or direct frame).
+        let span = trellis_telemetry::spans::rpc_client(
+            context.source_id.as_deref().unwrap_or(""),
+            target_id,
+            interface,
+            function,
+        );
+        if let Some(traceparent) = trellis_telemetry::propagation::traceparent_of(&span) {
+            context.traceparent = Some(traceparent);
+        }
+        let result = self
+            .invoke_untraced(target_id, interface, function, params, context)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            trellis_telemetry::spans::record_error(&span, error);
+        }
+        result
+    }
+
+    async fn invoke_untraced(
+        &self,
+        target_id: &str,
+        interface: &str,
+        function: &str,
+        params: Bytes,
         context: CallContext,
     ) -> Result<Bytes, InvocationError> {
         let deadline = context
@@ -95,6 +129,7 @@ impl InvocationClient {
                     .call(target_id, interface, function, &params, &context, deadline)
                     .await;
                 if let Some(result) = direct {
+                    record_transport("direct");
                     // Over the cap like a chunked result would be.
                     return result.and_then(|results| {
                         self.check_size(results.len() as u64).map(|()| results)
@@ -102,6 +137,7 @@ impl InvocationClient {
                 }
             }
         }
+        record_transport("nats");
         let subject = call_subject(&self.lattice, target_id, interface, function);
         let mut headers = context.to_headers(deadline);
         if self.direct.is_some() {
@@ -270,6 +306,13 @@ impl InvocationClient {
 }
 
 /// Returns the typed error an error reply carries.
+/// Notes on the current client span which path the call took.
+fn record_transport(transport: &'static str) {
+    if trellis_telemetry::traces_enabled() {
+        tracing::Span::current().record("trellis.transport", transport);
+    }
+}
+
 fn raise_error(message: &Message) -> Result<(), InvocationError> {
     match header_str(message.headers.as_ref(), HEADER_ERROR) {
         None => Ok(()),

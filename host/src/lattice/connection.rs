@@ -42,6 +42,8 @@ pub async fn connect(
     opts: &NatsOptions,
 ) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<ConnectionEvent>)> {
     let (tx, rx) = mpsc::unbounded_channel();
+    // A `Connected` after a `Disconnected` is a reconnection (counted in the metrics).
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (url, options) = opts.auth.connect_options(&opts.url).await?;
     let options = options
         .name(&opts.client_name)
@@ -54,13 +56,18 @@ pub async fn connect(
         })
         .event_callback(move |event| {
             let tx = tx.clone();
+            let lost = lost.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
+                        if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            trellis_telemetry::metrics::record_nats_reconnect();
+                        }
                         tracing::info!("connected to NATS");
                         let _ = tx.send(ConnectionEvent::Connected);
                     }
                     async_nats::Event::Disconnected => {
+                        lost.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!("lost the NATS connection; reconnecting");
                         let _ = tx.send(ConnectionEvent::Disconnected);
                     }

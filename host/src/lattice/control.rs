@@ -101,7 +101,20 @@ impl ControlServer {
                         .strip_prefix(&prefix)
                         .unwrap_or_default()
                         .to_string();
-                    handle(&host, &op, msg).await;
+                    if trellis_telemetry::traces_enabled() {
+                        // `component.scale.<host>` -> `component.scale` (bounded span names).
+                        let operation: String = op.split('.').take(2).collect::<Vec<_>>().join(".");
+                        let traceparent = msg
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("traceparent"))
+                            .map(|v| v.as_str().to_owned());
+                        let span =
+                            trellis_telemetry::spans::control(&operation, traceparent.as_deref());
+                        tracing::Instrument::instrument(handle(&host, &op, msg), span).await;
+                    } else {
+                        handle(&host, &op, msg).await;
+                    }
                 }
             })
             .await;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use tracing::Instrument as _;
 
 use super::{call_export, CallForwarder};
 use crate::host::Host;
@@ -40,7 +41,23 @@ pub async fn serve_exports(host: Arc<Host>, forwarder: Arc<CallForwarder>) {
                     let host = host.clone();
                     let forwarder = forwarder.clone();
                     let id = id.clone();
-                    async move { answer(&host, &forwarder, &id, call).await }
+                    // The server side of the caller's client span (one branch when off).
+                    let span = trellis_telemetry::spans::rpc_server(
+                        &id,
+                        &call.interface,
+                        &call.function,
+                        call.context.source_id.as_deref(),
+                        call.context.traceparent.as_deref(),
+                    );
+                    let recorded = span.clone();
+                    async move {
+                        let result = answer(&host, &forwarder, &id, call).await;
+                        if let Err(error) = &result {
+                            trellis_telemetry::spans::record_error(&recorded, error);
+                        }
+                        result
+                    }
+                    .instrument(span)
                 }
             };
             match InvocationServer::serve(
@@ -130,7 +147,8 @@ async fn answer(
             call.interface, call.function
         ))
     })?;
-    let finished = call_export(prepared, exported, &params).await?;
+    let finished =
+        call_export(prepared, exported, &params, &call.interface, &call.function).await?;
     let encoded = encode_values(&finished.results, &exported.results).map_err(|e| {
         InvocationError::trap(format!(
             "encoding the results of {}.{}: {e}",

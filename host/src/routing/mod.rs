@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, Linker, Val};
 use wasmtime::StoreContextMut;
@@ -301,7 +302,9 @@ impl CallForwarder {
                 prepared.id()
             )));
         };
-        Ok(call_export(prepared, exported, params).await?.results)
+        Ok(call_export(prepared, exported, params, interface, function)
+            .await?
+            .results)
     }
 
     /// Defines forwarding stubs for the functions of the imported `interface`. Functions the
@@ -433,7 +436,37 @@ struct FinishedCall {
 }
 
 /// Runs `exported` in a fresh instance of `prepared` (under its concurrency cap and deadline).
+/// Calls an export in a fresh instance, traced (a span per invocation) and counted when
+/// telemetry is on; one branch otherwise.
 async fn call_export(
+    prepared: &PreparedComponent,
+    exported: &ExportedFunction,
+    params: &[Val],
+    interface: &str,
+    function: &str,
+) -> Result<FinishedCall, InvocationError> {
+    if !trellis_telemetry::traces_enabled() && !trellis_telemetry::metrics_enabled() {
+        return run_export(prepared, exported, params).await;
+    }
+    let span = trellis_telemetry::spans::invocation(prepared.id(), interface, function, None);
+    let started = std::time::Instant::now();
+    let result = run_export(prepared, exported, params)
+        .instrument(span.clone())
+        .await;
+    if let Err(error) = &result {
+        trellis_telemetry::spans::record_error(&span, error);
+    }
+    trellis_telemetry::metrics::record_invocation(
+        prepared.id(),
+        interface,
+        function,
+        started.elapsed(),
+        result.is_ok(),
+    );
+    result
+}
+
+async fn run_export(
     prepared: &PreparedComponent,
     exported: &ExportedFunction,
     params: &[Val],

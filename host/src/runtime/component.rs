@@ -33,6 +33,9 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 /// Extra time, past the execution deadline, given to an invocation blocked in host I/O (where
 /// epoch interruption cannot reach it) before it is cancelled.
 const HOST_IO_GRACE: Duration = Duration::from_millis(100);
+/// Interface and function of an HTTP invocation, as spans and metrics name them.
+const HTTP_INTERFACE: &str = "wasi:http/incoming-handler";
+const HTTP_FUNCTION: &str = "handle";
 
 /// Why an invocation failed. Only that invocation is affected: the component keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -491,10 +494,37 @@ impl PreparedComponent {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let result = self.serve_http(request).await;
+        if !trellis_telemetry::traces_enabled() && !trellis_telemetry::metrics_enabled() {
+            let result = self.serve_http(request).await;
+            if let Err(error) = &result {
+                self.failures.note(&self.id, error);
+            }
+            return result;
+        }
+        // The request's `traceparent` (set by the ingress, also when forwarded over the
+        // lattice) makes this invocation part of the request's trace.
+        let span = trellis_telemetry::spans::invocation(
+            &self.id,
+            HTTP_INTERFACE,
+            HTTP_FUNCTION,
+            request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let started = Instant::now();
+        let result = tracing::Instrument::instrument(self.serve_http(request), span.clone()).await;
         if let Err(error) = &result {
             self.failures.note(&self.id, error);
+            trellis_telemetry::spans::record_error(&span, error);
         }
+        trellis_telemetry::metrics::record_invocation(
+            &self.id,
+            HTTP_INTERFACE,
+            HTTP_FUNCTION,
+            started.elapsed(),
+            result.is_ok(),
+        );
         result
     }
 
@@ -580,7 +610,14 @@ impl PreparedComponent {
         let abort = {
             let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             while tasks.try_join_next().is_some() {}
-            AbortOnDrop(Some(tasks.spawn(invocation)))
+            // The guest runs in its own task: it keeps the invocation span (when tracing) so
+            // its calls, capability operations and log lines belong to the request's trace.
+            let handle = if trellis_telemetry::traces_enabled() {
+                tasks.spawn(tracing::Instrument::in_current_span(invocation))
+            } else {
+                tasks.spawn(invocation)
+            };
+            AbortOnDrop(Some(handle))
         };
 
         match response_rx.await {

@@ -58,6 +58,10 @@ impl StdoutStream for GuestLog {
         Box::new(LineWriter {
             sink: self.clone(),
             buffer: Vec::new(),
+            // The guest asks for its stream while it runs: the invocation's span is current.
+            // The writes themselves happen on a wasmtime worker task, outside that span, so
+            // the lines are emitted in it explicitly (they then carry its trace id).
+            span: trellis_telemetry::traces_enabled().then(tracing::Span::current),
         })
     }
 }
@@ -66,6 +70,7 @@ impl StdoutStream for GuestLog {
 struct LineWriter {
     sink: GuestLog,
     buffer: Vec<u8>,
+    span: Option<tracing::Span>,
 }
 
 impl LineWriter {
@@ -74,9 +79,13 @@ impl LineWriter {
         let text = text.trim_end_matches(['\n', '\r']);
         let component_id = &*self.sink.component_id;
         let stream = self.sink.stream.name();
-        match self.sink.stream {
+        let log = || match self.sink.stream {
             GuestStream::Stdout => tracing::info!(component_id, stream, "{text}"),
             GuestStream::Stderr => tracing::warn!(component_id, stream, "{text}"),
+        };
+        match &self.span {
+            Some(span) => span.in_scope(log),
+            None => log(),
         }
     }
 

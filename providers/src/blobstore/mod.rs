@@ -249,6 +249,22 @@ fn caller(state: &InstanceState) -> BlobResult<(Arc<str>, HostSlot)> {
 }
 
 /// The store the calling instance's link points at, resolved now.
+/// Runs one blobstore operation in a client span (one branch when tracing is off).
+async fn traced<T>(
+    operation: &'static str,
+    operation_future: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    if !trellis_telemetry::traces_enabled() {
+        return operation_future.await;
+    }
+    let span = trellis_telemetry::spans::capability("wasi:blobstore", operation);
+    let result = tracing::Instrument::instrument(operation_future, span.clone()).await;
+    if let Err(error) = &result {
+        trellis_telemetry::spans::record_error(&span, error);
+    }
+    result
+}
+
 async fn store_of(caller: BlobResult<(Arc<str>, HostSlot)>) -> BlobResult<Store> {
     let (component_id, slot) = caller?;
     let host = running_host(&slot).map_err(|e| format!("{e:#}"))?;
@@ -273,7 +289,7 @@ impl blobstore::Host for InstanceState {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = store.create_container(&name).await {
+        if let Err(e) = traced("create-container", store.create_container(&name)).await {
             return Ok(Err(e));
         }
         tracing::debug!(component_id = self.component_id(), container = %name, store = ?store, "wasi:blobstore container created");
@@ -288,7 +304,7 @@ impl blobstore::Host for InstanceState {
             Ok(store) => store,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = store.require_container(&name).await {
+        if let Err(e) = traced("get-container", store.require_container(&name)).await {
             return Ok(Err(e));
         }
         Ok(Ok(self.table().push(ContainerHandle { name, store })?))
@@ -296,14 +312,14 @@ impl blobstore::Host for InstanceState {
 
     async fn delete_container(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
         Ok(match store_of(caller(self)).await {
-            Ok(store) => store.delete_container(&name).await,
+            Ok(store) => traced("delete-container", store.delete_container(&name)).await,
             Err(e) => Err(e),
         })
     }
 
     async fn container_exists(&mut self, name: String) -> wasmtime::Result<Result<bool, String>> {
         Ok(match store_of(caller(self)).await {
-            Ok(store) => store.container_exists(&name).await,
+            Ok(store) => traced("container-exists", store.container_exists(&name)).await,
             Err(e) => Err(e),
         })
     }
@@ -315,12 +331,14 @@ impl blobstore::Host for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(match store_of(caller(self)).await {
             Ok(store) => {
-                store
-                    .copy(
+                traced(
+                    "copy-object",
+                    store.copy(
                         (&src.container, &src.object),
                         (&dest.container, &dest.object),
-                    )
-                    .await
+                    ),
+                )
+                .await
             }
             Err(e) => Err(e),
         })
@@ -333,12 +351,14 @@ impl blobstore::Host for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(match store_of(caller(self)).await {
             Ok(store) => {
-                store
-                    .rename(
+                traced(
+                    "move-object",
+                    store.rename(
                         (&src.container, &src.object),
                         (&dest.container, &dest.object),
-                    )
-                    .await
+                    ),
+                )
+                .await
             }
             Err(e) => Err(e),
         })
@@ -360,8 +380,7 @@ impl container::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
     ) -> wasmtime::Result<Result<types::ContainerMetadata, String>> {
         let (name, store) = container_of(self, &this)?;
-        Ok(store
-            .container_created_at(&name)
+        Ok(traced("container-info", store.container_created_at(&name))
             .await
             .map(|created_at| types::ContainerMetadata { name, created_at }))
     }
@@ -374,7 +393,7 @@ impl container::HostContainer for InstanceState {
         end: u64,
     ) -> wasmtime::Result<Result<Resource<IncomingValue>, String>> {
         let (container, store) = container_of(self, &this)?;
-        match store.read(&container, &name, start, end).await {
+        match traced("get-data", store.read(&container, &name, start, end)).await {
             Ok((reader, size)) => Ok(Ok(self.table().push(IncomingValue { reader, size })?)),
             Err(e) => Ok(Err(e)),
         }
@@ -407,20 +426,25 @@ impl container::HostContainer for InstanceState {
         let mut reader = value.pipe.attach_reader();
         let pipe = value.pipe.clone();
         let component_id = self.component_id().to_string();
-        let upload = tokio::spawn(async move {
-            let result = store.write(&container, &name, &mut reader).await;
-            match &result {
-                Ok(size) => {
-                    tracing::debug!(component_id, container, object = %name, size, "wasi:blobstore object stored")
+        // The upload outlives this call; its span is made here so that it has a parent.
+        let span = trellis_telemetry::spans::capability("wasi:blobstore", "write-data");
+        let upload = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = store.write(&container, &name, &mut reader).await;
+                match &result {
+                    Ok(size) => {
+                        tracing::debug!(component_id, container, object = %name, size, "wasi:blobstore object stored")
+                    }
+                    Err(e) => {
+                        pipe.set_upload_error(e);
+                        tracing::debug!(component_id, container, object = %name, error = %e, "wasi:blobstore write failed")
+                    }
                 }
-                Err(e) => {
-                    pipe.set_upload_error(e);
-                    tracing::debug!(component_id, container, object = %name, error = %e, "wasi:blobstore write failed")
-                }
-            }
-            drop(reader);
-            result
-        });
+                drop(reader);
+                result
+            },
+            span,
+        ));
         self.table().get_mut(&data)?.upload = Some(upload);
         Ok(Ok(()))
     }
@@ -430,7 +454,7 @@ impl container::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
     ) -> wasmtime::Result<Result<Resource<ObjectNames>, String>> {
         let (container, store) = container_of(self, &this)?;
-        match store.list(&container).await {
+        match traced("list-objects", store.list(&container)).await {
             Ok(names) => Ok(Ok(self.table().push(ObjectNames {
                 names: names.into(),
             })?)),
@@ -444,7 +468,7 @@ impl container::HostContainer for InstanceState {
         name: String,
     ) -> wasmtime::Result<Result<(), String>> {
         let (container, store) = container_of(self, &this)?;
-        Ok(store.delete_object(&container, &name).await)
+        Ok(traced("delete-object", store.delete_object(&container, &name)).await)
     }
 
     async fn delete_objects(
@@ -454,7 +478,7 @@ impl container::HostContainer for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         let (container, store) = container_of(self, &this)?;
         for name in names {
-            if let Err(e) = store.delete_object(&container, &name).await {
+            if let Err(e) = traced("delete-object", store.delete_object(&container, &name)).await {
                 return Ok(Err(e));
             }
         }
@@ -467,8 +491,7 @@ impl container::HostContainer for InstanceState {
         name: String,
     ) -> wasmtime::Result<Result<bool, String>> {
         let (container, store) = container_of(self, &this)?;
-        Ok(store
-            .object_meta(&container, &name)
+        Ok(traced("object-info", store.object_meta(&container, &name))
             .await
             .map(|m| m.is_some()))
     }
@@ -479,16 +502,18 @@ impl container::HostContainer for InstanceState {
         name: String,
     ) -> wasmtime::Result<Result<types::ObjectMetadata, String>> {
         let (container, store) = container_of(self, &this)?;
-        Ok(match store.object_meta(&container, &name).await {
-            Ok(Some(meta)) => Ok(types::ObjectMetadata {
-                name,
-                container,
-                created_at: meta.created_at,
-                size: meta.size,
-            }),
-            Ok(None) => Err(backend::missing_object(&container, &name)),
-            Err(e) => Err(e),
-        })
+        Ok(
+            match traced("object-info", store.object_meta(&container, &name)).await {
+                Ok(Some(meta)) => Ok(types::ObjectMetadata {
+                    name,
+                    container,
+                    created_at: meta.created_at,
+                    size: meta.size,
+                }),
+                Ok(None) => Err(backend::missing_object(&container, &name)),
+                Err(e) => Err(e),
+            },
+        )
     }
 
     async fn clear(
@@ -496,7 +521,7 @@ impl container::HostContainer for InstanceState {
         this: Resource<ContainerHandle>,
     ) -> wasmtime::Result<Result<(), String>> {
         let (container, store) = container_of(self, &this)?;
-        Ok(store.clear(&container).await)
+        Ok(traced("clear", store.clear(&container)).await)
     }
 
     async fn drop(&mut self, this: Resource<ContainerHandle>) -> wasmtime::Result<()> {

@@ -222,10 +222,46 @@ fn refuse(mut stream: TcpStream, refusal: &Bytes, refusals: &mut JoinSet<()>) {
 async fn serve(
     shared: &Shared,
     table: &RouteTable,
-    request: hyper::Request<Incoming>,
+    mut request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
-    match table.resolve(request.uri().path(), request.headers()) {
-        Ok(route) => dispatch(shared, &route.target, request).await,
-        Err(no_route) => text_response(hyper::StatusCode::NOT_FOUND, no_route.0),
+    let telemetry = trellis_telemetry::traces_enabled() || trellis_telemetry::metrics_enabled();
+    let started = telemetry.then(std::time::Instant::now);
+    let route = match table.resolve(request.uri().path(), request.headers()) {
+        Ok(route) => route,
+        Err(no_route) => {
+            if let Some(started) = started {
+                trellis_telemetry::metrics::record_http_request(
+                    request.method().as_str(),
+                    404,
+                    started.elapsed(),
+                );
+            }
+            return text_response(hyper::StatusCode::NOT_FOUND, no_route.0);
+        }
+    };
+    let Some(started) = started else {
+        return dispatch(shared, &route.target, request).await;
+    };
+    // The server span of the request (a child of the client's `traceparent`, if any); its own
+    // context replaces that header, so the component's invocation (here or on the host the
+    // request is forwarded to) is its child.
+    let method = request.method().clone();
+    let span = trellis_telemetry::spans::http_server(
+        method.as_str(),
+        request.uri().path(),
+        request.headers(),
+        &route.target,
+    );
+    if let Some(traceparent) = trellis_telemetry::propagation::traceparent_of(&span) {
+        if let Ok(value) = http::HeaderValue::from_str(&traceparent) {
+            request.headers_mut().insert("traceparent", value);
+        }
     }
+    let response =
+        tracing::Instrument::instrument(dispatch(shared, &route.target, request), span.clone())
+            .await;
+    let status = response.status().as_u16();
+    trellis_telemetry::spans::record_http_status(&span, status);
+    trellis_telemetry::metrics::record_http_request(method.as_str(), status, started.elapsed());
+    response
 }

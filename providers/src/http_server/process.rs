@@ -288,6 +288,8 @@ impl Supervisor {
             command.env_remove(name);
         }
         command.envs(self.host.child_nats_env());
+        // The host's telemetry settings (`--otel`...), so the provider exports the same way.
+        command.envs(trellis_telemetry::child_env());
         let mut child = command
             .args(["provider", &self.provider_name])
             .stdin(Stdio::piped())

@@ -270,13 +270,28 @@ pub(crate) async fn timed<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
-    match tokio::time::timeout(OPERATION_TIMEOUT, fut).await {
-        Ok(result) => result,
-        Err(_) => Err(StorageError::Other(format!(
-            "{what} did not finish within {}s",
-            OPERATION_TIMEOUT.as_secs()
-        ))),
+    let bounded = async {
+        match tokio::time::timeout(OPERATION_TIMEOUT, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Other(format!(
+                "{what} did not finish within {}s",
+                OPERATION_TIMEOUT.as_secs()
+            ))),
+        }
+    };
+    if !trellis_telemetry::traces_enabled() {
+        return bounded.await;
     }
+    // A client span per operation (`keyvalue get` -> `wasi:keyvalue.get`).
+    let span = trellis_telemetry::spans::capability(
+        "wasi:keyvalue",
+        what.strip_prefix("keyvalue ").unwrap_or(what),
+    );
+    let result = tracing::Instrument::instrument(bounded, span.clone()).await;
+    if let Err(error) = &result {
+        trellis_telemetry::spans::record_error(&span, &format!("{error:?}"));
+    }
+    result
 }
 
 impl BackendPool {

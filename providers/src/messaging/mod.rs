@@ -185,11 +185,22 @@ impl consumer::Host for InstanceState {
         let (component_id, host) = instance_parts(self)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
         tracing::debug!(component_id = &*component_id, subject, "messaging request");
-        let reply =
-            tokio::time::timeout(timeout, host.client.request(subject.clone(), body.into()))
-                .await
-                .map_err(|_| format!("no reply on `{subject}` within {} ms", timeout.as_millis()))?
-                .map_err(|e| format!("request on `{subject}` failed: {e}"))?;
+        let span = trellis_telemetry::spans::messaging_publish(&subject, &component_id);
+        let headers = trace_headers(&span);
+        let request = async {
+            match headers {
+                Some(headers) => {
+                    host.client
+                        .request_with_headers(subject.clone(), headers, body.into())
+                        .await
+                }
+                None => host.client.request(subject.clone(), body.into()).await,
+            }
+        };
+        let reply = tracing::Instrument::instrument(tokio::time::timeout(timeout, request), span)
+            .await
+            .map_err(|_| format!("no reply on `{subject}` within {} ms", timeout.as_millis()))?
+            .map_err(|e| format!("request on `{subject}` failed: {e}"))?;
         Ok(BrokerMessage {
             subject: reply.subject.to_string(),
             body: reply.payload.to_vec(),
@@ -205,27 +216,103 @@ impl consumer::Host for InstanceState {
             subject = msg.subject,
             "messaging publish"
         );
-        let result = match msg.reply_to {
-            Some(reply) => {
-                check_subject(&reply)?;
-                host.client
-                    .publish_with_reply(msg.subject.clone(), reply, msg.body.into())
+        // The publisher's span context rides in the message's `traceparent` header, so the
+        // handler's invocation joins the trace.
+        let span = trellis_telemetry::spans::messaging_publish(&msg.subject, &component_id);
+        let headers = trace_headers(&span);
+        let publish = async {
+            match (msg.reply_to, headers) {
+                (Some(reply), headers) => {
+                    check_subject(&reply).map_err(PublishFailure::Refused)?;
+                    match headers {
+                        Some(headers) => {
+                            host.client
+                                .publish_with_reply_and_headers(
+                                    msg.subject.clone(),
+                                    reply,
+                                    headers,
+                                    msg.body.into(),
+                                )
+                                .await
+                        }
+                        None => {
+                            host.client
+                                .publish_with_reply(msg.subject.clone(), reply, msg.body.into())
+                                .await
+                        }
+                    }
+                    .map_err(PublishFailure::Nats)
+                }
+                (None, Some(headers)) => host
+                    .client
+                    .publish_with_headers(msg.subject.clone(), headers, msg.body.into())
                     .await
-            }
-            None => {
-                host.client
+                    .map_err(PublishFailure::Nats),
+                (None, None) => host
+                    .client
                     .publish(msg.subject.clone(), msg.body.into())
                     .await
+                    .map_err(PublishFailure::Nats),
             }
+        };
+        let result = match tracing::Instrument::instrument(publish, span).await {
+            Err(PublishFailure::Refused(why)) => return Err(why),
+            Err(PublishFailure::Nats(e)) => Err(e),
+            Ok(()) => Ok(()),
         };
         result.map_err(|e| format!("publishing on `{}` failed: {e}", msg.subject))
     }
+}
+
+/// Why a publish failed: a subject the guest may not use, or NATS.
+enum PublishFailure {
+    Refused(String),
+    Nats(async_nats::PublishError),
+}
+
+/// NATS headers carrying `span`'s trace context, when tracing.
+fn trace_headers(span: &tracing::Span) -> Option<async_nats::HeaderMap> {
+    let traceparent = trellis_telemetry::propagation::traceparent_of(span)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", traceparent.as_str());
+    Some(headers)
 }
 
 /// Calls `handle-message` of component `component_id` running on `host`, in a fresh
 /// instance, under the component's concurrency cap (`max_instances`, bounded queue) and its
 /// execution deadline, like every other invocation.
 pub async fn deliver(host: &Host, component_id: &str, msg: BrokerMessage) -> anyhow::Result<()> {
+    if !trellis_telemetry::traces_enabled() && !trellis_telemetry::metrics_enabled() {
+        return deliver_untraced(host, component_id, msg).await;
+    }
+    let span = trellis_telemetry::spans::invocation(
+        component_id,
+        lattice::HANDLER_INTERFACE,
+        lattice::HANDLE_MESSAGE,
+        None,
+    );
+    let started = std::time::Instant::now();
+    let result =
+        tracing::Instrument::instrument(deliver_untraced(host, component_id, msg), span.clone())
+            .await;
+    if let Err(error) = &result {
+        trellis_telemetry::spans::record_error(&span, &format!("{error:#}"));
+    }
+    trellis_telemetry::metrics::record_invocation(
+        component_id,
+        lattice::HANDLER_INTERFACE,
+        lattice::HANDLE_MESSAGE,
+        started.elapsed(),
+        result.is_ok(),
+    );
+    result
+}
+
+async fn deliver_untraced(
+    host: &Host,
+    component_id: &str,
+    msg: BrokerMessage,
+) -> anyhow::Result<()> {
     let running = host
         .components
         .get(component_id)
@@ -458,7 +545,17 @@ async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
         let host = host.clone();
         let client = client.clone();
         let wanted = wanted.clone();
-        handlers.spawn(async move {
+        // The consumer span, a child of the publisher's when the message carries its context.
+        let span = trellis_telemetry::spans::messaging_process(
+            message.subject.as_str(),
+            &wanted.component_id,
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.as_str()),
+        );
+        let handler = async move {
             let _permit = permit;
             let msg = BrokerMessage {
                 subject: message.subject.to_string(),
@@ -477,7 +574,8 @@ async fn run_subscription(host: Arc<Host>, wanted: Subscription) {
                     );
                 }
             }
-        });
+        };
+        handlers.spawn(tracing::Instrument::instrument(handler, span));
     }
 }
 
