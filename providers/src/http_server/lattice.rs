@@ -39,6 +39,13 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Marks a 503 from a host that no longer runs the component (as opposed to one the component
 /// itself produced), so the forwarding side may try another host.
 const NOT_HERE_HEADER: &str = "trellis-component-not-here";
+/// How long a stopped component's subscription keeps answering "not here" before it is
+/// unsubscribed. async-nats forgets a draining subscription once its UNSUB is written, so a
+/// request the server routed to it just before reading that UNSUB is dropped on arrival, and
+/// the forwarding host waits out its whole timeout. Answering "not here" for a while first
+/// (the forwarder then asks another replica) moves the unsubscription away from the moment a
+/// component stops, when requests for it are most likely in flight.
+const STOPPED_GRACE: Duration = Duration::from_secs(2);
 
 /// Whether `head` is a serving host's "the component does not run here any more".
 fn is_not_here(head: &ResponseHead) -> bool {
@@ -336,11 +343,20 @@ async fn answer_requests(
 ) {
     // Owned here: aborting this task aborts every request in flight.
     let mut requests = JoinSet::new();
+    let mut stopping = false;
     let mut draining = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
     loop {
         tokio::select! {
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
-            _ = &mut stop, if !draining => {
+            _ = &mut stop, if !stopping => {
+                // The component is gone: requests still arriving are answered "not here"
+                // until the grace period ends.
+                stopping = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + STOPPED_GRACE);
+            }
+            _ = &mut grace, if stopping && !draining => {
                 draining = true;
                 if let Err(error) = subscriber.drain().await {
                     tracing::debug!(component_id, error = %error, "could not drain the lattice HTTP subscription");
