@@ -472,7 +472,7 @@ pub fn sign(
     section.extend_from_slice(SECTION_WASMCLOUD_JWT.as_bytes());
     section.extend_from_slice(jwt.as_bytes());
     push_section(&mut out, 0, &section);
-    Ok((out, claims))
+    Ok((out, ComponentClaims { jwt, ..claims }))
 }
 
 #[cfg(test)]
