@@ -15,7 +15,8 @@ pub mod host;
 pub mod identity;
 pub mod invocation;
 pub mod lattice;
-pub mod log_limit;
+/// Rate-limited logging (lives in `trellis-telemetry`, shared with the crates below the host).
+pub use trellis_telemetry::log_limit;
 pub mod oci;
 pub mod providers;
 pub mod routing;

@@ -5,9 +5,8 @@
 //! request-serving task. Failures (collector down, non-2xx answers) are logged at most once
 //! a minute per signal, with the number of failures in between.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,7 +33,7 @@ type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct TokioHttpClient {
     handle: tokio::runtime::Handle,
     pool: Arc<OnceLock<Pool>>,
-    warnings: Arc<Limiter>,
+    warnings: Arc<crate::log_limit::LogLimiter>,
     signal: &'static str,
 }
 
@@ -44,7 +43,7 @@ impl TokioHttpClient {
         Self {
             handle,
             pool: Arc::default(),
-            warnings: Arc::new(Limiter::new(WARN_INTERVAL)),
+            warnings: Arc::new(crate::log_limit::LogLimiter::new(WARN_INTERVAL)),
             signal,
         }
     }
@@ -139,59 +138,10 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// One `true` per interval, counting the rest (lock-free).
-#[derive(Debug)]
-pub struct Limiter {
-    start: Instant,
-    interval_ms: u64,
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl Limiter {
-    /// A limiter letting one event through per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            start: Instant::now(),
-            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed since the last one)` when an event may be logged now.
-    pub fn allow(&self) -> Option<u64> {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_ms.load(Ordering::Acquire);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now.saturating_add(self.interval_ms),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::AcqRel));
-        }
-        self.suppressed.fetch_add(1, Ordering::AcqRel);
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_lets_one_through_per_interval() {
-        let limiter = Limiter::new(Duration::from_secs(60));
-        assert_eq!(limiter.allow(), Some(0));
-        assert_eq!(limiter.allow(), None);
-        assert_eq!(limiter.allow(), None);
-    }
+    use std::time::Instant;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_collector_is_an_error_not_a_hang() {

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod export;
+pub mod log_limit;
 pub mod metrics;
 pub mod prometheus;
 pub mod propagation;

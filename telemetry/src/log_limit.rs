@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use trellis_host::log_limit::LogLimiter;
+//! use trellis_telemetry::log_limit::LogLimiter;
 //!
 //! static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 //! if let Some(suppressed) = REFUSED.allow() {
