@@ -441,7 +441,7 @@ pub async fn connect_nats(
         .name("trellis-cli")
         .connection_timeout(timeout.min(Duration::from_secs(10)))
         .request_timeout(Some(timeout));
-    options.connect(bare_url.as_str()).await.map_err(|e| {
+    options.connect(trellis_protocol::nats::server_list(&bare_url)).await.map_err(|e| {
         use async_nats::ConnectErrorKind;
         let shown = redact_url(url);
         match e.kind() {

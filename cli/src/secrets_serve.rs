@@ -182,7 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (url, options) = args.nats_auth.connect_options(&args.nats_url).await?;
     let client = options
         .name(format!("trellis-secrets-{}", args.name))
-        .connect(url.as_str())
+        .connect(trellis_protocol::nats::server_list(&url))
         .await
         .map_err(|e| trellis_protocol::nats::connect_error(&args.nats_url, e, ""))?;
     let backend = Backend::new(

@@ -407,6 +407,16 @@ pub fn strip_url_credentials(url: &str) -> String {
     split_userinfo(url).0
 }
 
+/// The servers of a NATS URL that may list several, comma-separated
+/// (`nats://a:4222,nats://b:4222`): what to hand the client so it tries each in turn and fails
+/// over between them (a single server URL gives one).
+pub fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
+}
+
 /// `url` fit to print or log: a password becomes `***` (`nats://alice:***@host:4222`) and
 /// so does a token (`nats://***@host:4222`).
 pub fn redact_url(url: &str) -> String {
@@ -471,6 +481,15 @@ pub fn connect_error(url: &str, err: async_nats::ConnectError, hint: &str) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_lists_split_on_commas() {
+        assert_eq!(server_list("nats://a:4222"), vec!["nats://a:4222"]);
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,"),
+            vec!["nats://a:4222", "nats://b:4222"]
+        );
+    }
 
     #[test]
     fn urls_lose_passwords_when_shown() {

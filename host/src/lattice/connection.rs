@@ -75,7 +75,7 @@ pub async fn connect(
                 }
             }
         });
-    let client = options.connect(url.as_str()).await.map_err(|e| {
+    let client = options.connect(trellis_protocol::nats::server_list(&url)).await.map_err(|e| {
         trellis_protocol::nats::connect_error(
             &opts.url,
             e,
