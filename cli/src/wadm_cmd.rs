@@ -42,6 +42,9 @@ pub struct WadmArgs {
         default_value_t = trellis_wadm::limits::DEFAULT_MAX_MANIFEST_BYTES
     )]
     pub max_manifest_bytes: usize,
+    /// Where the manifests live in JetStream (--js-domain, --kv-replicas).
+    #[command(flatten)]
+    pub jetstream: trellis_protocol::jetstream::JetStreamPlacement,
     /// Traces, metrics and logs (see docs/observability.md).
     #[command(flatten)]
     pub telemetry: crate::telemetry_args::TelemetryArgs,
@@ -58,6 +61,7 @@ pub async fn run(args: WadmArgs) -> anyhow::Result<()> {
     opts.host_dead_after = Duration::from_millis(args.host_dead_after_ms.max(100));
     opts.tick = Duration::from_millis(args.tick_ms.max(50));
     opts.manifest_limits.max_bytes = args.max_manifest_bytes;
+    opts.jetstream = args.jetstream;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -9,6 +9,8 @@
 
 pub mod ctl;
 pub mod events;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 pub mod limits;
 #[cfg(feature = "nats")]
 pub mod nats;

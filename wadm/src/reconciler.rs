@@ -14,6 +14,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use trellis_protocol::ctl::{CtlResponse, Host, HostInventory, Link};
 use trellis_protocol::events::CloudEvent;
+use trellis_protocol::jetstream::JetStreamPlacement;
 use trellis_protocol::nats::NatsAuth;
 use trellis_protocol::subjects::{self, CtlSubjects};
 
@@ -46,6 +47,8 @@ pub struct WadmOptions {
     pub ping_wait: Duration,
     /// Size and nesting bounds of manifests put through the API.
     pub manifest_limits: ManifestLimits,
+    /// Which JetStream domain holds the manifests and how many replicas a new bucket gets.
+    pub jetstream: JetStreamPlacement,
 }
 
 impl WadmOptions {
@@ -61,6 +64,7 @@ impl WadmOptions {
             ctl_timeout: Duration::from_secs(5),
             ping_wait: Duration::from_millis(750),
             manifest_limits: ManifestLimits::default(),
+            jetstream: JetStreamPlacement::default(),
         }
     }
 }
@@ -71,7 +75,7 @@ pub async fn connect(opts: &WadmOptions) -> Result<async_nats::Client> {
     connect
         .name(format!("trellis-wadm-{}", opts.lattice))
         .connection_timeout(Duration::from_secs(5))
-        .connect(url.as_str())
+        .connect(trellis_protocol::nats::server_list(&url))
         .await
         .map_err(|e| trellis_protocol::nats::connect_error(&opts.nats_url, e, ""))
 }
@@ -88,7 +92,7 @@ pub async fn run_with_client(
     opts: WadmOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let store = Store::open(&client, &opts.lattice).await?;
+    let store = Store::open(&client, &opts.lattice, &opts.jetstream).await?;
     let api = ApiServer::new(store.clone(), opts.lattice.clone()).with_limits(opts.manifest_limits);
     let mut reconciler = Reconciler::new(client.clone(), store.clone(), opts.clone());
     tracing::info!(lattice = %opts.lattice, id = %reconciler.instance_id, "reconciler starting");

@@ -26,13 +26,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::api::types::Status;
 use crate::model::Manifest;
+use trellis_protocol::jetstream::JetStreamPlacement;
 
 const BUCKET_DESCRIPTION: &str = "Trellis reconciler: models, statuses, leader lease";
 
@@ -248,53 +249,29 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the bucket of `lattice`.
-    pub async fn open(client: &async_nats::Client, lattice: &str) -> Result<Self> {
-        let js = jetstream::new(client.clone());
-        let kv = Self::open_bucket(&js, lattice).await?;
+    /// Opens (creating if needed, with `placement`'s replicas) the bucket of `lattice` in
+    /// `placement`'s JetStream domain.
+    pub async fn open(
+        client: &async_nats::Client,
+        lattice: &str,
+        placement: &JetStreamPlacement,
+    ) -> Result<Self> {
+        let js = placement.context(client);
+        let kv = placement
+            .open_or_create_kv(
+                &js,
+                kv::Config {
+                    bucket: bucket_name(lattice),
+                    description: BUCKET_DESCRIPTION.into(),
+                    history: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
         Ok(Self {
             kv,
             client: client.clone(),
         })
-    }
-
-    async fn open_bucket(js: &jetstream::Context, lattice: &str) -> Result<kv::Store> {
-        let bucket = bucket_name(lattice);
-        if let Ok(kv) = js.get_key_value(&bucket).await {
-            return Ok(kv);
-        }
-        let created = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: BUCKET_DESCRIPTION.into(),
-                history: 1,
-                ..Default::default()
-            })
-            .await;
-        if let Ok(kv) = created {
-            return Ok(kv);
-        }
-        // `create_key_value` first reads the account info, which async-nats 0.51 cannot parse
-        // from nats-server 2.9 (Debian's): it lacks `reserved_memory`. Creating the backing
-        // stream with the KV settings directly works on every 2.9+ server.
-        let stream = jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(BUCKET_DESCRIPTION.into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        if let Err(e) = js.create_stream(stream).await {
-            tracing::debug!(error = %e, "creating the KV stream (another reconciler may have)");
-        }
-        js.get_key_value(&bucket)
-            .await
-            .with_context(|| format!("opening the KV bucket {bucket}"))
     }
 
     /// The underlying KV store.

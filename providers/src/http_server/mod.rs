@@ -152,11 +152,12 @@ pub async fn start(
 pub async fn start_standalone(
     client: async_nats::Client,
     lattice: &str,
+    placement: &trellis_protocol::jetstream::JetStreamPlacement,
     provider_id: &str,
     config: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<HttpServer> {
     let settings = Settings::from_config(config)?;
-    let store = LatticeStore::open(client.clone(), lattice).await?;
+    let store = LatticeStore::open(client.clone(), lattice, placement, None).await?;
     let env = LatticeEnv {
         client,
         lattice: lattice.to_string(),

@@ -67,6 +67,10 @@ pub struct ProviderHostData {
     /// The provider's merged config.
     #[serde(default)]
     pub config: HashMap<String, String>,
+    /// The JetStream domain holding the lattice's state (wasmCloud's `js_domain`), when the
+    /// host was started with `--js-domain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub js_domain: Option<String>,
 }
 
 impl ProviderHostData {
@@ -131,7 +135,7 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .await?;
     let client = options
         .name(format!("trellis provider {NAME} {}", data.provider_key))
-        .connect(url.as_str())
+        .connect(trellis_protocol::nats::server_list(&url))
         .await
         .map_err(|e| trellis_protocol::nats::connect_error(&data.lattice_rpc_url, e, ""))?;
     let lattice = data.lattice_rpc_prefix.clone();
@@ -144,8 +148,18 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .subscribe(shutdown_subject(&lattice, &provider_id))
         .await
         .context("subscribing to shutdown requests")?;
-    let server =
-        super::start_standalone(client.clone(), &lattice, &provider_id, &data.config).await?;
+    let mut placement = trellis_protocol::jetstream::JetStreamPlacement::from_env();
+    if data.js_domain.is_some() {
+        placement.js_domain = data.js_domain.clone();
+    }
+    let server = super::start_standalone(
+        client.clone(),
+        &lattice,
+        &placement,
+        &provider_id,
+        &data.config,
+    )
+    .await?;
     client.flush().await.context("flushing subscriptions")?;
     tracing::info!(provider_id, lattice, "http-server provider process ready");
 
@@ -269,6 +283,7 @@ impl Supervisor {
             lattice_rpc_url: self.host.nats_url_bare(),
             provider_key: self.spec.id.clone(),
             config: self.spec.config.clone(),
+            js_domain: self.host.jetstream.js_domain.clone(),
         }
         .encode_line()
     }
@@ -290,6 +305,8 @@ impl Supervisor {
         command.envs(self.host.child_nats_env());
         // The host's telemetry settings (`--otel`...), so the provider exports the same way.
         command.envs(trellis_telemetry::child_env());
+        // Where the lattice's state lives (`--js-domain`, `--kv-replicas`).
+        command.envs(self.host.jetstream.child_env());
         let mut child = command
             .args(["provider", &self.provider_name])
             .stdin(Stdio::piped())
@@ -517,10 +534,12 @@ mod tests {
             lattice_rpc_url: "nats://127.0.0.1:4222".into(),
             provider_key: "http".into(),
             config: HashMap::from([("routing_mode".into(), "path".into())]),
+            js_domain: Some("hub".into()),
         };
         let line = data.encode_line().unwrap();
         let back = ProviderHostData::decode_line(&line).unwrap();
         assert_eq!(back.provider_key, "http");
+        assert_eq!(back.js_domain.as_deref(), Some("hub"));
         assert_eq!(
             back.config.get("routing_mode").map(String::as_str),
             Some("path")

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -299,6 +299,7 @@ impl BackendPool {
     pub(crate) async fn open(
         self: &Arc<Self>,
         client: &async_nats::Client,
+        replicas: u8,
         target: &BucketTarget,
     ) -> Result<OpenBucket, StorageError> {
         match &target.kind {
@@ -309,7 +310,7 @@ impl BackendPool {
                 }
                 let store = timed(
                     "opening the JetStream KV bucket",
-                    open_nats_bucket(client, &name),
+                    open_nats_bucket(client, replicas, &name),
                 )
                 .await?;
                 // Two first opens may race: keep the bucket (and combiner) that got in first.
@@ -372,28 +373,26 @@ impl BackendPool {
 
 async fn open_nats_bucket(
     client: &async_nats::Client,
+    replicas: u8,
     name: &str,
 ) -> Result<kv::Store, StorageError> {
-    let js = jetstream::new(client.clone());
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    match js
-        .create_key_value(kv::Config {
-            bucket: name.to_string(),
-            description: "Trellis wasi:keyvalue bucket".to_string(),
-            history: 1,
-            ..Default::default()
-        })
+    let placement = trellis_protocol::jetstream::JetStreamPlacement {
+        js_domain: None,
+        kv_replicas: replicas,
+    };
+    let config = kv::Config {
+        bucket: name.to_string(),
+        description: "Trellis wasi:keyvalue bucket".to_string(),
+        history: 1,
+        ..Default::default()
+    };
+    placement
+        .open_or_create_kv(&placement.context(client), config)
         .await
-    {
-        Ok(store) => Ok(store),
-        // Another host may have created it at the same moment.
-        Err(create_error) => js.get_key_value(name).await.map_err(|_| {
-            tracing::warn!(bucket = name, error = %create_error, "cannot open or create a JetStream KV bucket");
+        .map_err(|e| {
+            tracing::warn!(bucket = name, error = %format!("{e:#}"), "cannot open or create a JetStream KV bucket");
             StorageError::NoSuchStore
-        }),
-    }
+        })
 }
 
 fn nats_key_error(key: &str) -> StorageError {

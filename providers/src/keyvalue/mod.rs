@@ -282,7 +282,11 @@ async fn open_bucket(
     let (component_id, slot, pool) = instance_parts(state)?;
     let host = running_host(&slot).map_err(|e| StorageError::Other(format!("{e:#}")))?;
     let target = resolve_bucket(&host, &component_id, identifier).await?;
-    let bucket = pool.open(&host.client, &target).await?;
+    // Buckets live in the JetStream of the server the host is on (an edge site's own, on a leaf
+    // node), with the lattice's replica count.
+    let bucket = pool
+        .open(&host.client, host.jetstream.kv_replicas, &target)
+        .await?;
     tracing::debug!(component_id = &*component_id, bucket = %target.bucket, backend = ?target.kind, "wasi:keyvalue bucket opened");
     state
         .table()
