@@ -16,6 +16,7 @@ use trellis_host::{HostConfig, HostHandle};
   trellis host --lattice edge --label region=eu-west --label arch=arm64
   TRELLIS_LABEL_zone=a trellis host          # labels from the environment too
   trellis host --allowed-insecure registry.local:5000 --registry-mirror ghcr.io=registry.local:5000
+  trellis host --nats-url nats://127.0.0.1:4223 --js-domain hub --data-dir /var/lib/trellis   # on a leaf node
 
 OCI credentials (never on the command line): TRELLIS_OCI_AUTH_<REGISTRY>=user:password or
 TRELLIS_OCI_TOKEN_<REGISTRY>=token, <REGISTRY> being host:port upper-cased with other characters
@@ -71,6 +72,14 @@ pub struct HostArgs {
     /// NATS authentication and TLS (--nats-creds, --nats-seed, --nats-user, --nats-tls-ca...).
     #[command(flatten)]
     pub nats_auth: trellis_protocol::nats::NatsAuth,
+    /// Where the lattice's state lives in JetStream (--js-domain, --kv-replicas).
+    #[command(flatten)]
+    pub jetstream: trellis_protocol::jetstream::JetStreamPlacement,
+    /// Directory for this host's own state: its identity (`host.nk`, kept across restarts)
+    /// and its snapshot of what it serves, which it serves from when restarted while the
+    /// lattice's JetStream is unreachable (see docs/edge.md). Nothing is kept when absent.
+    #[arg(long, env = "TRELLIS_HOST_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Directory for compiled components (defaults to the user's cache directory).
     #[arg(long, env = "TRELLIS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -177,6 +186,18 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
     let _telemetry = trellis_telemetry::init(args.telemetry.config("trellis-host"), "info").await?;
     let mut labels = env_labels();
     labels.extend(args.labels.iter().cloned());
+    let mut host_seed = args.host_seed.clone();
+    if let (None, Some(dir)) = (&host_seed, &args.data_dir) {
+        let (key, created) = crate::seed_files::read_or_generate(
+            &dir.join("host.nk"),
+            Some(nkeys::KeyPair::new_server),
+        )
+        .context("cannot keep this host's identity in its data directory (--data-dir)")?;
+        if created {
+            tracing::info!(host_id = %key.public_key(), "made a new host identity, kept in {}", dir.display());
+        }
+        host_seed = Some(key.seed().context("cannot read the host's seed")?);
+    }
     let mut config = HostConfig {
         nats: NatsOptions {
             url: args.nats_url.clone(),
@@ -185,7 +206,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         },
         lattice: args.lattice.clone(),
         labels,
-        host_seed: args.host_seed.clone(),
+        host_seed,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
         allow_file_load: args.allow_file_load,
         max_component_bytes: args.max_component_size_mb * 1024 * 1024,
@@ -196,6 +217,8 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         claims_policy: args.signing.claims_policy(),
         policy: args.signing.policy(),
         secrets_topic: args.secrets_topic.clone(),
+        jetstream: args.jetstream.clone(),
+        data_dir: args.data_dir.clone(),
         ..HostConfig::default()
     };
     // OCI pulls (registries, cache, mirrors) for every runtime this process builds.

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trellis_protocol::ctl::{Host as HostInfo, HostInventory};
 use trellis_protocol::events::names;
+use trellis_protocol::jetstream::JetStreamPlacement;
 use trellis_protocol::limits;
 
 use crate::components::ComponentRegistry;
@@ -19,6 +20,7 @@ use crate::identity::{builtin_labels, human_uptime, HostIdentity};
 use crate::invocation::direct::{DirectListener, DirectPeers};
 use crate::lattice::connection::{self, NatsOptions};
 use crate::lattice::events::EventPublisher;
+use crate::lattice::snapshot::Snapshot;
 use crate::lattice::store::LatticeStore;
 use crate::lattice::{control, heartbeat};
 use crate::providers::{ProviderLauncher, ProviderRegistry};
@@ -85,6 +87,12 @@ pub struct HostConfig {
     pub policy: Option<crate::security::PolicyConfig>,
     /// The subject prefix of secrets backends (`--secrets-topic`, default `wasmcloud.secrets`).
     pub secrets_topic: String,
+    /// Which JetStream domain holds the lattice's state and how many replicas new buckets get
+    /// (`--js-domain`, `--kv-replicas`).
+    pub jetstream: JetStreamPlacement,
+    /// Where the host keeps its snapshot (`--data-dir`); none is kept when absent. See
+    /// [`crate::lattice::snapshot`].
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Late access to the running host, for parts (capabilities) that must be built before the
@@ -123,6 +131,8 @@ impl std::fmt::Debug for HostConfig {
             .field("claims_policy", &self.claims_policy)
             .field("policy", &self.policy)
             .field("secrets_topic", &self.secrets_topic)
+            .field("jetstream", &self.jetstream)
+            .field("data_dir", &self.data_dir)
             .field(
                 "capabilities",
                 &self
@@ -158,6 +168,8 @@ impl Default for HostConfig {
             claims_policy: crate::security::ClaimsPolicy::default(),
             policy: None,
             secrets_topic: trellis_protocol::secrets::DEFAULT_TOPIC_PREFIX.to_string(),
+            jetstream: JetStreamPlacement::default(),
+            data_dir: None,
         }
     }
 }
@@ -194,6 +206,9 @@ pub struct Host {
     pub secrets: crate::secrets::ComponentSecrets,
     /// Resolves secret references through their backends.
     pub secret_fetcher: crate::secrets::SecretFetcher,
+    /// Where the lattice's state lives in JetStream (domain, replicas); providers that open
+    /// buckets follow it.
+    pub jetstream: JetStreamPlacement,
     labels: RwLock<BTreeMap<String, String>>,
     started: Instant,
     /// How this host reached NATS, for the provider processes it starts.
@@ -277,7 +292,7 @@ impl Host {
             lattice: self.lattice.clone(),
             ctl_host: Some(trellis_protocol::nats::redact_url(&self.nats.url)),
             rpc_host: Some(trellis_protocol::nats::redact_url(&self.nats.url)),
-            js_domain: None,
+            js_domain: self.jetstream.js_domain.clone(),
             uptime_seconds: uptime,
             uptime_human: Some(human_uptime(uptime)),
             version: Some(crate::VERSION.to_string()),
@@ -366,7 +381,22 @@ impl HostHandle {
             nats.client_name = format!("trellis-host {}", identity.host_id);
         }
         let (client, conn_events) = connection::connect(&nats).await?;
-        let store = LatticeStore::open(client.clone(), &config.lattice).await?;
+        let snapshot_path = config
+            .data_dir
+            .as_ref()
+            .map(|dir| Snapshot::path(dir, &config.lattice));
+        let snapshot = snapshot_path
+            .as_ref()
+            .and_then(|path| Snapshot::load(path, &config.lattice));
+        let store = LatticeStore::open(
+            client.clone(),
+            &config.lattice,
+            &config.jetstream,
+            snapshot.as_ref().map(Snapshot::store_seed),
+        )
+        .await?;
+        // Replayed only when the lattice cannot say what to run (see `snapshot`).
+        let replay = snapshot.filter(|_| !store.is_online());
         let policy = match &config.policy {
             Some(policy) => Some(Arc::new(
                 crate::security::PolicyClient::new(client.clone(), policy.clone()).await?,
@@ -420,6 +450,7 @@ impl HostHandle {
             policy,
             secrets: crate::secrets::ComponentSecrets::default(),
             secret_fetcher,
+            jetstream: config.jetstream.clone(),
             labels: RwLock::new(labels),
             started: Instant::now(),
             nats: config.nats.clone(),
@@ -428,7 +459,7 @@ impl HostHandle {
         let _ = config.host_slot.0.set(Arc::downgrade(&host));
         telemetry::register_host(&host);
         let control = control::ControlServer::subscribe(host.clone()).await?;
-        let tasks = vec![
+        let mut tasks = vec![
             // First: installs the import resolver before any component can be started.
             crate::routing::start(&host, config.colocation),
             tokio::spawn(control.run()),
@@ -441,6 +472,16 @@ impl HostHandle {
         host.events
             .publish(names::HOST_STARTED, host_started_data(&host))
             .await;
+        if let Some(snapshot) = &replay {
+            crate::lattice::snapshot::replay(&host, snapshot).await;
+        }
+        if let Some(path) = snapshot_path {
+            // After any replay, so the snapshot is not overwritten before it was used.
+            tasks.push(tokio::spawn(crate::lattice::snapshot::keep_written(
+                host.clone(),
+                path,
+            )));
+        }
         tracing::info!(
             host_id = %host.identity.host_id,
             friendly_name = %host.identity.friendly_name,

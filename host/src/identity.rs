@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 /// A host's identity on the lattice.
 #[derive(Debug, Clone)]
 pub struct HostIdentity {
     /// The nkeys server public key (`N...`), the host id.
     pub host_id: String,
-    /// A readable random name such as `brave-otter-4821`.
+    /// A readable name such as `brave-otter-4821`: random for a fresh identity, the same on
+    /// every start for one given by its seed.
     pub friendly_name: String,
 }
 
@@ -32,15 +33,28 @@ impl HostIdentity {
             }
             None => nkeys::KeyPair::new_server(),
         };
+        let host_id = key.public_key();
+        // A kept identity keeps its name too, so an edge device reads the same after a reboot.
+        let friendly_name = match seed {
+            Some(_) => friendly_name(&mut rand::rngs::StdRng::seed_from_u64(fnv1a(&host_id))),
+            None => friendly_name(&mut rand::thread_rng()),
+        };
         Ok(Self {
-            host_id: key.public_key(),
-            friendly_name: friendly_name(),
+            host_id,
+            friendly_name,
         })
     }
 }
 
-/// A random `adjective-noun-number` name.
-fn friendly_name() -> String {
+/// A 64-bit FNV-1a hash: a stable seed for the name of a kept identity.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An `adjective-noun-number` name drawn from `rng`.
+fn friendly_name(rng: &mut impl Rng) -> String {
     const ADJECTIVES: &[&str] = &[
         "amber", "bold", "brave", "calm", "clever", "crimson", "dusty", "eager", "fancy", "gentle",
         "golden", "hidden", "icy", "jolly", "lively", "misty", "noble", "quiet", "rapid", "silent",
@@ -51,9 +65,8 @@ fn friendly_name() -> String {
         "harbor", "heron", "lake", "lynx", "maple", "meadow", "otter", "pine", "raven", "reef",
         "ridge", "river", "sparrow", "summit", "thistle", "willow", "wren",
     ];
-    let mut rng = rand::thread_rng();
-    let adjective = ADJECTIVES.choose(&mut rng).copied().unwrap_or("quiet");
-    let noun = NOUNS.choose(&mut rng).copied().unwrap_or("otter");
+    let adjective = ADJECTIVES.choose(rng).copied().unwrap_or("quiet");
+    let noun = NOUNS.choose(rng).copied().unwrap_or("otter");
     format!("{adjective}-{noun}-{}", rng.gen_range(1000..10000))
 }
 
@@ -105,6 +118,11 @@ mod tests {
         let seed = kp.seed().unwrap();
         let id = HostIdentity::from_seed(Some(&seed)).unwrap();
         assert_eq!(id.host_id, kp.public_key());
+        let again = HostIdentity::from_seed(Some(&seed)).unwrap();
+        assert_eq!(
+            again.friendly_name, id.friendly_name,
+            "a kept key keeps its name"
+        );
         let user = nkeys::KeyPair::new_user().seed().unwrap();
         let err = HostIdentity::from_seed(Some(&user)).unwrap_err();
         assert!(format!("{err:#}").contains("server"), "{err:#}");

@@ -23,6 +23,8 @@ pub struct ProviderSpec {
     pub image_ref: String,
     /// Its named configs, merged left to right.
     pub config: ConfigMap,
+    /// The names of those configs, in merge order (what starts it again from a snapshot).
+    pub config_names: Vec<String>,
     /// Annotations from the start command.
     pub annotations: BTreeMap<String, String>,
 }
@@ -52,16 +54,43 @@ pub trait ProviderLauncher: Send + Sync {
 
 struct Entry {
     description: ProviderDescription,
+    spec: ProviderSpec,
     running: Box<dyn RunningProvider>,
 }
 
 /// The providers a host runs, keyed by provider id.
-#[derive(Default)]
 pub struct ProviderRegistry {
     running: Mutex<HashMap<String, Entry>>,
+    /// Bumped on every insert or removal, for parts that follow the set of providers.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ProviderRegistry {
+    fn default() -> Self {
+        Self {
+            running: Mutex::default(),
+            generation: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl ProviderRegistry {
+    /// A receiver that changes whenever a provider starts or stops.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// What each running provider was started with, sorted by id.
+    pub fn specs(&self) -> Vec<ProviderSpec> {
+        let mut specs: Vec<_> = self.lock().values().map(|e| e.spec.clone()).collect();
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        specs
+    }
+
     /// Records a started provider.
     pub fn insert(&self, spec: &ProviderSpec, running: Box<dyn RunningProvider>) {
         let description = ProviderDescription {
@@ -75,9 +104,11 @@ impl ProviderRegistry {
             spec.id.clone(),
             Entry {
                 description,
+                spec: spec.clone(),
                 running,
             },
         );
+        self.bump();
     }
 
     /// True when provider `id` runs here.
@@ -87,15 +118,24 @@ impl ProviderRegistry {
 
     /// Removes provider `id`, returning what is needed to stop it.
     pub fn remove(&self, id: &str) -> Option<(ProviderDescription, Box<dyn RunningProvider>)> {
-        self.lock().remove(id).map(|e| (e.description, e.running))
+        let removed = self.lock().remove(id).map(|e| (e.description, e.running));
+        if removed.is_some() {
+            self.bump();
+        }
+        removed
     }
 
     /// Removes every provider (on host stop).
     pub fn drain(&self) -> Vec<(ProviderDescription, Box<dyn RunningProvider>)> {
-        self.lock()
+        let drained: Vec<_> = self
+            .lock()
             .drain()
             .map(|(_, e)| (e.description, e.running))
-            .collect()
+            .collect();
+        if !drained.is_empty() {
+            self.bump();
+        }
+        drained
     }
 
     /// Inventory descriptions, sorted by id.

@@ -614,7 +614,7 @@ pub fn provider_event(
 }
 
 /// Starts a provider after the command was acknowledged; the outcome is an event.
-async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
+pub(crate) async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
     let Some(launcher) = host.provider_launcher.clone() else {
         return;
     };
@@ -650,6 +650,7 @@ async fn start_provider(host: &Arc<Host>, cmd: StartProviderCommand) {
             id: cmd.provider_id.clone(),
             image_ref: cmd.provider_ref.clone(),
             config,
+            config_names: plain_config.clone(),
             annotations: annotations.clone(),
         };
         let running = launcher.start(host.clone(), spec.clone()).await?;
@@ -737,7 +738,7 @@ async fn scale_failed(host: &Host, cmd: &ScaleComponentCommand, image_ref: &str,
 }
 
 /// Applies a scale command after it was acknowledged; the outcome is an event.
-async fn scale_component(host: &Arc<Host>, cmd: ScaleComponentCommand) {
+pub(crate) async fn scale_component(host: &Arc<Host>, cmd: ScaleComponentCommand) {
     let lock = host.components.op_lock(&cmd.component_id);
     let _guard = lock.lock().await;
     let existing = host.components.get(&cmd.component_id);

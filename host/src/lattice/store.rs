@@ -10,12 +10,17 @@
 //! N keys costs N reads (a single watch with history would avoid them; an attempt lost links
 //! for a moment while it reloaded, see `watch_once`).
 //!
+//! The buckets live in the JetStream domain `--js-domain` names (a hub's, for a host on a leaf
+//! node), created with `--kv-replicas` replicas. When they cannot be reached at start-up and
+//! the host has a snapshot ([`crate::lattice::snapshot`]), the copy starts from the snapshot and
+//! the buckets are opened as soon as they answer.
+//!
 //! Every link and config is checked against [`trellis_protocol::limits`] before any KV key is
 //! built from it: an over-long id would make a subject longer than the NATS server accepts,
 //! and the server would close the host's connection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +30,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use trellis_protocol::ctl::{Link, LinkKey};
+use trellis_protocol::jetstream::JetStreamPlacement;
 use trellis_protocol::{limits, subjects};
 
 /// A named config: string keys to string values.
@@ -132,108 +138,186 @@ struct Caches {
 
 /// The lattice's shared state, backed by JetStream KV and mirrored in memory.
 pub struct LatticeStore {
-    config_kv: kv::Store,
-    data_kv: kv::Store,
+    /// The two buckets, once JetStream answered (at once, unless the host started from a
+    /// snapshot while the lattice's JetStream was unreachable).
+    buckets: Arc<OnceLock<Buckets>>,
+    placement: JetStreamPlacement,
     caches: Arc<RwLock<Caches>>,
     changes: broadcast::Sender<StoreChange>,
     /// True once the link cache holds everything KV held when the watch started.
     links_loaded: watch::Receiver<bool>,
-    watchers: Vec<JoinHandle<()>>,
+    /// Opens the buckets when they were unreachable, then keeps both caches in step.
+    supervisor: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Buckets {
+    config: kv::Store,
+    data: kv::Store,
+}
+
+/// Links and configs to serve from when the lattice's JetStream cannot be reached at start-up
+/// (a host restarted during a partition): what [`LatticeStore::links_and_configs`] returned
+/// before, kept by [`crate::lattice::snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct StoreSeed {
+    /// Every link.
+    pub links: Vec<Link>,
+    /// Every named config.
+    pub configs: BTreeMap<String, ConfigMap>,
 }
 
 impl Drop for LatticeStore {
     fn drop(&mut self) {
-        for w in &self.watchers {
-            w.abort();
-        }
+        self.supervisor.abort();
     }
 }
 
-async fn open_bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.to_string(),
-            description: "Trellis lattice state".to_string(),
-            history: 1,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another host may have created it at the same moment.
-        Err(create_err) => js.get_key_value(bucket).await.map_err(|_| {
-            anyhow::anyhow!(
-                "cannot open or create the JetStream KV bucket {bucket}: {create_err}. \
-                 Is JetStream enabled on the NATS server (`nats-server -js`)?"
+async fn open_bucket(
+    js: &jetstream::Context,
+    placement: &JetStreamPlacement,
+    bucket: &str,
+) -> anyhow::Result<kv::Store> {
+    let config = kv::Config {
+        bucket: bucket.to_string(),
+        description: "Trellis lattice state".to_string(),
+        history: 1,
+        ..Default::default()
+    };
+    tokio::time::timeout(KV_TIMEOUT * 2, placement.open_or_create_kv(js, config))
+        .await
+        .with_context(|| {
+            format!(
+                "timed out opening the bucket {bucket} in {}: is JetStream enabled (`nats-server -js`)?",
+                placement.describe()
             )
-        }),
-    }
+        })?
+}
+
+async fn open_buckets(
+    js: &jetstream::Context,
+    placement: &JetStreamPlacement,
+    lattice: &str,
+) -> anyhow::Result<Buckets> {
+    Ok(Buckets {
+        config: open_bucket(js, placement, &subjects::config_data_bucket(lattice)).await?,
+        data: open_bucket(js, placement, &subjects::lattice_data_bucket(lattice)).await?,
+    })
 }
 
 impl LatticeStore {
-    /// Opens (creating when needed) the lattice's buckets, starts watching them, and waits
-    /// (boundedly) until the caches hold what KV holds, so a starting host routes calls and
-    /// lists links right away.
-    pub async fn open(client: async_nats::Client, lattice: &str) -> anyhow::Result<Self> {
-        let js = jetstream::new(client);
-        let config_kv = tokio::time::timeout(
-            KV_TIMEOUT * 2,
-            open_bucket(&js, &subjects::config_data_bucket(lattice)),
-        )
-        .await
-        .context(
-            "timed out opening the config bucket: is JetStream enabled (`nats-server -js`)?",
-        )??;
-        let data_kv = tokio::time::timeout(
-            KV_TIMEOUT * 2,
-            open_bucket(&js, &subjects::lattice_data_bucket(lattice)),
-        )
-        .await
-        .context(
-            "timed out opening the lattice-data bucket: is JetStream enabled (`nats-server -js`)?",
-        )??;
+    /// Opens (creating when needed) the lattice's buckets in `placement`'s JetStream domain,
+    /// starts watching them, and waits (boundedly) until the caches hold what KV holds, so a
+    /// starting host routes calls and lists links right away.
+    ///
+    /// When the buckets cannot be reached and a `seed` is given (the host's last snapshot),
+    /// the caches start from the seed and the buckets are opened in the background as soon as
+    /// JetStream answers: a host restarted during a partition serves from what it knew.
+    /// Without a seed, an unreachable JetStream is an error.
+    pub async fn open(
+        client: async_nats::Client,
+        lattice: &str,
+        placement: &JetStreamPlacement,
+        seed: Option<StoreSeed>,
+    ) -> anyhow::Result<Self> {
+        let js = placement.context(&client);
+        let first = match open_buckets(&js, placement, lattice).await {
+            Ok(buckets) => Some(buckets),
+            Err(e) => match &seed {
+                Some(_) => {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "the lattice's state in {} cannot be reached; serving from this host's snapshot until it can",
+                        placement.describe()
+                    );
+                    None
+                }
+                None => return Err(e),
+            },
+        };
         let caches = Arc::new(RwLock::new(Caches::default()));
         let (changes, _) = broadcast::channel(256);
         let (configs_loaded_tx, mut configs_loaded) = watch::channel(false);
         let (links_loaded_tx, links_loaded) = watch::channel(false);
-        let watchers = vec![
-            tokio::spawn(watch_bucket(
-                config_kv.clone(),
-                caches.clone(),
-                changes.clone(),
-                BucketKind::Config,
-                configs_loaded_tx,
-            )),
-            tokio::spawn(watch_bucket(
-                data_kv.clone(),
-                caches.clone(),
-                changes.clone(),
-                BucketKind::LatticeData,
-                links_loaded_tx,
-            )),
-        ];
+        let online = first.is_some();
+        if let (false, Some(seed)) = (online, seed) {
+            for link in seed.links {
+                apply(
+                    &caches,
+                    &changes,
+                    Applied::Link(link.key(), Some(Box::new(link))),
+                );
+            }
+            for (name, values) in seed.configs {
+                apply(&caches, &changes, Applied::Config(name, Some(values)));
+            }
+            configs_loaded_tx.send_replace(true);
+            links_loaded_tx.send_replace(true);
+        }
+        let buckets = Arc::new(OnceLock::new());
+        let supervisor = tokio::spawn(supervise(
+            js,
+            placement.clone(),
+            lattice.to_string(),
+            first,
+            buckets.clone(),
+            caches.clone(),
+            changes.clone(),
+            (configs_loaded_tx, links_loaded_tx),
+        ));
         let store = Self {
-            config_kv,
-            data_kv,
+            buckets,
+            placement: placement.clone(),
             caches,
             changes,
             links_loaded,
-            watchers,
+            supervisor,
         };
-        let loaded = tokio::time::timeout(KV_TIMEOUT * 2, async {
-            let _ = configs_loaded.wait_for(|loaded| *loaded).await;
-            store.wait_links_loaded(KV_TIMEOUT * 2).await
-        })
-        .await;
-        if !matches!(loaded, Ok(true)) {
-            tracing::warn!(
-                "the lattice's links and configs are not loaded yet; they will be as KV answers"
-            );
+        if online {
+            let loaded = tokio::time::timeout(KV_TIMEOUT * 2, async {
+                let _ = configs_loaded.wait_for(|loaded| *loaded).await;
+                store.wait_links_loaded(KV_TIMEOUT * 2).await
+            })
+            .await;
+            if !matches!(loaded, Ok(true)) {
+                tracing::warn!(
+                    "the lattice's links and configs are not loaded yet; they will be as KV answers"
+                );
+            }
         }
         Ok(store)
+    }
+
+    /// True once the lattice's buckets were reached (false while a host that started from its
+    /// snapshot has not reached them yet).
+    pub fn is_online(&self) -> bool {
+        self.buckets.get().is_some()
+    }
+
+    /// Every link and named config this host knows now, for its snapshot.
+    pub fn links_and_configs(&self) -> StoreSeed {
+        let guard = match self.caches.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        StoreSeed {
+            links: guard.links.all().cloned().collect(),
+            configs: guard
+                .configs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn buckets(&self) -> anyhow::Result<&Buckets> {
+        self.buckets.get().with_context(|| {
+            format!(
+                "the lattice's state in {} has not been reachable since this host started \
+                 (it serves from its snapshot); retry once NATS reaches it",
+                self.placement.describe()
+            )
+        })
     }
 
     /// Changes seen by the watchers, for parts of the host that react to links or config.
@@ -270,7 +354,7 @@ impl LatticeStore {
         limits::check_config_name("config name", name).map_err(anyhow::Error::msg)?;
         limits::check_config(values).map_err(anyhow::Error::msg)?;
         let bytes = serde_json::to_vec(values).context("cannot encode config")?;
-        kv_call(self.config_kv.put(name, Bytes::from(bytes)))
+        kv_call(self.buckets()?.config.put(name, Bytes::from(bytes)))
             .await
             .with_context(|| format!("cannot store config {name}"))?;
         self.apply_config(name, Some(values.clone()));
@@ -280,7 +364,7 @@ impl LatticeStore {
     /// Reads a named config from KV (authoritative, not the cache).
     pub async fn get_config(&self, name: &str) -> anyhow::Result<Option<ConfigMap>> {
         limits::check_config_name("config name", name).map_err(anyhow::Error::msg)?;
-        let value = kv_call(self.config_kv.get(name))
+        let value = kv_call(self.buckets()?.config.get(name))
             .await
             .with_context(|| format!("cannot read config {name}"))?;
         match value {
@@ -295,7 +379,7 @@ impl LatticeStore {
     pub async fn delete_config(&self, name: &str) -> anyhow::Result<bool> {
         let existed = self.get_config(name).await?.is_some();
         if existed {
-            kv_call(self.config_kv.delete(name))
+            kv_call(self.buckets()?.config.delete(name))
                 .await
                 .with_context(|| format!("cannot delete config {name}"))?;
             self.apply_config(name, None);
@@ -313,7 +397,18 @@ impl LatticeStore {
             .iter()
             .filter(|n| !trellis_protocol::secrets::is_reference_name(n))
         {
-            let values = self.get_config(name).await?.with_context(|| {
+            let values = match self.get_config(name).await {
+                Ok(values) => values,
+                // KV unreachable (a partition): the watched copy is what KV last said.
+                Err(e) => match self.cached_config(name) {
+                    Some(cached) => {
+                        tracing::debug!(config = %name, error = %format!("{e:#}"), "KV unreachable; using the cached config");
+                        Some(cached)
+                    }
+                    None => return Err(e),
+                },
+            };
+            let values = values.with_context(|| {
                 format!("config {name} does not exist: create it with config.put first")
             })?;
             merged.extend(values);
@@ -334,7 +429,7 @@ impl LatticeStore {
             }
         }
         let key = link.key().storage_key();
-        let existing = kv_call(self.data_kv.entry(key.clone()))
+        let existing = kv_call(self.buckets()?.data.entry(key.clone()))
             .await
             .context("cannot read links")?;
         let bytes = Bytes::from(serde_json::to_vec(link).context("cannot encode link")?);
@@ -348,12 +443,12 @@ impl LatticeStore {
                         )));
                     }
                 }
-                kv_call(self.data_kv.update(&key, bytes, entry.revision))
+                kv_call(self.buckets()?.data.update(&key, bytes, entry.revision))
                     .await
                     .context("the link changed concurrently; retry")?;
             }
             None => {
-                kv_call(self.data_kv.put(&key, bytes))
+                kv_call(self.buckets()?.data.put(&key, bytes))
                     .await
                     .context("cannot store link")?;
             }
@@ -367,12 +462,12 @@ impl LatticeStore {
     pub async fn delete_link(&self, key: &LinkKey) -> anyhow::Result<bool> {
         limits::check_link_key(key).map_err(anyhow::Error::msg)?;
         let storage_key = key.storage_key();
-        let existed = kv_call(self.data_kv.get(storage_key.clone()))
+        let existed = kv_call(self.buckets()?.data.get(storage_key.clone()))
             .await
             .context("cannot read links")?
             .is_some();
         if existed {
-            kv_call(self.data_kv.delete(&storage_key))
+            kv_call(self.buckets()?.data.delete(&storage_key))
                 .await
                 .context("cannot delete link")?;
             self.apply_link(key.clone(), None);
@@ -494,6 +589,61 @@ fn apply_entry(
     }
 }
 
+/// Opens the buckets when they were not reachable at start-up (pausing longer after each
+/// failure, up to 5 s), then keeps both caches in step with them for as long as the store
+/// lives.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    js: jetstream::Context,
+    placement: JetStreamPlacement,
+    lattice: String,
+    first: Option<Buckets>,
+    slot: Arc<OnceLock<Buckets>>,
+    caches: Arc<RwLock<Caches>>,
+    changes: broadcast::Sender<StoreChange>,
+    (configs_loaded, links_loaded): (watch::Sender<bool>, watch::Sender<bool>),
+) {
+    let buckets = match first {
+        Some(buckets) => buckets,
+        None => {
+            let mut pause = Duration::from_millis(500);
+            loop {
+                match open_buckets(&js, &placement, &lattice).await {
+                    Ok(buckets) => {
+                        tracing::info!(
+                            "reached the lattice's state in {}; following it again",
+                            placement.describe()
+                        );
+                        break buckets;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "lattice state still unreachable")
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let _ = slot.set(buckets.clone());
+    tokio::join!(
+        watch_bucket(
+            buckets.config,
+            caches.clone(),
+            changes.clone(),
+            BucketKind::Config,
+            configs_loaded,
+        ),
+        watch_bucket(
+            buckets.data,
+            caches,
+            changes,
+            BucketKind::LatticeData,
+            links_loaded,
+        ),
+    );
+}
+
 /// Keeps the cache of one bucket in step with KV: a watch of new changes, opened first, then a
 /// snapshot of every live key, then each change as the watch delivers it; one consumer for as
 /// long as the connection holds, however quiet the bucket. `loaded` turns true once the first
@@ -537,10 +687,22 @@ async fn watch_once(
     // revision at once when nothing is pending at its start, which made every idle host
     // re-read its buckets and create a consumer every 2 s.
     let mut watch = kv_call(store.watch_all()).await?;
-    // Snapshot: every live key, read one by one.
+    // Snapshot: every key, read one by one. The keys come from the stream's subject counts
+    // (a stream-info request), not `Store::keys`: that creates an ordered consumer the server
+    // keeps for 30 s after the listing, so every start and every restarted watch left two
+    // consumers behind for half a minute. Deleted keys are listed too; `get` skips them.
     let keys: Vec<String> = kv_call(async {
-        let keys = store.keys().await?;
-        Ok::<_, anyhow::Error>(keys.filter_map(|k| async move { k.ok() }).collect().await)
+        let filter = format!("{}>", store.prefix);
+        let subjects = store.stream.info_with_subjects(&filter).await?;
+        let subjects: Vec<_> = subjects.collect().await;
+        let mut keys = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let (subject, _) = subject?;
+            if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
+                keys.push(key.to_string());
+            }
+        }
+        Ok::<_, anyhow::Error>(keys)
     })
     .await?;
     let mut live = HashSet::new();
