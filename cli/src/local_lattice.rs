@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+mod leaf;
+
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
@@ -37,6 +39,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
   trellis up --detach && trellis get hosts     # in the background; stop with `trellis down`
   trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS
   TRELLIS_NATS_CREDS=lattice.creds trellis up --nats-url tls://nats.example:4222
+  trellis up --leaf-listen 0.0.0.0:7422        # a hub that edge sites join
+  trellis up --leaf-of nats-leaf://hub:7422 --leaf-password-file leaf.password --label site=shop1
 
 The NATS `trellis up` starts listens on 127.0.0.1 only and admits only the nkey users it
 generates on first start (host, wadm, cli, secrets; seeds in <data-dir>/auth, mode 0600). It
@@ -91,6 +95,9 @@ pub struct UpArgs {
     /// Output format of the summary
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: OutputFormat,
+    /// Edge sites: a hub accepting leaf nodes, or a leaf joined to a hub.
+    #[command(flatten)]
+    pub leaf: leaf::LeafArgs,
 }
 
 /// Flags of `trellis down`.
@@ -236,9 +243,8 @@ impl LatticeKeys {
         }
     }
 
-    /// The nats-server configuration: loopback only, JetStream in `store`, and only these
-    /// users admitted.
-    fn nats_config(&self, port: u16, store: &Path) -> anyhow::Result<String> {
+    /// The `authorization` block that admits only these users.
+    fn authorization(&self) -> anyhow::Result<String> {
         let mut users = String::new();
         for (user, seed) in &self.seeds {
             let public = nkeys::KeyPair::from_seed(seed)
@@ -246,14 +252,29 @@ impl LatticeKeys {
                 .public_key();
             users.push_str(&format!("    {{ nkey: \"{public}\" }}  # {user}\n"));
         }
-        let store = serde_json::to_string(&store.display().to_string())?;
-        Ok(format!(
-            "# Written by `trellis up` on every start; edits are lost.\n\
-             listen: \"127.0.0.1:{port}\"\n\
-             jetstream {{\n    store_dir: {store}\n}}\n\
-             authorization {{\n  users = [\n{users}  ]\n}}\n"
-        ))
+        Ok(format!("authorization {{\n  users = [\n{users}  ]\n}}\n"))
     }
+}
+
+/// The configuration of the nats-server `trellis up` starts: loopback only, JetStream in
+/// `store` (in `domain` when given), then `extra` blocks (authorization, leaf nodes).
+fn nats_config(
+    port: u16,
+    store: &Path,
+    domain: Option<&str>,
+    extra: &str,
+) -> anyhow::Result<String> {
+    let store = serde_json::to_string(&store.display().to_string())?;
+    let domain = match domain {
+        Some(domain) => format!("    domain: {}\n", serde_json::to_string(domain)?),
+        None => String::new(),
+    };
+    Ok(format!(
+        "# Written by `trellis up` on every start; edits are lost.\n\
+         listen: \"127.0.0.1:{port}\"\n\
+         jetstream {{\n    store_dir: {store}\n{domain}}}\n\
+         {extra}"
+    ))
 }
 
 /// Reads an nkey seed file (one `SU...` line); errors name the file, never its content.
@@ -454,19 +475,22 @@ async fn bring_up_and_watch(
                 .with_context(|| format!("cannot create {}", store.display()))?;
             let log = open_log(&state.log_dir.join("nats.log"))?;
             let mut cmd = Command::new(&binary);
+            let mut extra = String::new();
             if args.insecure {
                 warn_insecure(port);
-                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                    .arg(&store);
             } else {
                 let lattice_keys = LatticeKeys::load_or_create(&state.data_dir)?;
-                let config = state.data_dir.join("nats.conf");
-                std::fs::write(&config, lattice_keys.nats_config(port, &store)?)
-                    .with_context(|| format!("cannot write {}", config.display()))?;
-                cmd.arg("-c").arg(&config);
+                extra.push_str(&lattice_keys.authorization()?);
                 state.cli_seed_file = Some(lattice_keys.dir.join("cli.nk"));
                 keys = Some(lattice_keys);
             }
+            extra.push_str(&args.leaf.nats_config(&state.data_dir, !args.insecure)?);
+            let config = state.data_dir.join("nats.conf");
+            write_private(
+                &config,
+                &nats_config(port, &store, args.leaf.local_domain().as_deref(), &extra)?,
+            )?;
+            cmd.arg("-c").arg(&config);
             cmd.stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
@@ -495,8 +519,9 @@ async fn bring_up_and_watch(
     )
     .await?;
 
-    // The secrets backend, before the host so components that need secrets can start.
-    if !args.no_secrets {
+    // The secrets backend, before the host so components that need secrets can start. An edge
+    // site uses the hub's.
+    if !args.no_secrets && !args.leaf.is_edge() {
         start_secrets_backend(
             &exe,
             &bare_url,
@@ -529,6 +554,13 @@ async fn bring_up_and_watch(
     if !args.no_file_load {
         cmd.arg("--allow-file-load");
     }
+    if args.leaf.is_edge() {
+        // The lattice's state is the hub's; the host keeps its identity and a snapshot here,
+        // so it comes back serving after a restart while the hub is away.
+        cmd.args(["--js-domain", &args.leaf.hub_domain])
+            .arg("--data-dir")
+            .arg(state.data_dir.join("host"));
+    }
     cmd.stdin(Stdio::null());
     state.host_pid = Some(children.spawn("host", cmd)?);
     let host = loop {
@@ -549,6 +581,16 @@ async fn bring_up_and_watch(
     state.host_id = host.id.clone();
     state.host_name = host.friendly_name.clone();
     write_state(state)?;
+
+    if args.leaf.is_edge() {
+        // The hub's reconciler places work here.
+        state.ready = true;
+        write_state(state)?;
+        print_summary(state, started_nats, &host.labels, args.output)?;
+        print_edge_summary(args, args.output);
+        let (name, status) = children.wait_any().await;
+        bail!("the {name} exited unexpectedly ({status}); stopping everything")
+    }
 
     // Reconciler.
     let mut cmd = Command::new(&exe);
@@ -577,6 +619,7 @@ async fn bring_up_and_watch(
     state.ready = true;
     write_state(state)?;
     print_summary(state, started_nats, &host.labels, args.output)?;
+    print_edge_summary(args, args.output);
     if args.output == OutputFormat::Table {
         eprintln!("press Ctrl-C to stop everything");
     }
@@ -746,6 +789,36 @@ fn print_summary(
     Ok(())
 }
 
+/// The leaf-node lines of the summary (none on a plain local lattice).
+fn print_edge_summary(args: &UpArgs, output: OutputFormat) {
+    if output == OutputFormat::Json {
+        return;
+    }
+    if let Some(listen) = args.leaf.leaf_listen {
+        let login = if args.insecure {
+            "no authentication (--insecure)".to_string()
+        } else {
+            format!(
+                "user {}, password in auth/{} of the data directory",
+                leaf::LEAF_USER,
+                "leaf.password"
+            )
+        };
+        println!(
+            "  leaf nodes  nats-leaf://{listen} ({login}); JetStream domain {}",
+            args.leaf.hub_domain
+        );
+    }
+    if let Some(hub) = &args.leaf.leaf_of {
+        println!(
+            "  edge site   leaf of {} (JetStream domain {}); the host reads the lattice from domain {} and serves from its snapshot while the hub is away",
+            trellis_protocol::nats::redact_url(hub),
+            args.leaf.local_domain().unwrap_or_default(),
+            args.leaf.hub_domain
+        );
+    }
+}
+
 async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the trellis executable")?;
     let log_path = log_dir.join("up.log");
@@ -785,6 +858,23 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
     }
     if args.no_secrets {
         cmd.arg("--no-secrets");
+    }
+    let leaf = &args.leaf;
+    if let Some(listen) = leaf.leaf_listen {
+        cmd.arg("--leaf-listen").arg(listen.to_string());
+    }
+    if let Some(url) = &leaf.leaf_of {
+        cmd.arg("--leaf-of").arg(strip_url_credentials(url));
+    }
+    if let Some(creds) = &leaf.creds {
+        cmd.arg("--creds").arg(creds);
+    }
+    if let Some(file) = &leaf.leaf_password_file {
+        cmd.arg("--leaf-password-file").arg(file);
+    }
+    cmd.arg("--hub-domain").arg(&leaf.hub_domain);
+    if let Some(domain) = &leaf.leaf_domain {
+        cmd.arg("--leaf-domain").arg(domain);
     }
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -1104,6 +1194,24 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// Writes `text` to `path` readable by its owner only (the NATS config may hold a password).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode on open: restrict it too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))
+}
+
 fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -1192,8 +1300,15 @@ mod tests {
         }
         let again = LatticeKeys::load_or_create(dir.path()).unwrap();
         assert_eq!(first.seeds, again.seeds);
-        let config = first.nats_config(4222, &dir.path().join("nats")).unwrap();
+        let config = nats_config(
+            4222,
+            &dir.path().join("nats"),
+            Some("hub"),
+            &first.authorization().unwrap(),
+        )
+        .unwrap();
         assert!(config.contains("listen: \"127.0.0.1:4222\""), "{config}");
+        assert!(config.contains("domain: \"hub\""), "{config}");
         // (Not `contains("SU")`: a public key may hold those two letters by chance.)
         for (user, seed) in &first.seeds {
             assert!(
