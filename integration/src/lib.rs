@@ -20,6 +20,7 @@ use trellis_protocol::nats::NatsAuth;
 use trellis_protocol::subjects::{self, CtlSubjects};
 
 pub mod oci;
+pub mod relay;
 
 /// A generous bound for anything a test waits on. Tests wait on events, not on sleeps; this
 /// only keeps a broken build from hanging CI.
@@ -73,6 +74,8 @@ pub struct NatsServer {
     config: Option<String>,
     /// How the harness itself connects (the readiness check, [`NatsServer::client`]).
     auth: NatsAuth,
+    /// The HTTP monitoring port (`-m`), when asked for.
+    monitor_port: Option<u16>,
 }
 
 impl NatsServer {
@@ -100,6 +103,7 @@ impl NatsServer {
             max_payload: None,
             config: Some(config.to_string()),
             auth,
+            monitor_port: None,
         };
         server.spawn().await;
         server
@@ -114,9 +118,40 @@ impl NatsServer {
             max_payload,
             config: None,
             auth: NatsAuth::default(),
+            monitor_port: None,
         };
         server.spawn().await;
         server
+    }
+
+    /// Like [`NatsServer::start`] with the server's HTTP monitoring endpoint on a free port, for
+    /// [`NatsServer::monitor`].
+    pub async fn start_monitored() -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            max_payload: None,
+            config: None,
+            auth: NatsAuth::default(),
+            monitor_port: Some(free_port()),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The JSON the server's monitoring endpoint answers for `path` (`/varz`, `/jsz`, `/connz?subs=1`
+    /// ...); the server must have been started with [`NatsServer::start_monitored`].
+    pub async fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let port = self
+            .monitor_port
+            .context("this nats-server was started without a monitoring port")?;
+        let (status, body) = http_get(&format!("127.0.0.1:{port}"), path)
+            .await
+            .with_context(|| format!("the monitoring endpoint did not answer {path}"))?;
+        anyhow::ensure!(status == 200, "{path} answered {status}: {body}");
+        serde_json::from_str(&body).with_context(|| format!("{path} answered no JSON: {body}"))
     }
 
     async fn spawn(&mut self) {
@@ -131,6 +166,9 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path());
+        if let Some(port) = self.monitor_port {
+            command.args(["-m", &port.to_string()]);
+        }
         if let Some(max) = self.max_payload {
             let config = self.store.path().join("nats.conf");
             std::fs::write(&config, format!("max_payload: {max}\n")).expect("nats config");
@@ -202,7 +240,9 @@ impl Drop for NatsServer {
 /// Connects to `url` with `auth`, the way every Trellis process does.
 pub async fn connect_with(url: &str, auth: &NatsAuth) -> anyhow::Result<async_nats::Client> {
     let (url, options) = auth.connect_options(url).await?;
-    Ok(options.connect(url.as_str()).await?)
+    Ok(options
+        .connect(trellis_protocol::nats::server_list(&url))
+        .await?)
 }
 
 /// The `trellis` binary built from this workspace.
@@ -628,6 +668,19 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The names of the events that arrived since the last read, without waiting for more
+    /// than `quiet` between two of them.
+    pub async fn names_so_far(&mut self, quiet: Duration) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(quiet, self.sub.next()).await {
+            match serde_json::from_slice::<CloudEvent>(&msg.payload) {
+                Ok(event) => names.push(event.name().to_string()),
+                Err(_) => names.push(format!("malformed event on {}", msg.subject)),
+            }
+        }
+        names
+    }
+
     /// Waits for the first event named `name` whose data satisfies `pred`, skipping others.
     pub async fn wait_for(
         &mut self,
@@ -675,6 +728,59 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An app for an edge site: `http_hello` with `instances` per host and the built-in HTTP
+/// server on `address`, both placed by daemonscalers on the hosts labelled `site=SITE`.
+pub fn site_app_manifest(app: &str, site: &str, instances: u32, address: &str) -> String {
+    format!(
+        r#"apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {app}
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: hello
+      type: component
+      properties:
+        image: file://{wasm}
+      traits:
+        - type: daemonscaler
+          properties:
+            instances: {instances}
+            spread:
+              - name: site
+                requirements:
+                  site: {site}
+    - name: httpserver
+      type: capability
+      properties:
+        image: trellis+builtin://http-server
+      traits:
+        - type: daemonscaler
+          properties:
+            instances: 1
+            spread:
+              - name: site
+                requirements:
+                  site: {site}
+        - type: link
+          properties:
+            namespace: wasi
+            package: http
+            interfaces: [incoming-handler]
+            target:
+              name: hello
+            source:
+              config:
+                - name: {app}-http
+                  properties:
+                    address: {address}
+"#,
+        wasm = guest("http_hello").display()
+    )
 }
 
 /// `file://` URL of guest component `name`, as control requests and manifests name it.

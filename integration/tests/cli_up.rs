@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use trellis_integration::{eventually, free_port, guest, http_ok, trellis_cli};
+use trellis_integration::{eventually, free_port, guest, http_ok, site_app_manifest, trellis_cli};
 
 fn log_of(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("logs/up.log")).unwrap_or_default()
@@ -211,5 +211,113 @@ async fn up_insecure_says_so_and_admits_anyone() {
     let (ok, out, err) = trellis_cli(dir, &["get", "hosts"]).await;
     assert!(ok, "{out}\n{err}");
     let (ok, _, err) = trellis_cli(dir, &["down"]).await;
+    assert!(ok, "{err}");
+}
+
+/// An edge site the way an operator starts one: a hub (`trellis up --leaf-listen`) and a site
+/// (`trellis up --leaf-of ... --leaf-password-file ...`) whose host the hub's reconciler places
+/// an app on by its label; the app serves at the site.
+#[tokio::test]
+async fn up_leaf_of_joins_a_hub_and_serves_what_the_hub_places() {
+    let hub_data = tempfile::tempdir().unwrap();
+    let hub_dir = hub_data.path();
+    let _stop_hub = StopOnDrop(hub_dir);
+    let site_data = tempfile::tempdir().unwrap();
+    let site_dir = site_data.path();
+    let _stop_site = StopOnDrop(site_dir);
+    let leaf_listen = format!("127.0.0.1:{}", free_port());
+    let hub_port = free_port().to_string();
+    let (ok, out, err) = trellis_cli(
+        hub_dir,
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &hub_port,
+            "--lattice",
+            "fleet",
+            "--leaf-listen",
+            &leaf_listen,
+        ],
+    )
+    .await;
+    assert!(ok, "hub up failed:\n{err}\nlog:\n{}", log_of(hub_dir));
+    let password_file = hub_dir.join("auth/leaf.password");
+    let password = std::fs::read_to_string(&password_file).expect("the hub keeps a leaf password");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&password_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert!(
+        !out.contains(password.trim()),
+        "the password is printed: {out}"
+    );
+
+    let site_port = free_port().to_string();
+    let hub_url = format!("nats-leaf://{leaf_listen}");
+    let password_arg = password_file.display().to_string();
+    let (ok, out, err) = trellis_cli(
+        site_dir,
+        &[
+            "up",
+            "--detach",
+            "--nats-port",
+            &site_port,
+            "--lattice",
+            "fleet",
+            "--leaf-of",
+            &hub_url,
+            "--leaf-password-file",
+            &password_arg,
+            "--leaf-domain",
+            "shop1",
+            "--label",
+            "site=shop1",
+        ],
+    )
+    .await;
+    assert!(ok, "site up failed:\n{err}\nlog:\n{}", log_of(site_dir));
+    assert!(!out.contains(password.trim()) && !err.contains(password.trim()));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(site_dir.join("up.json")).unwrap()).unwrap();
+    let host_pid = state["host_pid"].as_u64().expect("the site runs a host");
+    assert!(
+        state["wadm_pid"].as_u64().is_none(),
+        "an edge site runs no reconciler: {state}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(password.trim()));
+
+    // The hub sees the site's host by its label.
+    eventually("the hub to see the site's host", || async {
+        let (ok, out, _) = trellis_cli(hub_dir, &["get", "hosts"]).await;
+        (ok && out.contains("site=shop1")).then_some(())
+    })
+    .await;
+
+    // The hub's reconciler places an app on the site; it serves there.
+    let http_port = free_port();
+    let manifest = hub_dir.join("shop.yaml");
+    let address = format!("127.0.0.1:{http_port}");
+    std::fs::write(&manifest, site_app_manifest("shop", "shop1", 1, &address)).unwrap();
+    let manifest_arg = manifest.display().to_string();
+    let (ok, out, err) = trellis_cli(hub_dir, &["app", "deploy", &manifest_arg]).await;
+    assert!(ok, "{out}\n{err}");
+    let body = eventually("the site to serve the app", || http_ok(&address, "/")).await;
+    assert!(body.contains("Hello from Trellis!"), "{body}");
+    eventually("the hub to report the app deployed", || async {
+        let (ok, out, _) = trellis_cli(hub_dir, &["app", "status", "shop"]).await;
+        (ok && out.starts_with("shop: deployed")).then_some(())
+    })
+    .await;
+
+    let (ok, _, err) = trellis_cli(site_dir, &["down"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = trellis_cli(hub_dir, &["down"]).await;
     assert!(ok, "{err}");
 }

@@ -3,8 +3,10 @@
 //! An idle host costs the NATS server nothing new: once it has read its buckets it holds one
 //! watch per bucket and creates no further JetStream consumers, however quiet (or empty) the
 //! buckets are; it used to re-read both buckets and create consumers every 2 s. Consumer
-//! creations are counted from nats-server's own JetStream advisories. A host whose NATS server
-//! is gone still exits on SIGTERM.
+//! creations are counted from nats-server's own JetStream advisories (which see a consumer made
+//! and dropped between two samples), and the server's consumer and subscription counts are read
+//! from its monitoring endpoint every second for 30 s. A host whose NATS server is gone still
+//! exits on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,11 +15,21 @@ use futures::StreamExt;
 use trellis_integration::{HostProcess, NatsServer, WAIT};
 
 /// How long the host is watched for new consumers once it has settled.
-const QUIET_WINDOW: Duration = Duration::from_secs(7);
+const QUIET_WINDOW: Duration = Duration::from_secs(30);
+
+/// The server's JetStream consumers and client subscriptions, from its monitoring endpoint.
+async fn counts(nats: &NatsServer) -> (u64, u64) {
+    let jsz = nats.monitor("/jsz").await.expect("/jsz");
+    let varz = nats.monitor("/varz").await.expect("/varz");
+    (
+        jsz["consumers"].as_u64().expect("/jsz consumers"),
+        varz["subscriptions"].as_u64().expect("/varz subscriptions"),
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_host_with_empty_buckets_creates_no_consumers() {
-    let nats = NatsServer::start().await;
+    let nats = NatsServer::start_monitored().await;
     let lattice = "idle";
     let client = nats.client().await;
     let mut advisories = client
@@ -50,16 +62,48 @@ async fn an_idle_host_with_empty_buckets_creates_no_consumers() {
         }
     }
 
-    // From here on, nothing: count what arrives in the window.
+    // The snapshot's key listing may still be creating its consumer as the window opens: the
+    // counts are sampled once that advisory has come or a second has passed.
     let mut later: Vec<String> = Vec::new();
-    let window_ends = tokio::time::Instant::now() + QUIET_WINDOW;
-    while let Ok(Some(message)) = tokio::time::timeout_at(window_ends, advisories.next()).await {
+    let settle = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(message)) = tokio::time::timeout_at(settle, advisories.next()).await {
         if let Some(stream) = stream_of(&message.subject) {
             if streams.contains(&stream) {
                 later.push(stream);
             }
         }
     }
+
+    // From here on, nothing: count what arrives in the window, and sample the server's counts
+    // every second.
+    let first = counts(&nats).await;
+    let mut samples = vec![first];
+    let window_ends = tokio::time::Instant::now() + QUIET_WINDOW;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(window_ends) => break,
+            _ = tick.tick() => samples.push(counts(&nats).await),
+            message = advisories.next() => {
+                let Some(message) = message else { break };
+                if let Some(stream) = stream_of(&message.subject) {
+                    if streams.contains(&stream) {
+                        later.push(stream);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        samples.iter().all(|s| *s == first),
+        "an idle host's consumers and subscriptions changed over {QUIET_WINDOW:?} (consumers, subscriptions): {samples:?}\nhost log:\n{}",
+        host.logs()
+    );
+    assert!(
+        first.0 <= 5,
+        "an idle host holds {} JetStream consumers (at most 5 expected)",
+        first.0
+    );
     // The snapshot's key listing may still be creating its consumer as the window opens.
     assert!(
         later.len() <= streams.len(),
