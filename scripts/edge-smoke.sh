@@ -21,10 +21,16 @@
 # the script, or the x86_64 musl binary).
 # Under qemu wasmtime compiles the component for aarch64 with cranelift, emulated: slow, so the
 # waits are long (EDGE_SMOKE_TIMEOUT seconds each, default 240).
+# Under qemu the host runs with an address-space limit (EDGE_SMOKE_ULIMIT_V_KIB, default 2 GiB,
+# as `ulimit -v` takes it): without one, the pooling allocator reserves address space for up to
+# 1000 instances (terabytes), and qemu-user tracks every page of a guest mapping, which takes
+# minutes of system time and stalls the machine. With a limit the host allocates instances on
+# demand with small reservations, as on a small device (integration/tests/small_device.rs).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 timeout_secs="${EDGE_SMOKE_TIMEOUT:-240}"
+ulimit_v_kib="${EDGE_SMOKE_ULIMIT_V_KIB:-2097152}"
 
 arm64=""
 native=""
@@ -119,7 +125,7 @@ wrapper="$work/trellis-arm64"
 if readelf -h "$arm64" 2>/dev/null | grep -q 'AArch64'; then
   arch=aarch64
   runner="$(basename "$qemu")"
-  printf '#!/bin/sh\nexec %q %q "$@"\n' "$qemu" "$arm64" >"$wrapper"
+  printf '#!/bin/sh\nulimit -v %s\nexec %q %q "$@"\n' "$ulimit_v_kib" "$qemu" "$arm64" >"$wrapper"
 else
   arch=$(uname -m)
   runner="no emulation"
@@ -130,11 +136,15 @@ chmod +x "$wrapper"
 if [ -n "$precompile_with" ]; then
   if readelf -h "$precompile_with" 2>/dev/null | grep -q 'AArch64'; then
     compiler=("$qemu" "$precompile_with")
+    # Code for a host under the wrapper's address-space limit (its memories are reserved
+    # differently, see above).
+    compile_limit=(--address-space-limit-mb "$(( ulimit_v_kib / 1024 ))")
   else
     compiler=("$precompile_with")
+    compile_limit=()
   fi
   step "compiling hello ahead of time: ${compiler[*]} compile"
-  "${compiler[@]}" compile "$hello_wasm" -o "$work/cache/" || fail "trellis compile"
+  "${compiler[@]}" compile "$hello_wasm" -o "$work/cache/" ${compile_limit[@]+"${compile_limit[@]}"} || fail "trellis compile"
 fi
 
 step "host binary: $arm64 ($(stat -c %s "$arm64") bytes)"
@@ -171,7 +181,7 @@ pids+=($!)
 step "reconciler (native) and $arch host ($runner) started"
 
 deadline=$(( $(now) + timeout_secs ))
-until hosts=$("$native" get hosts --output json 2>/dev/null) && grep -q "\"$arch\"" <<<"$hosts"; do
+until hosts=$(timeout 30 "$native" get hosts --output json 2>/dev/null) && grep -q "\"$arch\"" <<<"$hosts"; do
   [ "$(now)" -lt "$deadline" ] || fail "no $arch host joined the lattice in ${timeout_secs}s"
   sleep 1
 done
@@ -192,7 +202,7 @@ until body=$(curl -fsS --max-time 30 "http://127.0.0.1:$http_port/" 2>/dev/null)
 done
 step "GET http://127.0.0.1:$http_port/ -> $body"
 
-inventory=$("$native" get inventory --output json) || fail "get inventory"
+inventory=$(timeout 30 "$native" get inventory --output json) || fail "get inventory"
 grep -q "$arch" <<<"$inventory" || fail "the inventory names no $arch host: $inventory"
 grep -q 'http-hello\|http_hello' <<<"$inventory" || fail "the inventory lists no hello component: $inventory"
 step "the $arch host runs hello and the HTTP server provider: edge smoke test passed"
