@@ -12,7 +12,8 @@
 #           else the aarch64-unknown-linux-gnu one]
 # --native  a trellis that runs on this machine for the reconciler and the CLI [default: the
 #           x86_64 musl edge binary, else release, else debug in $CARGO_TARGET_DIR]
-# --precompile-with  a trellis with the compiler (an aarch64 one runs under qemu) that compiles
+# --precompile-with  a trellis with the compiler and `trellis compile` (branch edge-compile; an
+#           aarch64 one runs under qemu) that compiles
 #           hello ahead of time (`trellis compile`) into the host's cache directory: for an
 #           --arm64 binary built without the compiler (runtime only, docs/edge-binaries.md)
 #
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --native) [ $# -ge 2 ] || { echo "--native needs a path" >&2; exit 2; }; native="$2"; shift 2 ;;
     --precompile-with) [ $# -ge 2 ] || { echo "--precompile-with needs a path" >&2; exit 2; }
       precompile_with="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
