@@ -101,7 +101,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             }
         }
         let done = hosts.len() + failures.len();
-        if done % 10 == 0 {
+        if done.is_multiple_of(10) {
             println!(
                 "  {done} of {wanted} started ({} failed) in {:.0} s; load {}",
                 failures.len(),
