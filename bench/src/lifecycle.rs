@@ -17,13 +17,13 @@ const COLD: &str = "4. Cold start";
 const HEAL: &str = "6. Healing";
 
 /// A `trellis wadm` child process; killed on drop.
-struct Wadm {
+pub(crate) struct Wadm {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Wadm {
-    fn start(trellis: &Path, nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(trellis: &Path, nats_url: &str, lattice: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let log = std::fs::File::create(dir.path().join("wadm.log"))?;
         let child = Command::new(trellis)
@@ -44,7 +44,7 @@ impl Drop for Wadm {
 }
 
 /// One wadm API request, retried while nobody serves the API yet.
-async fn wadm_api(
+pub(crate) async fn wadm_api(
     client: &async_nats::Client,
     subject: String,
     body: Vec<u8>,
@@ -115,7 +115,7 @@ spec:
 }
 
 /// Puts and deploys `app`; returns once wadm acknowledged the deploy.
-async fn deploy(
+pub(crate) async fn deploy(
     client: &async_nats::Client,
     lattice: &str,
     app: &str,
@@ -272,7 +272,8 @@ pub async fn cold_start(bench: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn runs(lattice: &Lattice, host: &str, id: &str) -> bool {
+/// Whether `host`'s inventory shows component `id` with at least one instance.
+pub(crate) async fn runs(lattice: &Lattice, host: &str, id: &str) -> bool {
     lattice
         .request::<HostInventory>(lattice.subjects.host_get(host), &serde_json::json!({}))
         .await

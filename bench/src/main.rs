@@ -9,6 +9,7 @@ mod anchor;
 mod calls;
 mod distribution;
 mod drive;
+mod fleet;
 mod footprint;
 mod http;
 mod kv;
@@ -25,7 +26,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use report::{Figure, Report};
+use report::{Figure, Problem, Report, SectionRun};
+
+/// Hosts in the fleet section unless `--fleet-hosts` says otherwise (the budget is for
+/// 100 hosts on one machine).
+const FLEET_HOSTS: usize = 100;
 
 /// Measure Trellis against `wasmtime serve` on a real local lattice.
 #[derive(Debug, Parser)]
@@ -46,10 +51,16 @@ struct Args {
     /// Use the binaries and components already built instead of building them first.
     #[arg(long)]
     no_build: bool,
-    /// Only these sections (http, calls, kv, cold, footprint, heal, distribution); all when
-    /// absent.
+    /// Only these sections (http, calls, kv, cold, footprint, heal, distribution, fleet); all
+    /// when absent. The other sections keep their figures from the previous results.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Hosts in the fleet section (one `trellis host` process each).
+    #[arg(long, default_value_t = FLEET_HOSTS)]
+    fleet_hosts: usize,
+    /// Write only this run's figures, dropping the previous results of sections not measured.
+    #[arg(long)]
+    fresh: bool,
     /// Where the Markdown report goes (default: BENCHMARKS.md in the repository).
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -74,13 +85,22 @@ pub struct Bench {
     pub footprint_time_box: Duration,
     /// Cold starts with cached code to take the median of.
     pub cold_repeats: usize,
+    /// Hosts in the fleet section.
+    pub fleet_hosts: usize,
+    /// How long the fleet is watched while idle.
+    pub fleet_window: Duration,
+    /// The section running now (its `--only` name); figures and problems are filed under it.
+    pub current: String,
     /// What was measured so far.
     pub report: Report,
 }
 
 impl Bench {
     /// Records a figure and prints it.
-    pub fn push(&mut self, figure: Figure) {
+    pub fn push(&mut self, mut figure: Figure) {
+        if figure.origin.is_empty() {
+            figure.origin = self.current.clone();
+        }
         println!(
             "  {} | {} | {}: {}{}",
             figure.section,
@@ -102,7 +122,11 @@ impl Bench {
     /// Records something that could not be measured.
     pub fn problem(&mut self, text: String) {
         eprintln!("  problem: {text}");
-        self.report.problems.push(text);
+        self.report.problems.push(Problem {
+            section: self.current.clone(),
+            at: self.report.started_at.clone(),
+            text,
+        });
     }
 }
 
@@ -153,6 +177,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The `bench/run.sh` command line that reproduces this run's selection.
+fn command_line(args: &Args) -> String {
+    let mut command = String::from("bench/run.sh");
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if args.skip_anchor {
+        command.push_str(" --skip-anchor");
+    }
+    if !args.only.is_empty() {
+        command.push_str(&format!(" --only {}", args.only.join(",")));
+    }
+    if args.fleet_hosts != FLEET_HOSTS
+        && (args.only.is_empty() || args.only.iter().any(|s| s == "fleet"))
+    {
+        command.push_str(&format!(" --fleet-hosts {}", args.fleet_hosts));
+    }
+    command
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let wall = Instant::now();
     if !args.no_build {
@@ -192,6 +236,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         components: 1000,
         footprint_time_box: Duration::from_secs(if args.quick { 30 } else { 120 }),
         cold_repeats: if args.quick { 5 } else { 15 },
+        fleet_hosts: args.fleet_hosts,
+        fleet_window: Duration::from_secs(if args.quick { 10 } else { 20 }),
+        current: String::new(),
         report: Report {
             mode: mode.into(),
             started_at: machine::first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
@@ -221,11 +268,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             "footprint",
             "heal",
             "distribution",
+            "fleet",
         ] {
             if !wanted(name) {
                 continue;
             }
             println!("== {name}");
+            bench.current = name.to_string();
             let started = Instant::now();
             let result = match name {
                 "http" => http::run(&mut bench).await,
@@ -234,30 +283,61 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "cold" => lifecycle::cold_start(&mut bench).await,
                 "footprint" => footprint::run(&mut bench).await,
                 "heal" => lifecycle::healing(&mut bench).await,
-                _ => distribution::run(&mut bench).await,
+                "distribution" => distribution::run(&mut bench).await,
+                _ => fleet::run(&mut bench).await,
             };
             if let Err(e) = result {
                 bench.problem(format!("section `{name}` failed: {e:#}"));
             }
+            bench.current.clear();
             println!("   ({name}: {:.1} s)", started.elapsed().as_secs_f64());
         }
     });
     drop(runtime);
 
     bench.report.duration_s = wall.elapsed().as_secs_f64();
+    let command = command_line(&args);
+    let mut measured: Vec<String> = Vec::new();
+    for figure in &bench.report.figures {
+        if !measured.contains(&figure.origin) {
+            measured.push(figure.origin.clone());
+        }
+    }
+    let trellis = bench
+        .report
+        .machine
+        .iter()
+        .find(|(k, _)| k == "trellis")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    for section in measured {
+        bench.report.sections.push(SectionRun {
+            section,
+            started_at: bench.report.started_at.clone(),
+            mode: bench.report.mode.clone(),
+            command: command.clone(),
+            trellis: trellis.clone(),
+            machine: report::machine_summary(&bench.report.machine),
+        });
+    }
     let json = args
         .json
+        .clone()
         .unwrap_or_else(|| repo_root().join("bench/results/latest.json"));
+    if !args.fresh && json.is_file() {
+        match Report::read_json(&json) {
+            Ok(previous) => bench.report.keep_unmeasured(previous),
+            Err(e) => eprintln!(
+                "trellis-bench: not keeping earlier figures ({e:#}); writing this run's only"
+            ),
+        }
+    }
     bench.report.write_json(&json)?;
     let markdown = args
         .markdown
+        .clone()
         .unwrap_or_else(|| repo_root().join("BENCHMARKS.md"));
-    let command = if args.quick {
-        "bench/run.sh --quick"
-    } else {
-        "bench/run.sh"
-    };
-    std::fs::write(&markdown, bench.report.markdown(command))
+    std::fs::write(&markdown, bench.report.markdown(&command))
         .with_context(|| format!("cannot write {}", markdown.display()))?;
     println!(
         "trellis-bench: wrote {} and {} in {:.0} s",

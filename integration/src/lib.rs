@@ -305,8 +305,9 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Starts `trellis host` on `nats_url`/`lattice` with file loading allowed and `extra`
-    /// flags, and waits until it answers `host.ping`.
+    /// Starts `trellis host` on `nats_url`/`lattice` with file loading allowed, a 500 ms
+    /// heartbeat (unless `extra` sets one) and `extra` flags, and waits until it answers
+    /// `host.ping`.
     pub async fn start(nats_url: &str, lattice: &str, extra: &[&str]) -> Self {
         let seed = nkeys::KeyPair::new_server().seed().expect("seed");
         Self::start_with_seed(nats_url, lattice, extra, seed, true).await
@@ -383,9 +384,15 @@ impl HostProcess {
             nats_url.into(),
             "--lattice".into(),
             lattice.into(),
-            "--heartbeat-interval-ms".into(),
-            "500".into(),
         ];
+        // A fast heartbeat keeps tests short; a caller that sets its own (the benchmark's
+        // fleet runs the default) keeps it, as the flag may be given only once.
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--heartbeat-interval-ms"))
+        {
+            args.extend(["--heartbeat-interval-ms".into(), "500".into()]);
+        }
         if allow_file_load {
             args.push("--allow-file-load".into());
         }
