@@ -39,8 +39,9 @@ const CPU_BUDGET_PCT: f64 = 3.0;
 const CONSUMERS_BUDGET: f64 = 5.0;
 const DEPLOY_BUDGET_S: f64 = 5.0;
 /// How long the fleet is left alone before it is watched: longer than the 30 s after which
-/// nats-server drops an unbound ephemeral consumer (async-nats' `inactive_threshold`), so the
-/// consumers of each host's start-up key listing are gone and what is counted is what stays.
+/// nats-server drops an unbound ephemeral consumer (async-nats' `inactive_threshold`). Hosts
+/// since 4b982c4 list keys without a consumer; the wait keeps older hosts comparable and
+/// makes sure what is counted is what stays.
 const SETTLE: Duration = Duration::from_secs(35);
 /// How long the idle traffic is broken down by subject (after the measured window: the
 /// wildcard subscription that counts it costs the server too).
