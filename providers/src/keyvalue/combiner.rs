@@ -484,9 +484,11 @@ mod tests {
             interference: 1,
             ..FakeStore::default()
         });
+        // Long enough that the first read answers even on a loaded machine (the fake store
+        // answers at once): what runs out is the retries, not the read.
         let combiner = Arc::new(Combiner::with_deadline(
             store.clone(),
-            Duration::from_millis(30),
+            Duration::from_secs(1),
         ));
         let error = combiner
             .increment("k", 1, CounterRange::U64)
