@@ -287,12 +287,55 @@ pub(crate) async fn runs(lattice: &Lattice, host: &str, id: &str) -> bool {
 }
 
 /// Healing: SIGKILL the host running a deployed app's component; time until HTTP answers
-/// 200 again (served from the other host).
+/// 200 again (served from the other host). Measured once with fast (500 ms) heartbeats, as
+/// the other sections run, and three times at default settings (2 s heartbeats), the case
+/// the issue's budget (< 3 s) is about: the median of those is the budgeted figure.
 pub async fn healing(bench: &mut Bench) -> anyhow::Result<()> {
+    let fast = heal_once(bench, &["--heartbeat-interval-ms", "500"]).await?;
+    bench.push(Figure {
+        section: HEAL.into(),
+        scenario: "kill -9 of the host running the app -> HTTP 200 again".into(),
+        load: "2 hosts, spreadscaler 1".into(),
+        value: Some(fast),
+        unit: "s".into(),
+        budget: Some("< 10 s".into()),
+        met: Some(fast < 10.0),
+        note: "hosts heartbeat every 500 ms; `trellis wadm` default --host-dead-after-ms \
+               (6000); HTTP polled every 20 ms"
+            .into(),
+        ..Figure::default()
+    });
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.push(heal_once(bench, &["--heartbeat-interval-ms", "2000"]).await?);
+    }
+    samples.sort_by(f64::total_cmp);
+    let median = samples[1];
+    bench.push(Figure {
+        section: HEAL.into(),
+        scenario: "kill -9 of the host running the app -> HTTP 200 again, default settings".into(),
+        load: "2 hosts, spreadscaler 1, median of 3".into(),
+        value: Some(median),
+        unit: "s".into(),
+        budget: Some("< 3 s".into()),
+        met: Some(median < 3.0),
+        note: format!(
+            "default 2 s heartbeats and `trellis wadm` defaults; samples {:.2} / {:.2} / {:.2} s; \
+             HTTP polled every 20 ms",
+            samples[0], samples[1], samples[2]
+        ),
+        ..Figure::default()
+    });
+    Ok(())
+}
+
+/// One healing run on a fresh lattice whose hosts get `host_flags`: seconds from SIGKILL of
+/// the host running the app to HTTP 200 again.
+async fn heal_once(bench: &Bench, host_flags: &[&str]) -> anyhow::Result<f64> {
     let nats = NatsServer::start().await;
     let name = "bench-heal";
-    let mut host_a = HostProcess::start(&nats.url(), name, &[]).await;
-    let mut host_b = HostProcess::start(&nats.url(), name, &[]).await;
+    let mut host_a = HostProcess::start(&nats.url(), name, host_flags).await;
+    let mut host_b = HostProcess::start(&nats.url(), name, host_flags).await;
     let lattice = Lattice::connect(&nats.url(), name).await;
     let _wadm = Wadm::start(&bench.trellis_bin, &nats.url(), name)?;
     let wasm = file_ref(&trellis_integration::guest("http_hello"));
@@ -328,19 +371,5 @@ pub async fn healing(bench: &mut Bench) -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
-    let took = served.duration_since(started).as_secs_f64();
-    bench.push(Figure {
-        section: HEAL.into(),
-        scenario: "kill -9 of the host running the app -> HTTP 200 again".into(),
-        load: "2 hosts, spreadscaler 1".into(),
-        value: Some(took),
-        unit: "s".into(),
-        budget: Some("< 10 s".into()),
-        met: Some(took < 10.0),
-        note: "hosts heartbeat every 500 ms; `trellis wadm` default --host-dead-after-ms \
-               (6000); HTTP polled every 20 ms"
-            .into(),
-        ..Figure::default()
-    });
-    Ok(())
+    Ok(served.duration_since(started).as_secs_f64())
 }
