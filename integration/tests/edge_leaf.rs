@@ -97,6 +97,25 @@ async fn assert_settled(hub_lattice: &Lattice, host_id: &str, address: &str) {
     );
 }
 
+/// The site's host: on the leaf server, reading the lattice's state from the hub's domain,
+/// with its identity and snapshot in `data_dir`, labelled `site=shop1`.
+async fn start_site_host(leaf: &NatsServer, data_dir: &std::path::Path) -> HostProcess {
+    let data = data_dir.display().to_string();
+    HostProcess::start(
+        &leaf.url(),
+        LATTICE,
+        &[
+            "--js-domain",
+            "hub",
+            "--data-dir",
+            &data,
+            "--label",
+            "site=shop1",
+        ],
+    )
+    .await
+}
+
 fn hub_config(leaf_port: u16) -> String {
     format!("jetstream {{ domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n")
 }
@@ -136,20 +155,7 @@ async fn a_site_cut_off_from_its_hub_serves_and_rejoins_without_churn() {
     let hub_lattice = Lattice::connect(&hub.url(), LATTICE).await;
     wadm.wait_ready(&hub_lattice.client, LATTICE).await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let data = data_dir.path().display().to_string();
-    let host = HostProcess::start(
-        &leaf.url(),
-        LATTICE,
-        &[
-            "--js-domain",
-            "hub",
-            "--data-dir",
-            &data,
-            "--label",
-            "site=shop1",
-        ],
-    )
-    .await;
+    let host = start_site_host(&leaf, data_dir.path()).await;
     let address = format!("127.0.0.1:{}", free_port());
     let client = hub_lattice.client.clone();
     deploy(&client, &address).await;
@@ -194,20 +200,7 @@ async fn a_leaf_host_serves_through_a_hub_outage_and_from_its_snapshot_after_a_r
     wadm.wait_ready(&hub_lattice.client, LATTICE).await;
 
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let data = data_dir.path().display().to_string();
-    let mut host = HostProcess::start(
-        &leaf.url(),
-        LATTICE,
-        &[
-            "--js-domain",
-            "hub",
-            "--data-dir",
-            &data,
-            "--label",
-            "site=shop1",
-        ],
-    )
-    .await;
+    let mut host = start_site_host(&leaf, data_dir.path()).await;
     let leaf_lattice = Lattice::connect(&leaf.url(), LATTICE).await;
 
     let address = format!("127.0.0.1:{}", free_port());
