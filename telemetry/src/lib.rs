@@ -253,12 +253,27 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
     };
 
     let trace_layer = tracer.as_ref().map(|provider| {
+        // Per span, only what an operator reads: the attributes `spans` sets. Source
+        // locations, thread names, targets and busy/idle timings describe Trellis' own Rust
+        // code and cost work on every span and on every poll of an instrumented future.
+        // Context activation is what puts a log record inside its span's trace, so it stays
+        // on while logs are exported.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("trellis"))
-            // Only the spans of `spans` (made only while tracing is on), whatever RUST_LOG says.
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && meta.target() == spans::TARGET
-            }))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(logger.is_some())
+            // Only the spans of `spans` (made only while tracing is on), whatever RUST_LOG
+            // says. The level hint keeps `trace!`/`debug!` call sites everywhere else
+            // switched off for good instead of asked on every call.
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    meta.is_span() && meta.target() == spans::TARGET
+                })
+                .with_max_level_hint(tracing::Level::INFO),
+            )
     });
     let log_layer = logger.as_ref().map(|provider| {
         opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(provider)
