@@ -129,6 +129,85 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .await
         .context("reading the host data from stdin")?;
     let data = ProviderHostData::decode_line(&line)?;
+    // EOF on stdin means the host is gone. It is watched from here on, so a host killed while
+    // this process still starts (say, waiting for a NATS server that is gone too) cannot leave
+    // it behind.
+    let (gone_tx, host_gone) = tokio::sync::watch::channel(false);
+    let mut stdin = stdin.into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut sink = [0u8; 256];
+        while let Ok(1..) = stdin.read(&mut sink).await {}
+        let _ = gone_tx.send(true);
+    });
+    let served = serve_for_host(&data, host_gone).await;
+    watcher.abort();
+    served
+}
+
+/// Serves the lattice `data` names until the host is gone, a signal, or a shutdown request.
+async fn serve_for_host(
+    data: &ProviderHostData,
+    mut host_gone: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let terminate = terminate_signal();
+    tokio::pin!(terminate);
+    let started = tokio::select! {
+        started = start_for_host(data) => started?,
+        _ = host_gone.wait_for(|gone| *gone) => {
+            tracing::info!("stdin closed while starting: the host is gone; stopping");
+            return Ok(());
+        }
+        () = &mut terminate => {
+            tracing::info!("signal received while starting; stopping");
+            return Ok(());
+        }
+    };
+    let Started {
+        client,
+        mut health,
+        mut shutdown,
+        server,
+    } = started;
+    loop {
+        tokio::select! {
+            Some(ping) = health.next() => {
+                if let Some(reply) = ping.reply {
+                    let _ = client.publish(reply, Bytes::from_static(b"ok")).await;
+                }
+            }
+            Some(request) = shutdown.next() => {
+                if let Some(reply) = request.reply {
+                    let _ = client.publish(reply, Bytes::from_static(b"stopping")).await;
+                }
+                tracing::info!("shutdown requested by the host");
+                break;
+            }
+            _ = host_gone.wait_for(|gone| *gone) => {
+                tracing::info!("stdin closed: the host is gone; stopping");
+                break;
+            }
+            () = &mut terminate => {
+                tracing::info!("signal received; stopping");
+                break;
+            }
+        }
+    }
+    Box::new(server).stop().await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// What a provider process runs once started: its lattice connection, the subscriptions the
+/// host talks to it on, and the provider itself.
+struct Started {
+    client: async_nats::Client,
+    health: async_nats::Subscriber,
+    shutdown: async_nats::Subscriber,
+    server: super::HttpServer,
+}
+
+/// Connects to the lattice and starts the http-server provider.
+async fn start_for_host(data: &ProviderHostData) -> anyhow::Result<Started> {
     // Credentials and TLS come from the environment the host set (TRELLIS_NATS_*).
     let (url, options) = trellis_protocol::nats::NatsAuth::from_env()
         .connect_options(&data.lattice_rpc_url)
@@ -140,11 +219,11 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
         .map_err(|e| trellis_protocol::nats::connect_error(&data.lattice_rpc_url, e, ""))?;
     let lattice = data.lattice_rpc_prefix.clone();
     let provider_id = data.provider_key.clone();
-    let mut health = client
+    let health = client
         .subscribe(health_subject(&lattice, &provider_id))
         .await
         .context("subscribing to health checks")?;
-    let mut shutdown = client
+    let shutdown = client
         .subscribe(shutdown_subject(&lattice, &provider_id))
         .await
         .context("subscribing to shutdown requests")?;
@@ -162,48 +241,12 @@ pub async fn run_provider_process(name: &str) -> anyhow::Result<()> {
     .await?;
     client.flush().await.context("flushing subscriptions")?;
     tracing::info!(provider_id, lattice, "http-server provider process ready");
-
-    // EOF on stdin means the host is gone.
-    let mut stdin = stdin.into_inner();
-    let host_gone = async move {
-        let mut sink = [0u8; 256];
-        loop {
-            match stdin.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::pin!(host_gone);
-    let terminate = terminate_signal();
-    tokio::pin!(terminate);
-    loop {
-        tokio::select! {
-            Some(ping) = health.next() => {
-                if let Some(reply) = ping.reply {
-                    let _ = client.publish(reply, Bytes::from_static(b"ok")).await;
-                }
-            }
-            Some(request) = shutdown.next() => {
-                if let Some(reply) = request.reply {
-                    let _ = client.publish(reply, Bytes::from_static(b"stopping")).await;
-                }
-                tracing::info!("shutdown requested by the host");
-                break;
-            }
-            () = &mut host_gone => {
-                tracing::info!("stdin closed: the host is gone; stopping");
-                break;
-            }
-            () = &mut terminate => {
-                tracing::info!("signal received; stopping");
-                break;
-            }
-        }
-    }
-    Box::new(server).stop().await;
-    let _ = client.flush().await;
-    Ok(())
+    Ok(Started {
+        client,
+        health,
+        shutdown,
+        server,
+    })
 }
 
 async fn terminate_signal() {
