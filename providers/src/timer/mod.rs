@@ -496,9 +496,9 @@ async fn reconcile_links(
         refused_before = refused;
         active.retain(|key, (current, _)| desired.get(key) == Some(current));
         for (key, wanted) in desired {
-            if !active.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(key) {
                 let task = tokio::spawn(run_link(host.clone(), claims.clone(), wanted.clone()));
-                active.insert(key, (wanted, AbortOnDrop(task)));
+                slot.insert((wanted, AbortOnDrop(task)));
             }
         }
         tokio::select! {
