@@ -16,8 +16,27 @@ const TICKS_SUBJECT: &str = "timer.ticks";
 /// The named config the timer link reads.
 const TIMER_CONFIG: &str = "timer-settings";
 
-/// Two hosts, each running the timer provider (same id) and the counter component.
-async fn two_timer_hosts(nats: &NatsServer, lattice: &Lattice) -> [HostProcess; 2] {
+/// Which of the two hosts run what.
+#[derive(Clone, Copy)]
+struct Placement {
+    /// Hosts running the timer provider (same provider id on each).
+    provider: [bool; 2],
+    /// Hosts running the counter component.
+    component: [bool; 2],
+}
+
+/// Both hosts run the provider and the component.
+const EVERYWHERE: Placement = Placement {
+    provider: [true, true],
+    component: [true, true],
+};
+
+/// Two hosts running the timer provider and the counter component as `placement` says.
+async fn two_timer_hosts(
+    nats: &NatsServer,
+    lattice: &Lattice,
+    placement: Placement,
+) -> [HostProcess; 2] {
     let hosts = [
         HostProcess::start(&nats.url(), "default", &[]).await,
         HostProcess::start(&nats.url(), "default", &[]).await,
@@ -30,35 +49,39 @@ async fn two_timer_hosts(nats: &NatsServer, lattice: &Lattice) -> [HostProcess; 
     .await;
     let component_ref = format!("file://{}", guest("timer_counter").display());
     // One action at a time: `wait_for` skips the events it is not waiting for.
-    for host in &hosts {
+    for (index, host) in hosts.iter().enumerate() {
         let id = host.id.clone();
-        let mut events = lattice.events().await;
-        ok(
-            lattice,
-            lattice.subjects.provider_start(&host.id),
-            json!({"provider_id": "timer", "provider_ref": "trellis+builtin://timer"}),
-        )
-        .await;
-        events
-            .wait_for("provider_started", |d| {
-                d["provider_id"] == "timer" && d["host_id"] == id
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
-        let mut events = lattice.events().await;
-        ok(
-            lattice,
-            lattice.subjects.component_scale(&host.id),
-            json!({"component_ref": component_ref, "component_id": "counter", "count": 4,
-                   "config": ["counter-settings"]}),
-        )
-        .await;
-        events
-            .wait_for("component_scaled", |d| {
-                d["component_id"] == "counter" && d["host_id"] == id
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
+        if placement.provider[index] {
+            let mut events = lattice.events().await;
+            ok(
+                lattice,
+                lattice.subjects.provider_start(&host.id),
+                json!({"provider_id": "timer", "provider_ref": "trellis+builtin://timer"}),
+            )
+            .await;
+            events
+                .wait_for("provider_started", |d| {
+                    d["provider_id"] == "timer" && d["host_id"] == id
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
+        }
+        if placement.component[index] {
+            let mut events = lattice.events().await;
+            ok(
+                lattice,
+                lattice.subjects.component_scale(&host.id),
+                json!({"component_ref": component_ref, "component_id": "counter", "count": 4,
+                       "config": ["counter-settings"]}),
+            )
+            .await;
+            events
+                .wait_for("component_scaled", |d| {
+                    d["component_id"] == "counter" && d["host_id"] == id
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
+        }
     }
     hosts
 }
@@ -84,12 +107,13 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Links the timer with link config `TIMER_CONFIG` = `settings`.
-    async fn linked(settings: &[(&str, &str)]) -> Self {
+    /// Places the provider and component, then links the timer with link config
+    /// `TIMER_CONFIG` = `settings`.
+    async fn linked(placement: Placement, settings: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().await;
         let lattice = Lattice::connect(&nats.url(), "default").await;
         let client = nats.client().await;
-        let hosts = two_timer_hosts(&nats, &lattice).await;
+        let hosts = two_timer_hosts(&nats, &lattice, placement).await;
         put_config(&lattice, TIMER_CONFIG, settings).await;
         let ticks = client.subscribe(TICKS_SUBJECT).await.expect("subscribe");
         let events = lattice.events().await;
@@ -147,7 +171,7 @@ async fn each_tick_fires_once_across_two_hosts_and_failures_are_events() {
         hosts,
         mut ticks,
         mut events,
-    } = Fixture::linked(&[("interval", "1s"), ("payload", "hello")]).await;
+    } = Fixture::linked(EVERYWHERE, &[("interval", "1s"), ("payload", "hello")]).await;
 
     // Eight ticks: none twice, none missing between the first and the last, none skipped.
     let seen = collect_ticks(&mut ticks, 8, &hosts).await;
@@ -221,7 +245,7 @@ async fn a_busy_handler_makes_ticks_skip_instead_of_piling_up() {
         hosts,
         mut ticks,
         mut events,
-    } = Fixture::linked(&[("interval", "1s"), ("payload", "slow:2500")]).await;
+    } = Fixture::linked(EVERYWHERE, &[("interval", "1s"), ("payload", "slow:2500")]).await;
 
     let skipped = events
         .wait_for("timer_tick_skipped", |d| d["component_id"] == "counter")
@@ -236,4 +260,29 @@ async fn a_busy_handler_makes_ticks_skip_instead_of_piling_up() {
         "tick {skipped_tick} both skipped and fired: {fired:?}"
     );
     assert!(fired.values().all(|n| *n == 1), "{fired:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticks_reach_a_component_on_another_host_over_the_lattice() {
+    // The provider runs on the first host only, the component on the second only: every
+    // tick is an on-tick call over the lattice, its params in the lattice codec.
+    let Fixture {
+        _nats,
+        lattice: _lattice,
+        client: _client,
+        hosts,
+        mut ticks,
+        events: _events,
+    } = Fixture::linked(
+        Placement {
+            provider: [true, false],
+            component: [false, true],
+        },
+        &[("interval", "1s"), ("payload", "remote")],
+    )
+    .await;
+    let seen = collect_ticks(&mut ticks, 3, &hosts).await;
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    let numbers: Vec<u64> = seen.keys().copied().collect();
+    assert_eq!(numbers[2] - numbers[0], 2, "gaps in {numbers:?}");
 }
