@@ -48,42 +48,47 @@ async fn two_timer_hosts(
     )
     .await;
     let component_ref = format!("file://{}", guest("timer_counter").display());
-    // One action at a time: `wait_for` skips the events it is not waiting for.
+    // One command at a time: `wait_for` skips the events it is not waiting for.
     for (index, host) in hosts.iter().enumerate() {
-        let id = host.id.clone();
         if placement.provider[index] {
-            let mut events = lattice.events().await;
-            ok(
+            command_and_wait(
                 lattice,
                 lattice.subjects.provider_start(&host.id),
                 json!({"provider_id": "timer", "provider_ref": "trellis+builtin://timer"}),
+                ("provider_started", "provider_id", "timer", &host.id),
+                &hosts,
             )
             .await;
-            events
-                .wait_for("provider_started", |d| {
-                    d["provider_id"] == "timer" && d["host_id"] == id
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
         }
         if placement.component[index] {
-            let mut events = lattice.events().await;
-            ok(
+            command_and_wait(
                 lattice,
                 lattice.subjects.component_scale(&host.id),
                 json!({"component_ref": component_ref, "component_id": "counter", "count": 4,
                        "config": ["counter-settings"]}),
+                ("component_scaled", "component_id", "counter", &host.id),
+                &hosts,
             )
             .await;
-            events
-                .wait_for("component_scaled", |d| {
-                    d["component_id"] == "counter" && d["host_id"] == id
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&hosts)));
         }
     }
     hosts
+}
+
+/// Sends a control command, then waits for its event: `(name, id field, id, host id)`.
+async fn command_and_wait(
+    lattice: &Lattice,
+    subject: String,
+    body: serde_json::Value,
+    (event, field, id, host_id): (&str, &str, &str, &str),
+    hosts: &[HostProcess],
+) {
+    let mut events = lattice.events().await;
+    ok(lattice, subject, body).await;
+    events
+        .wait_for(event, |d| d[field] == id && d["host_id"] == host_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(hosts)));
 }
 
 fn logs(hosts: &[HostProcess]) -> String {
