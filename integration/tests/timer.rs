@@ -142,28 +142,33 @@ impl Fixture {
 }
 
 /// Reads `tick <number> <scheduled-ms> <payload>` messages until `count` distinct ticks
-/// arrived; returns how often each number was seen.
+/// arrived; returns how often each number was seen, and how late (ms after it was due) each
+/// message arrived, in arrival order.
 async fn collect_ticks(
     ticks: &mut async_nats::Subscriber,
     count: usize,
     hosts: &[HostProcess],
-) -> BTreeMap<u64, usize> {
+) -> (BTreeMap<u64, usize>, Vec<u64>) {
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut lateness = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.len() < count {
         let msg = tokio::time::timeout_at(deadline, ticks.next())
             .await
             .unwrap_or_else(|_| panic!("only {seen:?} ticks within {WAIT:?}\n{}", logs(hosts)))
             .expect("subscription open");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let text = String::from_utf8_lossy(&msg.payload).into_owned();
-        let number = text
-            .split(' ')
-            .nth(1)
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("unexpected tick message `{text}`"));
+        let mut fields = text.split(' ').skip(1).map(|n| n.parse::<u64>().ok());
+        let (Some(Some(number)), Some(Some(scheduled_ms))) = (fields.next(), fields.next()) else {
+            panic!("unexpected tick message `{text}`");
+        };
         *seen.entry(number).or_default() += 1;
+        lateness.push(now_ms.saturating_sub(scheduled_ms));
     }
-    seen
+    (seen, lateness)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,7 +184,13 @@ async fn each_tick_fires_once_across_two_hosts_and_failures_are_events() {
     } = Fixture::linked(EVERYWHERE, &[("interval", "1s"), ("payload", "hello")]).await;
 
     // Eight ticks: none twice, none missing between the first and the last, none skipped.
-    let seen = collect_ticks(&mut ticks, 8, &hosts).await;
+    let (seen, mut lateness) = collect_ticks(&mut ticks, 8, &hosts).await;
+    lateness.sort_unstable();
+    eprintln!(
+        "tick lateness (due -> the guest's message received): median {} ms, max {} ms",
+        lateness[lateness.len() / 2],
+        lateness[lateness.len() - 1]
+    );
     let elapsed = started.elapsed();
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
@@ -259,7 +270,7 @@ async fn a_busy_handler_makes_ticks_skip_instead_of_piling_up() {
     let skipped_tick = skipped.data["tick"].as_u64().expect("tick number");
     assert!(skipped.data["skipped_total"].as_u64() >= Some(1));
     // The skipped tick was not also fired elsewhere; the ones around it were fired once.
-    let fired = collect_ticks(&mut ticks, 3, &hosts).await;
+    let (fired, _) = collect_ticks(&mut ticks, 3, &hosts).await;
     assert!(
         !fired.contains_key(&skipped_tick),
         "tick {skipped_tick} both skipped and fired: {fired:?}"
@@ -286,7 +297,7 @@ async fn ticks_reach_a_component_on_another_host_over_the_lattice() {
         &[("interval", "1s"), ("payload", "remote")],
     )
     .await;
-    let seen = collect_ticks(&mut ticks, 3, &hosts).await;
+    let (seen, _) = collect_ticks(&mut ticks, 3, &hosts).await;
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     let numbers: Vec<u64> = seen.keys().copied().collect();
     assert_eq!(numbers[2] - numbers[0], 2, "gaps in {numbers:?}");
