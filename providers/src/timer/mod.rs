@@ -368,7 +368,7 @@ async fn fire(
 
 /// Calls `on-tick` of component `component_id` running on `host`, in a fresh instance under
 /// the component's concurrency cap and execution deadline.
-pub async fn call_local(
+async fn call_local(
     host: &Host,
     component_id: &str,
     info: &TickInfo,
