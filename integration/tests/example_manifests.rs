@@ -101,6 +101,27 @@ async fn every_example_manifest_deploys_and_serves() {
     .await;
     assert_eq!(reply, "reply: hi");
 
+    // timer: ticks arrive on the subject the component publishes them on.
+    let mut ticks = client
+        .subscribe("trellis.demo.ticks")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/timer.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    let tick = tokio::time::timeout(
+        trellis_integration::WAIT,
+        futures::StreamExt::next(&mut ticks),
+    )
+    .await
+    .expect("no tick within the wait")
+    .expect("subscription open");
+    let text = String::from_utf8_lossy(&tick.payload).into_owned();
+    assert!(
+        text.starts_with("tick ") && text.ends_with(" hello"),
+        "{text}"
+    );
+
     // spread over two zones: 8 instances east, 2 west.
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/spread.yaml"]).await;
     assert!(ok, "{out}\n{err}");

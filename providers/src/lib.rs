@@ -1,5 +1,5 @@
 //! Trellis capability providers, built in: the HTTP server, the HTTP client, key-value,
-//! messaging and secrets.
+//! messaging, blobstore, secrets and the timer trigger.
 //!
 //! [`Launcher`] is the host's [`ProviderLauncher`]: it maps provider references to the
 //! built-in implementations. The HTTP server can also run as its own supervised process
@@ -13,6 +13,7 @@ pub mod keyvalue;
 pub mod messaging;
 pub mod native;
 pub mod secrets;
+pub mod timer;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub enum Builtin {
     Messaging,
     /// `wasi:blobstore` (NATS object store or a directory).
     Blobstore,
+    /// The timer trigger: calls `trellis:timer/handler` of linked components.
+    Timer,
 }
 
 /// What a provider reference resolves to.
@@ -49,7 +52,8 @@ pub struct ResolvedRef {
 
 /// The references [`resolve_ref`] accepts, for error messages.
 pub const SUPPORTED_REFS: &str = "trellis+builtin://http-server, trellis+builtin://http-client, \
-trellis+builtin://keyvalue, trellis+builtin://messaging, trellis+builtin://blobstore (also \
+trellis+builtin://keyvalue, trellis+builtin://messaging, trellis+builtin://blobstore, \
+trellis+builtin://timer (also \
 wasmcloud+builtin://NAME), trellis+process://http-server, and the images \
 ghcr.io/wasmcloud/http-server, ghcr.io/wasmcloud/http-client, ghcr.io/wasmcloud/keyvalue-nats, \
 ghcr.io/wasmcloud/keyvalue-redis, ghcr.io/wasmcloud/messaging-nats, \
@@ -62,6 +66,7 @@ fn builtin_by_name(name: &str) -> Option<Builtin> {
         "keyvalue" | "keyvalue-nats" | "keyvalue-redis" | "kv" => Some(Builtin::Keyvalue),
         "messaging" | "messaging-nats" => Some(Builtin::Messaging),
         "blobstore" | "blobstore-nats" | "blobstore-fs" => Some(Builtin::Blobstore),
+        "timer" => Some(Builtin::Timer),
         _ => None,
     }
 }
@@ -155,6 +160,7 @@ impl ProviderLauncher for Launcher {
                 Builtin::Keyvalue => keyvalue::start(host, spec),
                 Builtin::Messaging => messaging::start(host, spec),
                 Builtin::Blobstore => blobstore::start(host, spec),
+                Builtin::Timer => timer::start(host, spec),
             }
         })
     }
@@ -204,6 +210,7 @@ mod tests {
                 "ghcr.io/wasmcloud/blobstore-fs:0.1",
                 Some(Builtin::Blobstore),
             ),
+            ("trellis+builtin://timer", Some(Builtin::Timer)),
             ("ghcr.io/wasmcloud/blobstore-s3:0.1", None),
             ("ghcr.io/other/http-server:1", None),
             ("file:///x.par.gz", None),

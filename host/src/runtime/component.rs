@@ -658,6 +658,29 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// Gives the instance, before the first call into it, the command-line world of a CGI
+    /// program (Wagi): `args`, the environment `env`, `stdin` as its standard input, and
+    /// `stdout` as its standard output (the caller keeps a clone to read it). Standard error
+    /// still goes to the host's log, tagged with the component id.
+    pub fn set_command_io(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: wasmtime_wasi::p2::pipe::MemoryInputPipe,
+        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    ) {
+        self.store.data_mut().wasi = WasiCtx::builder()
+            .args(args)
+            .envs(env)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(GuestLog::new(
+                self.component_id.clone(),
+                GuestStream::Stderr,
+            ))
+            .build();
+    }
+
     /// Classifies an error returned by a call into this instance (deadline, memory, trap...)
     /// and logs it (at most one line a second per component).
     pub fn error(&self, error: wasmtime::Error) -> InvocationError {

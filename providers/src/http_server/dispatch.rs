@@ -188,7 +188,8 @@ where
     }
 }
 
-fn too_large(limit: u64) -> Response<ResponseBody> {
+/// The 413 answer for a request body over `limit` bytes.
+pub(crate) fn too_large(limit: u64) -> Response<ResponseBody> {
     text_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is larger than this server's limit of {limit} bytes (config `max_content_len`)"),

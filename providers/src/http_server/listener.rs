@@ -143,8 +143,10 @@ async fn accept_loop(
                 let routes = routes.clone();
                 let shared = shared.clone();
                 let service_clock = clock.clone();
-                let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let addrs = super::wagi::ConnectionAddrs { local: addr, peer };
+                let service = service_fn(move |mut request: hyper::Request<Incoming>| {
                     service_clock.request_started();
+                    request.extensions_mut().insert(addrs);
                     let table = routes.read().unwrap_or_else(|p| p.into_inner()).clone();
                     let shared = shared.clone();
                     let clock = service_clock.clone();
@@ -240,7 +242,7 @@ async fn serve(
         }
     };
     let Some(started) = started else {
-        return dispatch(shared, &route.target, request).await;
+        return dispatch_route(shared, route, request).await;
     };
     // The server span of the request (a child of the client's `traceparent`, if any); its own
     // context replaces that header, so the component's invocation (here or on the host the
@@ -258,10 +260,22 @@ async fn serve(
         }
     }
     let response =
-        tracing::Instrument::instrument(dispatch(shared, &route.target, request), span.clone())
-            .await;
+        tracing::Instrument::instrument(dispatch_route(shared, route, request), span.clone()).await;
     let status = response.status().as_u16();
     trellis_telemetry::spans::record_http_status(&span, status);
     trellis_telemetry::metrics::record_http_request(method.as_str(), status, started.elapsed());
     response
+}
+
+/// Serves `request` the way its route asks: `wasi:http` (here or over the lattice), or Wagi.
+async fn dispatch_route(
+    shared: &Shared,
+    route: &super::routes::Route,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    if route.wagi {
+        super::wagi::serve(shared, route, request).await
+    } else {
+        dispatch(shared, &route.target, request).await
+    }
 }

@@ -15,12 +15,16 @@
 //! transfer breaks) is aborted: the connection closes without the final chunk, so the client
 //! sees an incomplete message, never a complete-looking truncated one.
 //!
+//! A link whose source config has `executor=wagi` is served the CGI way instead, by a
+//! component exporting `wasi:cli/run` ([`wagi`]).
+//!
 //! Every listener bounds its connections ([`settings::Settings`]: `header_read_timeout_ms`,
 //! `idle_timeout_ms`, `max_connections`).
 
 pub mod lattice;
 pub mod process;
 pub mod settings;
+pub mod wagi;
 pub mod wire;
 
 mod connection;

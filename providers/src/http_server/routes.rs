@@ -16,6 +16,8 @@ pub(crate) struct Route {
     pub target: String,
     /// The link name (for logs).
     pub link_name: String,
+    /// Served the CGI way (`executor=wagi` in the link's config), see [`super::wagi`].
+    pub wagi: bool,
 }
 
 /// How one listener picks the component for a request.
@@ -158,6 +160,7 @@ pub(crate) fn desired_listeners(
     let route = |l: &LinkWithConfig| Route {
         target: l.link.target.clone(),
         link_name: l.link.name.clone(),
+        wagi: super::wagi::is_wagi(&l.config),
     };
     match settings.routing_mode {
         RoutingMode::Address => {
@@ -231,6 +234,7 @@ mod tests {
         Route {
             target: target.into(),
             link_name: "default".into(),
+            wagi: false,
         }
     }
 
