@@ -17,6 +17,7 @@ mod secret_cmds;
 mod secrets_serve;
 mod seed_files;
 mod telemetry_args;
+mod ui;
 mod wadm_api;
 mod wadm_cmd;
 
@@ -34,6 +35,7 @@ use clap::{CommandFactory, Parser, Subcommand};
   trellis get hosts
   trellis app list
   trellis app status hello
+  trellis ui                                  # the web dashboard
   trellis down
 
 Commands that talk to a lattice take --nats-url, --lattice, --timeout-ms and --output json
@@ -71,6 +73,8 @@ enum Command {
     Config(lattice_cmds::ConfigArgs),
     /// Put or delete host labels
     Label(lattice_cmds::LabelArgs),
+    /// Serve a web dashboard for a lattice (http://127.0.0.1:3030 by default)
+    Ui(ui::UiArgs),
     /// Call a component's exported function
     Call(call_cmd::CallArgs),
     /// Run a host: join a lattice over NATS and run components and providers
@@ -149,6 +153,7 @@ fn main() -> std::process::ExitCode {
             Command::Config(args) => lattice_cmds::run_config(args).await,
             Command::Label(args) => lattice_cmds::run_label(args).await,
             Command::Call(args) => call_cmd::run(args).await,
+            Command::Ui(args) => ui::run(args).await,
             Command::Host(HostCommand {
                 action: Some(HostAction::Stop(args)),
                 ..
