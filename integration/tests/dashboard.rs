@@ -396,22 +396,7 @@ async fn dashboard_shows_the_lattice_live_and_deploys_from_the_page() {
     }
 
     // Deploying a broken manifest from the page shows the error at its line.
-    browser
-        .eval(&format!(
-            "document.getElementById('manifest-text').value = {}; \
-             document.getElementById('deploy-form').requestSubmit(); true",
-            js(BROKEN_MANIFEST)
-        ))
-        .await;
-    browser
-        .wait_for(
-            "the confirmation dialog",
-            "document.getElementById('confirm').open",
-        )
-        .await;
-    browser
-        .eval("document.getElementById('confirm-ok').click(); true")
-        .await;
+    submit_and_confirm(&mut browser, BROKEN_MANIFEST).await;
     let diagnostic = browser
         .wait_for(
             "the validation error at line 14",
@@ -446,4 +431,113 @@ async fn dashboard_shows_the_lattice_live_and_deploys_from_the_page() {
     if let Ok(keep) = std::env::var("TRELLIS_KEEP_SCREENSHOT") {
         let _ = std::fs::copy(&path, keep);
     }
+
+    // A valid manifest deployed from the page: the result is what the reconciler reports.
+    let valid = format!(
+        "apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: dash-page
+  annotations:
+    version: v1
+spec:
+  components:
+    - name: greeter
+      type: component
+      properties:
+        image: {}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: 1
+",
+        guest_ref("http_hello")
+    );
+    submit_and_confirm(&mut browser, &valid).await;
+    browser
+        .wait_for(
+            "the deploy reported as deployed",
+            "document.querySelector('#deploy-result [data-deploy-status]')?.dataset.deployStatus === 'deployed'",
+        )
+        .await;
+    let (ok, out, err) = trellis_cli(dir, &["app", "status", "dash-page"]).await;
+    assert!(ok && out.starts_with("dash-page: deployed"), "{out}\n{err}");
+
+    // ...and undeployed from the page, after confirming.
+    browser
+        .eval("document.querySelector('[data-app=\"dash-page\"] .actions button').click(); true")
+        .await;
+    browser
+        .wait_for(
+            "the confirmation dialog",
+            "document.getElementById('confirm').open",
+        )
+        .await;
+    browser
+        .eval("document.getElementById('confirm-ok').click(); true")
+        .await;
+    browser
+        .wait_for(
+            "the app as undeployed",
+            "document.querySelector('[data-app=\"dash-page\"] [data-status]')?.dataset.status === 'undeployed'",
+        )
+        .await;
+
+    // On a phone-sized screen nothing makes the page scroll sideways.
+    browser
+        .page(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+    browser
+        .wait_for("a 390 px wide viewport", "window.innerWidth <= 400")
+        .await;
+    let overflow = browser
+        .eval(
+            "(() => { const w = window.innerWidth; \
+             const clipped = (e) => { for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) \
+               if (getComputedStyle(p).overflowX !== 'visible') return true; return false; }; \
+             const wide = [...document.querySelectorAll('body *')] \
+               .map((e) => [e, e.getBoundingClientRect().right]) \
+               .filter(([e, right]) => right > w + 1 && !clipped(e)) \
+               .sort((a, b) => b[1] - a[1]).slice(0, 12) \
+               .map(([e, right]) => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(right)); \
+             return { width: w, scroll: document.documentElement.scrollWidth, wide }; })()",
+        )
+        .await;
+    assert!(
+        overflow["scroll"].as_u64() <= overflow["width"].as_u64(),
+        "the page scrolls sideways on a phone: {overflow}"
+    );
+    let phone = browser.screenshot().await;
+    std::fs::write(dir.join("dashboard-phone.png"), &phone).unwrap();
+    let (colours, _, _) = png_colours(&phone, 64);
+    assert!(
+        colours >= 16,
+        "the phone screenshot has only {colours} colours"
+    );
+    if let Ok(keep) = std::env::var("TRELLIS_KEEP_SCREENSHOT") {
+        let _ = std::fs::copy(dir.join("dashboard-phone.png"), format!("{keep}.phone.png"));
+    }
+}
+
+/// Puts `manifest` in the page's deploy form, submits it and confirms the dialog.
+async fn submit_and_confirm(browser: &mut Browser, manifest: &str) {
+    browser
+        .eval(&format!(
+            "document.getElementById('manifest-text').value = {}; \
+             document.getElementById('deploy-form').requestSubmit(); true",
+            js(manifest)
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the confirmation dialog",
+            "document.getElementById('confirm').open",
+        )
+        .await;
+    browser
+        .eval("document.getElementById('confirm-ok').click(); true")
+        .await;
 }

@@ -22,11 +22,16 @@ const MAX_SCRAPE_BYTES: usize = 4 * 1024 * 1024;
 /// Counter readings per component: `(invocations, errors)`.
 type Counts = HashMap<String, (f64, f64)>;
 
+/// Rates computed over less time than this are too noisy: the previous ones are kept.
+const MIN_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Reads Prometheus endpoints and remembers the last reading of each.
 #[derive(Debug)]
 pub struct Metrics {
     urls: Vec<String>,
     last: HashMap<String, (Instant, Counts)>,
+    /// The last rates: component -> (calls/s, errors/s); `None` before two readings.
+    rates: Option<HashMap<String, (f64, f64)>>,
 }
 
 impl Metrics {
@@ -35,19 +40,44 @@ impl Metrics {
         Self {
             urls,
             last: HashMap::new(),
+            rates: None,
         }
     }
 
-    /// Fills `rps` and `error_rate` of the snapshot's components from a new reading compared
-    /// with the previous one (nothing on the first reading).
+    /// Fills `rps` and `error_rate` of the snapshot's components from the last two readings
+    /// at least [`MIN_INTERVAL`] apart (nothing before there are two).
     pub async fn decorate(&mut self, snapshot: &mut Snapshot) {
         snapshot.metrics_enabled = !self.urls.is_empty();
+        let due = self
+            .last
+            .values()
+            .map(|(at, _)| at.elapsed())
+            .min()
+            .is_none_or(|age| age >= MIN_INTERVAL);
+        if due {
+            self.read(&mut snapshot.problems).await;
+        }
+        let Some(rates) = &self.rates else { return };
+        for workload in snapshot
+            .workloads
+            .iter_mut()
+            .filter(|w| w.kind == "component")
+        {
+            let (rps, eps) = rates.get(&workload.id).copied().unwrap_or_default();
+            workload.rps = Some(rps);
+            workload.error_rate = Some(if rps > 0.0 { (eps / rps).min(1.0) } else { 0.0 });
+        }
+    }
+
+    /// Reads every endpoint and, where there is an earlier reading, the rates since then.
+    async fn read(&mut self, problems: &mut Vec<String>) {
         let mut rates: HashMap<String, (f64, f64)> = HashMap::new();
+        let mut compared = false;
         for url in self.urls.clone() {
             let text = match scrape(&url).await {
                 Ok(text) => text,
                 Err(e) => {
-                    snapshot.problems.push(format!("metrics at {url}: {e:#}"));
+                    problems.push(format!("metrics at {url}: {e:#}"));
                     continue;
                 }
             };
@@ -56,45 +86,31 @@ impl Metrics {
             if let Some((then, before)) = self.last.get(&url) {
                 let seconds = now.duration_since(*then).as_secs_f64();
                 if seconds > 0.0 {
+                    compared = true;
                     for (component, (calls, errors)) in &counts {
                         let (calls_before, errors_before) =
                             before.get(component).copied().unwrap_or_default();
-                        // A counter that went down means the host restarted: count from zero.
-                        let calls_delta = if *calls >= calls_before {
-                            calls - calls_before
-                        } else {
-                            *calls
-                        };
-                        let errors_delta = if *errors >= errors_before {
-                            errors - errors_before
-                        } else {
-                            *errors
-                        };
                         let entry = rates.entry(component.clone()).or_default();
-                        entry.0 += calls_delta / seconds;
-                        entry.1 += errors_delta / seconds;
+                        entry.0 += increase(calls_before, *calls) / seconds;
+                        entry.1 += increase(errors_before, *errors) / seconds;
                     }
                 }
             }
             self.last.insert(url, (now, counts));
         }
-        for workload in snapshot
-            .workloads
-            .iter_mut()
-            .filter(|w| w.kind == "component")
-        {
-            if let Some((rps, eps)) = rates.get(&workload.id) {
-                workload.rps = Some(*rps);
-                workload.error_rate = Some(if *rps > 0.0 {
-                    (eps / rps).min(1.0)
-                } else {
-                    0.0
-                });
-            } else if snapshot.metrics_enabled && !self.last.is_empty() {
-                workload.rps = Some(0.0);
-                workload.error_rate = Some(0.0);
-            }
+        if compared {
+            self.rates = Some(rates);
         }
+    }
+}
+
+/// How much a counter grew; one that went down was reset (the host restarted), so it grew
+/// by its whole new value.
+fn increase(before: f64, now: f64) -> f64 {
+    if now >= before {
+        now - before
+    } else {
+        now
     }
 }
 

@@ -252,7 +252,7 @@ function renderWorkloads(snapshot) {
   const workloads = snapshot.workloads;
   $("workloads-count").textContent = `(${workloads.length})`;
   $("metrics-note").textContent = snapshot.metrics_enabled
-    ? "Rates come from the hosts' metrics endpoints, over the last refresh interval."
+    ? "Rates come from the hosts' metrics endpoints, over the last few seconds (shown after two readings)."
     : "Request rates need a host metrics endpoint (`trellis ui --metrics-url`; `trellis up` sets one up).";
   if (!changed("workloads", workloads)) return;
   if (workloads.length === 0) {
