@@ -173,7 +173,7 @@ fn is_loopback_host(host: &str) -> bool {
         return true;
     }
     name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| super::is_loopback(ip))
+        .is_ok_and(super::is_loopback)
 }
 
 /// A fresh login token: 32 random bytes as hex.
