@@ -262,7 +262,13 @@ function renderWorkloads(snapshot) {
   replace("workloads-body", workloads.map((w) => {
     const total = w.placements.reduce((n, p) => n + p.max_instances, 0);
     let health;
-    if (w.kind === "provider") health = w.health ? badge(w.health) : h("span", { class: "muted", text: "no health report yet" });
+    if (w.kind === "provider") {
+      // Hosts publish provider health only when it changes, and only for providers that run
+      // as their own process; built-in ones live and die with their host.
+      const quiet = (w.image_ref || "").startsWith("trellis+builtin://")
+        ? "built in: healthy while its host is" : "no health change reported";
+      health = w.health ? badge(w.health) : h("span", { class: "muted", text: quiet });
+    }
     else if (w.rps !== null && w.rps !== undefined) health = `${w.rps.toFixed(2)} req/s, ${(100 * (w.error_rate || 0)).toFixed(1)}% errors`;
     else health = h("span", { class: "muted", text: "—" });
     return h("tr", { "data-workload": w.id },
