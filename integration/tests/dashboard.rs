@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use trellis_integration::{free_port, guest_ref, site_app_manifest, trellis_cli, StopOnDrop};
 
 /// How long the page may take to show something the lattice already did.
-const PAGE_WAIT: Duration = Duration::from_secs(60);
+const PAGE_WAIT: Duration = Duration::from_secs(120);
 
 /// A headless Chromium spoken to over `--remote-debugging-pipe` (NUL-separated JSON on file
 /// descriptors 3 and 4), with one page attached.
@@ -322,6 +322,24 @@ async fn dashboard_shows_the_lattice_live_and_deploys_from_the_page() {
     let host_id = state["host_id"].as_str().unwrap().to_string();
     let host_name = state["host_name"].as_str().unwrap().to_string();
 
+    // What the browser is not: a cross-site page may not act, nor a rebinding host name.
+    let ui_address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let forged = raw_http(
+        &ui_address,
+        "POST /api/apps/dash-hello/delete HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    let rebound = raw_http(
+        &ui_address,
+        "GET /api/snapshot HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    )
+    .await;
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+
     let profile = dir.join("chromium-profile");
     let mut browser = Browser::launch(&profile).await;
     browser.navigate(&url).await;
@@ -520,6 +538,26 @@ spec:
     if let Ok(keep) = std::env::var("TRELLIS_KEEP_SCREENSHOT") {
         let _ = std::fs::copy(dir.join("dashboard-phone.png"), format!("{keep}.phone.png"));
     }
+}
+
+/// Sends `request` (`{host}` replaced by `address`) and returns the response head, reading
+/// until the end of the headers.
+async fn raw_http(address: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(request.replace("{host}", address).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// Puts `manifest` in the page's deploy form, submits it and confirms the dialog.
