@@ -435,7 +435,11 @@ async fn dashboard_shows_the_lattice_live_and_deploys_from_the_page() {
         )
         .await;
 
-    // A screenshot of what a person sees, kept with the test's files; it is not blank.
+    // A screenshot of what a person sees (the error at its line, the link graph above it),
+    // kept with the test's files; it is not blank.
+    browser
+        .eval("document.getElementById('links').scrollIntoView(); true")
+        .await;
     let shot = browser.screenshot().await;
     let path = dir.join("dashboard.png");
     std::fs::write(&path, &shot).unwrap();

@@ -430,6 +430,10 @@ pub fn redact_values(values: HashMap<String, String>) -> BTreeMap<String, String
 /// True for keys that usually hold secrets: passwords, tokens, keys, credentials...
 pub fn looks_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
+    // A public key is meant to be seen (hosts report components' `public_key`).
+    if key.contains("public") {
+        return false;
+    }
     [
         "password",
         "passwd",
@@ -471,6 +475,7 @@ mod tests {
             ("db_token", "t"),
             ("aws_secret_access", "s"),
             ("address", "0.0.0.0:8080"),
+            ("public_key", "MABC"),
             ("path", "/"),
         ]
         .into_iter()
@@ -482,6 +487,7 @@ mod tests {
         }
         assert_eq!(out["address"], "0.0.0.0:8080");
         assert_eq!(out["path"], "/");
+        assert_eq!(out["public_key"], "MABC");
     }
 
     #[test]

@@ -447,7 +447,7 @@ function showDeployResult(result, text) {
         const n = i + 1, here = byLine[n];
         return h("li", { id: `manifest-line-${n}`, class: here ? "error" : "", "data-line": n, "aria-invalid": here ? "true" : null },
           h("span", { class: "num", text: n }), h("span", { text: line || " " }),
-          here ? h("span", { class: "msg", text: "↑ " + here.map((d) => d.message).join("; ") }) : null);
+          here ? h("span", { class: "msg", text: "← " + here.map((d) => d.message).join("; ") }) : null);
       })));
     return;
   }
