@@ -226,6 +226,17 @@ impl Browser {
         }
     }
 
+    /// Waits for the page's confirmation dialog and confirms.
+    async fn confirm_dialog(&mut self) {
+        self.wait_for(
+            "the confirmation dialog",
+            "document.getElementById('confirm').open",
+        )
+        .await;
+        self.eval("document.getElementById('confirm-ok').click(); true")
+            .await;
+    }
+
     async fn screenshot(&mut self) -> Vec<u8> {
         let shot = self
             .page("Page.captureScreenshot", json!({"format": "png"}))
@@ -489,15 +500,7 @@ spec:
     browser
         .eval("document.querySelector('[data-app=\"dash-page\"] .actions button').click(); true")
         .await;
-    browser
-        .wait_for(
-            "the confirmation dialog",
-            "document.getElementById('confirm').open",
-        )
-        .await;
-    browser
-        .eval("document.getElementById('confirm-ok').click(); true")
-        .await;
+    browser.confirm_dialog().await;
     browser
         .wait_for(
             "the app as undeployed",
@@ -573,13 +576,5 @@ async fn submit_and_confirm(browser: &mut Browser, manifest: &str) {
             js(manifest)
         ))
         .await;
-    browser
-        .wait_for(
-            "the confirmation dialog",
-            "document.getElementById('confirm').open",
-        )
-        .await;
-    browser
-        .eval("document.getElementById('confirm-ok').click(); true")
-        .await;
+    browser.confirm_dialog().await;
 }
