@@ -368,6 +368,30 @@ mod tests {
     }
 
     #[test]
+    fn ui_flags_parse_and_up_can_turn_it_off() {
+        let cli = parse(&[
+            "ui",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-url",
+            "http://127.0.0.1:9464/metrics",
+            "--lattice",
+            "l1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Ui(_)));
+        assert!(parse(&["ui", "--listen", "0.0.0.0:3030", "--allow-remote"]).is_ok());
+        assert!(parse(&["ui", "--listen", "not-an-address"]).is_err());
+        let cli = parse(&["up", "--no-ui"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up")
+        };
+        assert!(args.no_ui);
+        assert!(parse(&["up", "--ui-listen", "127.0.0.1:4000"]).is_ok());
+        assert!(parse(&["up", "--no-ui", "--ui-listen", "127.0.0.1:4000"]).is_err());
+    }
+
+    #[test]
     fn app_commands_parse() {
         assert!(parse(&["app", "deploy", "m.yaml", "--no-wait"]).is_ok());
         assert!(parse(&["app", "get", "hello", "--version", "v1"]).is_ok());
