@@ -508,6 +508,45 @@ spec:
         )
         .await;
 
+    // ...and deleted from the page: it leaves the list.
+    browser
+        .eval("document.querySelector('[data-app=\"dash-page\"] .actions button.danger').click(); true")
+        .await;
+    browser.confirm_dialog().await;
+    browser
+        .wait_for(
+            "the deleted app gone",
+            "document.querySelector('[data-app=\"dash-hello\"]') && !document.querySelector('[data-app=\"dash-page\"]')",
+        )
+        .await;
+
+    // A component scaled from the page, as its host confirms and the CLI sees it.
+    browser
+        .eval(
+            "const row = document.querySelector('[data-workload=\"dash-extra\"]'); \
+             row.querySelector('input[type=number]').value = '3'; \
+             row.querySelector('form').requestSubmit(); true",
+        )
+        .await;
+    browser.confirm_dialog().await;
+    browser
+        .wait_for(
+            "the component scaled from the page",
+            "document.querySelector('[data-workload=\"dash-extra\"]')?.innerText.includes('max 3')",
+        )
+        .await;
+    let (ok, out, err) = trellis_cli(dir, &["get", "inventory", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let inventories: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let extra = inventories[0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "dash-extra")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(extra["max_instances"], 3, "{out}");
+
     // On a phone-sized screen nothing makes the page scroll sideways.
     browser
         .page(
