@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Trellis needs to build and test, skipping what is already there:
-# nats-server, redis-server, docker-registry, apache2-utils and openssl (Debian packages), wrk
-# for benchmarks, and the wasm32-wasip2 Rust target for guest components.
+# nats-server, redis-server, docker-registry, apache2-utils, openssl and chromium (Debian
+# packages), wrk for benchmarks, and the wasm32-wasip2 Rust target for guest components.
 #
 #   scripts/install-deps.sh          # what the build and the tests need
 #   scripts/install-deps.sh --edge   # also the edge toolchain (docs/edge-binaries.md): musl-tools,
@@ -28,6 +28,8 @@ command -v htpasswd >/dev/null 2>&1 || [ -x /usr/bin/htpasswd ] || need_apt+=(ap
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The benchmark harness drives HTTP load with wrk (the header above always promised it).
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# The dashboard's browser tests drive headless Chromium (integration/tests/dashboard.rs).
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ "$edge" = true ]; then
   command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_apt+=(gcc-aarch64-linux-gnu)

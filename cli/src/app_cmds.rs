@@ -338,7 +338,32 @@ pub async fn deploy_app(
         bail!("the manifest has no metadata.name");
     }
     let urls = http_urls(&manifest);
+    deploy_stored(
+        client,
+        name,
+        version,
+        urls,
+        args.no_wait,
+        args.wait_secs,
+        output,
+    )
+    .await
+}
 
+/// Deploys version `version` (the newest when `None`) of the stored app `name` and, unless
+/// `no_wait`, waits up to `wait_secs` for the reconciler to report it deployed or failed.
+/// `urls` are the app's HTTP URLs, passed through to the outcome.
+pub async fn deploy_stored(
+    client: &LatticeClient,
+    name: String,
+    version: Option<String>,
+    urls: Vec<String>,
+    no_wait: bool,
+    wait_secs: u64,
+    output: OutputFormat,
+) -> anyhow::Result<DeployOutcome> {
+    let wadm = WadmClient::new(client);
+    let lattice = client.lattice();
     // Subscribe before deploying so no status update is missed.
     let mut updates = client
         .nats()
@@ -348,7 +373,7 @@ pub async fn deploy_app(
     let reply = wadm.deploy(&name, version.clone()).await?;
     check_result(&reply.result, &reply.message, &name, lattice)?;
     let version = reply.version.clone().or(version);
-    if args.no_wait {
+    if no_wait {
         return Ok(DeployOutcome {
             name,
             version,
@@ -360,7 +385,7 @@ pub async fn deploy_app(
     }
 
     let mut progress = Progress::start(format!("deploying {name}"), output == OutputFormat::Json);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs.max(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs.max(1));
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     let mut last: Option<AppStatus> = None;
     loop {
@@ -368,12 +393,11 @@ pub async fn deploy_app(
             _ = tokio::time::sleep_until(deadline) => {
                 progress.finish();
                 let kind = last.as_ref().map(|s| s.status.kind.clone()).unwrap_or_else(|| "unknown".into());
-                if let Some(status) = &last {
+                if let Some(status) = last.as_ref().filter(|_| output == OutputFormat::Table) {
                     print_scalers(status, true);
                 }
                 bail!(
-                    "app {name} is still {kind} after {} s; follow it with `trellis app status {name}`",
-                    args.wait_secs
+                    "app {name} is still {kind} after {wait_secs} s; follow it with `trellis app status {name}`"
                 );
             }
             msg = updates.next() => {
@@ -489,7 +513,7 @@ fn print_scalers(status: &AppStatus, only_unready: bool) {
 }
 
 /// Turns a reconciler `result` into an error that says what to do.
-fn check_result(result: &str, message: &str, name: &str, lattice: &str) -> anyhow::Result<()> {
+pub fn check_result(result: &str, message: &str, name: &str, lattice: &str) -> anyhow::Result<()> {
     match result {
         "error" => bail!(
             "{}",

@@ -98,6 +98,13 @@ pub struct UpArgs {
     /// Edge sites: a hub accepting leaf nodes, or a leaf joined to a hub.
     #[command(flatten)]
     pub leaf: leaf::LeafArgs,
+    /// Serve the web dashboard here (loopback only) [default: 127.0.0.1:3030, or a free
+    /// loopback port when 3030 is busy]
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_ui")]
+    pub ui_listen: Option<std::net::SocketAddr>,
+    /// Do not serve the web dashboard
+    #[arg(long)]
+    pub no_ui: bool,
 }
 
 /// Flags of `trellis down`.
@@ -150,6 +157,9 @@ pub struct UpState {
     /// The admin xkey seed file of the secrets backend `up` runs (`trellis secret ...` use it).
     #[serde(default)]
     pub secrets_admin_seed_file: Option<PathBuf>,
+    /// The web dashboard's URL, when `up` serves it.
+    #[serde(default)]
+    pub ui_url: Option<String>,
 }
 
 /// The nkey users of a NATS that `trellis up` starts, in `<data-dir>/auth`.
@@ -437,6 +447,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         secrets_pid: None,
         secrets_backend: None,
         secrets_admin_seed_file: None,
+        ui_url: None,
     };
     write_state(&state)?;
     let mut children = Children::default();
@@ -561,6 +572,14 @@ async fn bring_up_and_watch(
             .arg("--data-dir")
             .arg(state.data_dir.join("host"));
     }
+    // The dashboard reads per-component rates from the host's Prometheus endpoint.
+    let metrics_url = if args.no_ui {
+        None
+    } else {
+        let port = crate::ui::free_loopback_port()?;
+        cmd.arg("--metrics-listen").arg(format!("127.0.0.1:{port}"));
+        Some(format!("http://127.0.0.1:{port}/metrics"))
+    };
     cmd.stdin(Stdio::null());
     state.host_pid = Some(children.spawn("host", cmd)?);
     let host = loop {
@@ -582,6 +601,7 @@ async fn bring_up_and_watch(
     state.host_name = host.friendly_name.clone();
     write_state(state)?;
 
+    let _ui = start_ui(args, &client, metrics_url, state).await;
     if args.leaf.is_edge() {
         // The hub's reconciler places work here.
         state.ready = true;
@@ -716,6 +736,54 @@ async fn start_secrets_backend(
     Ok(())
 }
 
+/// Serves the dashboard for the lattice `up` runs, recording its URL in `state`. A dashboard
+/// that cannot start is reported but does not stop the lattice.
+async fn start_ui(
+    args: &UpArgs,
+    client: &LatticeClient,
+    metrics_url: Option<String>,
+    state: &mut UpState,
+) -> Option<crate::ui::UiServer> {
+    if args.no_ui {
+        return None;
+    }
+    let options = |listen| crate::ui::UiOptions {
+        listen,
+        allow_remote: false,
+        require_token: false,
+        metrics_urls: metrics_url.clone().into_iter().collect(),
+    };
+    let started = match args.ui_listen {
+        Some(listen) => crate::ui::start(client.clone(), options(listen)).await,
+        None => {
+            // Several lattices on one machine: the first gets 3030, the others a free port.
+            let preferred = crate::ui::DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 3030)));
+            match crate::ui::start(client.clone(), options(preferred)).await {
+                Ok(server) => Ok(server),
+                Err(_) => {
+                    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                    crate::ui::start(client.clone(), options(any)).await
+                }
+            }
+        }
+    };
+    match started {
+        Ok(server) => {
+            state.ui_url = Some(server.url.clone());
+            if let Err(e) = write_state(state) {
+                eprintln!("warning: cannot record the dashboard's URL: {e:#}");
+            }
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("warning: the dashboard did not start: {e:#}");
+            None
+        }
+    }
+}
+
 /// Deploys `manifest` and prints the outcome; a failure is reported but does not stop the lattice.
 async fn deploy_manifest(client: &LatticeClient, manifest: &Path, output: OutputFormat) {
     let args = DeployArgs {
@@ -783,6 +851,9 @@ fn print_summary(
         ),
         None if started_nats => println!("  auth        NONE (--insecure)"),
         None => {}
+    }
+    if let Some(url) = &state.ui_url {
+        println!("  dashboard   {url}");
     }
     println!("  logs        {}", state.log_dir.display());
     println!("HTTP endpoints appear when an app with an http-server link is deployed (`trellis app deploy FILE`).");
@@ -873,6 +944,12 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
         cmd.arg("--leaf-password-file").arg(file);
     }
     cmd.arg("--hub-domain").arg(&leaf.hub_domain);
+    if args.no_ui {
+        cmd.arg("--no-ui");
+    }
+    if let Some(listen) = args.ui_listen {
+        cmd.arg("--ui-listen").arg(listen.to_string());
+    }
     if let Some(domain) = &leaf.leaf_domain {
         cmd.arg("--leaf-domain").arg(domain);
     }
@@ -1278,6 +1355,7 @@ mod tests {
             secrets_pid: None,
             secrets_backend: None,
             secrets_admin_seed_file: None,
+            ui_url: Some("http://127.0.0.1:3030/".into()),
         };
         write_state(&state).unwrap();
         assert_eq!(read_state(dir.path()), Some(state.clone()));

@@ -17,6 +17,7 @@ mod secret_cmds;
 mod secrets_serve;
 mod seed_files;
 mod telemetry_args;
+mod ui;
 mod wadm_api;
 mod wadm_cmd;
 
@@ -34,6 +35,7 @@ use clap::{CommandFactory, Parser, Subcommand};
   trellis get hosts
   trellis app list
   trellis app status hello
+  trellis ui                                  # the web dashboard
   trellis down
 
 Commands that talk to a lattice take --nats-url, --lattice, --timeout-ms and --output json
@@ -71,6 +73,8 @@ enum Command {
     Config(lattice_cmds::ConfigArgs),
     /// Put or delete host labels
     Label(lattice_cmds::LabelArgs),
+    /// Serve a web dashboard for a lattice (http://127.0.0.1:3030 by default)
+    Ui(ui::UiArgs),
     /// Call a component's exported function
     Call(call_cmd::CallArgs),
     /// Run a host: join a lattice over NATS and run components and providers
@@ -149,6 +153,7 @@ fn main() -> std::process::ExitCode {
             Command::Config(args) => lattice_cmds::run_config(args).await,
             Command::Label(args) => lattice_cmds::run_label(args).await,
             Command::Call(args) => call_cmd::run(args).await,
+            Command::Ui(args) => ui::run(args).await,
             Command::Host(HostCommand {
                 action: Some(HostAction::Stop(args)),
                 ..
@@ -360,6 +365,30 @@ mod tests {
         assert!(args.detach);
         assert_eq!(args.nats_port, Some(4333));
         assert!(parse(&["up", "--nats-url", "nats://x:1", "--nats-port", "1"]).is_err());
+    }
+
+    #[test]
+    fn ui_flags_parse_and_up_can_turn_it_off() {
+        let cli = parse(&[
+            "ui",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-url",
+            "http://127.0.0.1:9464/metrics",
+            "--lattice",
+            "l1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Ui(_)));
+        assert!(parse(&["ui", "--listen", "0.0.0.0:3030", "--allow-remote"]).is_ok());
+        assert!(parse(&["ui", "--listen", "not-an-address"]).is_err());
+        let cli = parse(&["up", "--no-ui"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up")
+        };
+        assert!(args.no_ui);
+        assert!(parse(&["up", "--ui-listen", "127.0.0.1:4000"]).is_ok());
+        assert!(parse(&["up", "--no-ui", "--ui-listen", "127.0.0.1:4000"]).is_err());
     }
 
     #[test]

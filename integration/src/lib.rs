@@ -795,6 +795,39 @@ pub fn guest_ref(name: &str) -> String {
     format!("file://{}", guest(name).display())
 }
 
+/// Stops whatever `trellis up` left running in a data directory when dropped (the end of a
+/// test, even a failed one): SIGTERM to the pid in `up.json`, then up to 30 s for it to exit.
+pub struct StopOnDrop<'a>(pub &'a Path);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.0.join("up.json")) else {
+            return;
+        };
+        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        let Some(pid) = state["pid"].as_u64() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn is_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
 /// Runs the `trellis` CLI as a user would: from the repository root (where manifests'
 /// relative `file://./components/...` refs resolve), with a private data directory so no
 /// other `trellis up` state leaks in. Returns (success, stdout, stderr).

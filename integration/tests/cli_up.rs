@@ -4,41 +4,12 @@
 use std::path::Path;
 
 use serde_json::Value;
-use trellis_integration::{eventually, free_port, guest, http_ok, site_app_manifest, trellis_cli};
+use trellis_integration::{
+    eventually, free_port, guest, http_ok, is_alive, site_app_manifest, trellis_cli, StopOnDrop,
+};
 
 fn log_of(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("logs/up.log")).unwrap_or_default()
-}
-
-/// Stops whatever `trellis up` left running in `dir` when the test ends, even on failure.
-struct StopOnDrop<'a>(&'a Path);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(self.0.join("up.json")) else {
-            return;
-        };
-        let Ok(state) = serde_json::from_str::<Value>(&text) else {
-            return;
-        };
-        let Some(pid) = state["pid"].as_u64() else {
-            return;
-        };
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while is_alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
-fn is_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use anyhow::bail;
 
 pub use get::{run_get, GetArgs};
 pub use settings::{run_config, run_label, run_link, ConfigArgs, LabelArgs, LinkArgs};
+pub(crate) use workload::{await_event, event_error, subscribe_events, EventOutcome};
 pub use workload::{
     run_scale, run_start, run_stop, run_stop_host, ScaleArgs, StartArgs, StopArgs, StopHostArgs,
 };

@@ -391,14 +391,16 @@ pub async fn run_stop_host(args: StopHostArgs) -> anyhow::Result<()> {
 
 /// How an acked request ended.
 #[derive(Debug)]
-enum EventOutcome {
+pub(crate) enum EventOutcome {
     /// The host published the event confirming it.
     Confirmed,
     /// The request was accepted but no confirming event came in time.
     Unconfirmed,
 }
 
-async fn subscribe_events(client: &LatticeClient) -> anyhow::Result<async_nats::Subscriber> {
+pub(crate) async fn subscribe_events(
+    client: &LatticeClient,
+) -> anyhow::Result<async_nats::Subscriber> {
     client
         .nats()
         .subscribe(trellis_protocol::subjects::all_events(client.lattice()))
@@ -407,7 +409,7 @@ async fn subscribe_events(client: &LatticeClient) -> anyhow::Result<async_nats::
 }
 
 /// Waits for the first event `judge` decides on, showing progress meanwhile.
-async fn await_event(
+pub(crate) async fn await_event(
     events: &mut async_nats::Subscriber,
     doing: &str,
     timeout: Duration,
@@ -433,7 +435,7 @@ async fn await_event(
     result
 }
 
-fn event_error(event: &CloudEvent) -> anyhow::Error {
+pub(crate) fn event_error(event: &CloudEvent) -> anyhow::Error {
     let error = event
         .data
         .get("error")
