@@ -182,7 +182,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             bench.push(figure);
             if *provider == "http-inproc" && connections == 50 {
                 // The same path on a host exporting traces of every request (see below).
-                telemetry_row(bench, &nats.url(), name, &wasm, &addr).await?;
+                telemetry_row(bench, &nats.url(), name, &wasm, addr).await?;
             }
             if *provider == "http-inproc" && connections == 50 {
                 bench.push(Figure {
