@@ -27,6 +27,7 @@ impl RunningComponent {
         ComponentDescription {
             id: self.prepared.id().to_string(),
             image_ref: self.prepared.image_ref().to_string(),
+            digest: Some(format!("sha256:{}", self.prepared.digest())),
             name: None,
             annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
             revision: self.revision,

@@ -72,6 +72,17 @@ async fn scale_component_up_down_and_failure_events() {
     let c = inv.components.iter().find(|c| c.id == "hello").unwrap();
     assert_eq!(c.max_instances, 3);
     assert_eq!(c.image_ref, image);
+    // The digest of the bytes the host loaded, as `sha256sum` computes it from the file.
+    let sum = std::process::Command::new("sha256sum")
+        .arg(image.trim_start_matches("file://"))
+        .output()
+        .expect("sha256sum runs");
+    let hex = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum prints a digest")
+        .to_string();
+    assert_eq!(c.digest.as_deref(), Some(format!("sha256:{hex}").as_str()));
     assert_eq!(
         c.annotations
             .as_ref()

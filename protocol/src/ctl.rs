@@ -187,6 +187,10 @@ pub struct ComponentDescription {
     /// Where its code came from (`file://...`, a path, an OCI ref).
     #[serde(default)]
     pub image_ref: String,
+    /// `sha256:<hex>` of the component's bytes as the host loaded them (for an OCI image, the
+    /// digest of its wasm layer). A Trellis addition; absent from other hosts' inventories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// A readable name, when the component declares one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

@@ -211,7 +211,7 @@ fn workloads(inventories: &[HostInventory]) -> Vec<WorkloadView> {
                     id: c.id.clone(),
                     name: c.name.clone(),
                     image_ref: c.image_ref.clone(),
-                    digest: digest_of(&c.image_ref),
+                    digest: c.digest.clone().or_else(|| digest_of(&c.image_ref)),
                     app: app_of(c.annotations.as_ref()),
                     ..Default::default()
                 });
