@@ -43,6 +43,7 @@ pub use config::{Signals, TelemetryConfig};
 
 static TRACES: AtomicBool = AtomicBool::new(false);
 static METRICS: AtomicBool = AtomicBool::new(false);
+static LOGS: AtomicBool = AtomicBool::new(false);
 static HOST_ID: OnceLock<Box<str>> = OnceLock::new();
 static CHILD_ENV: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
 
@@ -63,6 +64,12 @@ pub fn traces_enabled() -> bool {
 #[inline]
 pub fn metrics_enabled() -> bool {
     METRICS.load(Ordering::Relaxed)
+}
+
+/// Whether log records are exported over OTLP.
+#[inline]
+pub fn logs_enabled() -> bool {
+    LOGS.load(Ordering::Relaxed)
 }
 
 /// Records the id of the host this process runs, put on its spans (`trellis.host.id`). The
@@ -113,6 +120,7 @@ impl Telemetry {
 
     fn stop(&mut self) {
         TRACES.store(false, Ordering::Relaxed);
+        LOGS.store(false, Ordering::Relaxed);
         // The SDK's shutdown waits (bounded) for its export threads; never on a runtime
         // worker without telling tokio.
         let mut stop = || {
@@ -256,15 +264,17 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
         // Per span, only what an operator reads: the attributes `spans` sets. Source
         // locations, thread names, targets and busy/idle timings describe Trellis' own Rust
         // code and cost work on every span and on every poll of an instrumented future.
-        // Context activation is what puts a log record inside its span's trace, so it stays
-        // on while logs are exported.
+        // Context activation (making a span's OpenTelemetry context current on every enter)
+        // is off too: it costs work on every poll, and only log records need it; the places
+        // that log inside an invocation attach the context themselves, once per line
+        // (`propagation::in_current_trace`).
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("trellis"))
             .with_location(false)
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_context_activation(logger.is_some())
+            .with_context_activation(false)
             // Only the spans of `spans` (made only while tracing is on), whatever RUST_LOG
             // says. The level hint keeps `trace!`/`debug!` call sites everywhere else
             // switched off for good instead of asked on every call.
@@ -294,6 +304,9 @@ pub async fn init(config: TelemetryConfig, default_filter: &str) -> anyhow::Resu
     }
     if tracer.is_some() {
         TRACES.store(true, Ordering::Relaxed);
+    }
+    if logger.is_some() {
+        LOGS.store(true, Ordering::Relaxed);
     }
     let prometheus = match (config.metrics_listen, prometheus_reader) {
         (Some(addr), Some(reader)) => {

@@ -143,6 +143,23 @@ fn instruments() -> Option<&'static Instruments> {
     INSTRUMENTS.get()
 }
 
+/// The attributes of the invocation metrics of one function of one component. Building
+/// them allocates; recording with them ([`record_invocation_with`]) does not, so code that
+/// calls the same function again and again keeps one.
+#[derive(Debug, Clone)]
+pub struct InvocationLabels([KeyValue; 3]);
+
+impl InvocationLabels {
+    /// The labels of `interface`.`function` of `component_id`.
+    pub fn new(component_id: &str, interface: &str, function: &str) -> Self {
+        Self([
+            KeyValue::new("component.id", component_id.to_string()),
+            KeyValue::new("interface", interface.to_string()),
+            KeyValue::new("function", function.to_string()),
+        ])
+    }
+}
+
 /// Records one invocation of `interface`.`function` of `component_id`.
 pub fn record_invocation(
     component_id: &str,
@@ -151,21 +168,42 @@ pub fn record_invocation(
     duration: Duration,
     ok: bool,
 ) {
+    if instruments().is_none() {
+        return;
+    }
+    record_invocation_with(
+        &InvocationLabels::new(component_id, interface, function),
+        duration,
+        ok,
+    );
+}
+
+/// Records one invocation of the function `labels` name.
+pub fn record_invocation_with(labels: &InvocationLabels, duration: Duration, ok: bool) {
     let Some(instruments) = instruments() else {
         return;
     };
-    let attributes = [
-        KeyValue::new("component.id", component_id.to_string()),
-        KeyValue::new("interface", interface.to_string()),
-        KeyValue::new("function", function.to_string()),
-    ];
-    instruments.invocations.add(1, &attributes);
+    let attributes = &labels.0;
+    instruments.invocations.add(1, attributes);
     if !ok {
-        instruments.invocation_errors.add(1, &attributes);
+        instruments.invocation_errors.add(1, attributes);
     }
     instruments
         .invocation_duration
-        .record(duration.as_secs_f64(), &attributes);
+        .record(duration.as_secs_f64(), attributes);
+}
+
+/// The `http.request.method` attribute: the method's name when it is one of the standard
+/// methods, `_OTHER` otherwise (as the HTTP semantic conventions ask: a client cannot make
+/// up new series by sending made-up methods).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("_OTHER")
 }
 
 /// Records one HTTP request answered at the ingress.
@@ -176,7 +214,7 @@ pub fn record_http_request(method: &str, status: u16, duration: Duration) {
     instruments.http_duration.record(
         duration.as_secs_f64(),
         &[
-            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.request.method", method_label(method)),
             KeyValue::new("http.response.status_code", i64::from(status)),
         ],
     );
@@ -201,4 +239,17 @@ pub fn record_reconcile(app: &str, status: &'static str, duration: Duration) {
             KeyValue::new("status", status),
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("get"), "_OTHER");
+        assert_eq!(method_label("BREW"), "_OTHER");
+    }
 }

@@ -86,6 +86,23 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Runs `emit` with the current span's OpenTelemetry context attached, so that the log
+/// records it emits carry the span's trace and span ids. Spans are not made current in
+/// OpenTelemetry on every enter (that would cost work on every poll of a traced request);
+/// code that logs inside an invocation (guest output, `wasi:logging`, failure reports)
+/// calls this, once per record. Plain `emit()` unless both logs and traces are exported.
+pub fn in_current_trace<R>(emit: impl FnOnce() -> R) -> R {
+    if !crate::logs_enabled() || !crate::traces_enabled() {
+        return emit();
+    }
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return emit();
+    }
+    let _attached = span.context().attach();
+    emit()
+}
+
 /// The trace id of the current span as 32 hex digits, if tracing (for tests and logs).
 pub fn current_trace_id() -> Option<String> {
     current_traceparent().and_then(|tp| tp.split('-').nth(1).map(str::to_owned))

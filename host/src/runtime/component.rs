@@ -34,8 +34,8 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 /// epoch interruption cannot reach it) before it is cancelled.
 const HOST_IO_GRACE: Duration = Duration::from_millis(100);
 /// Interface and function of an HTTP invocation, as spans and metrics name them.
-const HTTP_INTERFACE: &str = "wasi:http/incoming-handler";
-const HTTP_FUNCTION: &str = "handle";
+pub(crate) const HTTP_INTERFACE: &str = "wasi:http/incoming-handler";
+pub(crate) const HTTP_FUNCTION: &str = "handle";
 
 /// Why an invocation failed. Only that invocation is affected: the component keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +162,8 @@ struct DeadlineReached;
 /// Dropping the last `Arc` aborts response bodies still being produced by its instances.
 pub struct PreparedComponent {
     pub(crate) id: Arc<str>,
+    /// The attributes of its `wasi:http` invocation metrics, made once.
+    pub(crate) http_labels: trellis_telemetry::metrics::InvocationLabels,
     pub(crate) image_ref: String,
     pub(crate) digest: String,
     pub(crate) compile_source: CompileSource,
@@ -518,10 +520,8 @@ impl PreparedComponent {
             self.failures.note(&self.id, error);
             trellis_telemetry::spans::record_error(&span, error);
         }
-        trellis_telemetry::metrics::record_invocation(
-            &self.id,
-            HTTP_INTERFACE,
-            HTTP_FUNCTION,
+        trellis_telemetry::metrics::record_invocation_with(
+            &self.http_labels,
             started.elapsed(),
             result.is_ok(),
         );

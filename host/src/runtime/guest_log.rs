@@ -84,7 +84,7 @@ impl LineWriter {
             GuestStream::Stderr => tracing::warn!(component_id, stream, "{text}"),
         };
         match &self.span {
-            Some(span) => span.in_scope(log),
+            Some(span) => span.in_scope(|| trellis_telemetry::propagation::in_current_trace(log)),
             None => log(),
         }
     }

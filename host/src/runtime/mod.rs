@@ -413,8 +413,14 @@ impl Runtime {
             spec.limits.queue_bound(spec.max_instances),
         );
         let spare_budget = inner.spares.clone();
+        let http_labels = trellis_telemetry::metrics::InvocationLabels::new(
+            &id,
+            component::HTTP_INTERFACE,
+            component::HTTP_FUNCTION,
+        );
         Ok(Arc::new(PreparedComponent {
             id,
+            http_labels,
             image_ref: spec.image_ref,
             digest,
             compile_source,

@@ -50,7 +50,8 @@ impl logging::Host for InstanceState {
         let component_id = self.component_id();
         let context = truncated(&context, 256);
         let message = truncated(&message, MAX_MESSAGE_BYTES);
-        match level {
+        // In the invocation's trace when logs are exported (its span is current here).
+        trellis_telemetry::propagation::in_current_trace(|| match level {
             Level::Trace => {
                 tracing::trace!(target: "guest", component_id, context, "{message}")
             }
@@ -65,7 +66,7 @@ impl logging::Host for InstanceState {
             Level::Critical => {
                 tracing::error!(target: "guest", component_id, context, critical = true, "{message}")
             }
-        }
+        })
     }
 }
 
