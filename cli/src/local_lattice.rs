@@ -83,6 +83,14 @@ pub struct UpArgs {
     /// Refuse file:// component references (allowed by default on a local lattice)
     #[arg(long)]
     pub no_file_load: bool,
+    /// Let components mount DIR or a directory under it (repeatable; `DIR:rw` allows
+    /// writable mounts) [default: the working directory, read-only, when `up` starts its own
+    /// authenticated NATS; nothing otherwise]
+    #[arg(long = "allow-mount", value_name = "DIR[:rw]", value_parser = trellis_host::runtime::MountRoot::parse, conflicts_with = "no_mounts")]
+    pub allow_mounts: Vec<trellis_host::runtime::MountRoot>,
+    /// Let no component mount a directory
+    #[arg(long)]
+    pub no_mounts: bool,
     /// Do not run the built-in nats-kv secrets backend
     #[arg(long)]
     pub no_secrets: bool,
@@ -105,6 +113,34 @@ pub struct UpArgs {
     /// Do not serve the web dashboard
     #[arg(long)]
     pub no_ui: bool,
+}
+
+/// The `--allow-mount` values `up` gives its host, as absolute paths (the host may resolve
+/// them from another directory). Without `--allow-mount`, the working directory, read-only,
+/// when `up` starts its own NATS with authentication (only this user holds the keys that can
+/// deploy); nothing when that NATS is open (`--insecure`) or shared (`--nats-url`).
+fn mount_roots(args: &UpArgs) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    if args.no_mounts {
+        return Ok(Vec::new());
+    }
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    if args.allow_mounts.is_empty() {
+        if args.insecure || args.nats_url.is_some() {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![cwd.into_os_string()]);
+    }
+    Ok(args
+        .allow_mounts
+        .iter()
+        .map(|root| {
+            let mut path = cwd.join(&root.path).into_os_string();
+            if root.writable {
+                path.push(":rw");
+            }
+            path
+        })
+        .collect())
 }
 
 /// Flags of `trellis down`.
@@ -565,6 +601,9 @@ async fn bring_up_and_watch(
     if !args.no_file_load {
         cmd.arg("--allow-file-load");
     }
+    for root in mount_roots(args)? {
+        cmd.arg("--allow-mount").arg(root);
+    }
     if args.leaf.is_edge() {
         // The lattice's state is the hub's; the host keeps its identity and a snapshot here,
         // so it comes back serving after a restart while the hub is away.
@@ -926,6 +965,14 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
     }
     if args.no_file_load {
         cmd.arg("--no-file-load");
+    }
+    if args.no_mounts {
+        cmd.arg("--no-mounts");
+    } else if !args.allow_mounts.is_empty() {
+        // Absolute, so they mean the same whatever directory the child runs in.
+        for root in mount_roots(&args)? {
+            cmd.arg("--allow-mount").arg(root);
+        }
     }
     if args.no_secrets {
         cmd.arg("--no-secrets");
