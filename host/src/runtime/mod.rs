@@ -51,7 +51,9 @@
 //!   fingerprint, written atomically, in [`RuntimeConfig::cache_dir`] (default
 //!   [`default_cache_dir`]). A restart does not recompile.
 //! - **WASI 0.2**: cli (guest stdout/stderr go to the host's logs, tagged with `component_id`),
-//!   clocks, random, io; filesystem without preopens, empty environment, no sockets;
+//!   clocks, random, io; filesystem with only the directories the component's `mounts` config
+//!   asks for and [`RuntimeConfig::mount_roots`] allows (read-only unless both say `rw`;
+//!   see [`MOUNTS_KEY`]), empty environment, no sockets;
 //!   `wasi:http` incoming handler, and outgoing HTTP only to the hosts in the component's
 //!   `allowed_hosts` config (`host`, `host:port`, or `*`; others get `HTTP-request-denied`),
 //!   unless a capability takes outgoing HTTP over with an [`OutgoingHttpHandler`] (the
