@@ -96,7 +96,7 @@ impl RequestHeaders {
     /// The first value of header `name`, if it is valid UTF-8.
     fn get(&self, name: &str) -> Option<String> {
         self.0
-            .get(&name.to_string())
+            .get(name)
             .into_iter()
             .next()
             .and_then(|value| String::from_utf8(value).ok())
@@ -355,7 +355,7 @@ fn serve_file(
 fn fields(headers: &[(&str, &str)]) -> Fields {
     let fields = Fields::new();
     for (name, value) in headers {
-        let _ = fields.append(&name.to_string(), &value.as_bytes().to_vec());
+        let _ = fields.append(name, value.as_bytes());
     }
     fields
 }
