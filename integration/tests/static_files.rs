@@ -232,6 +232,7 @@ async fn a_mounted_folder_is_served_with_validators_and_ranges() {
     assert!(head.body.is_empty());
     assert_eq!(head.header("content-type"), "text/css; charset=utf-8");
     assert_eq!(head.header("etag"), css.header("etag"));
+    assert_eq!(head.header("content-length"), css.body.len().to_string());
 
     // Other methods, missing files, traversal (plain and encoded): refused.
     let post = send(site, "POST", "/", &[]).await.unwrap();

@@ -307,10 +307,7 @@ fn serve_file(
         ("etag", tag.as_str()),
         ("accept-ranges", "bytes"),
     ];
-    // HEAD sends no body, so it declares no length the (empty) body would contradict.
-    if !head {
-        headers.push(("content-length", length.as_str()));
-    }
+    headers.push(("content-length", length.as_str()));
     if let Some(content_range) = &content_range {
         headers.push(("content-range", content_range.as_str()));
     }
@@ -321,6 +318,8 @@ fn serve_file(
     };
     ResponseOutparam::set(response_out, Ok(response));
     if head {
+        // The server sends no body for HEAD; the runtime may report the empty body as shorter
+        // than Content-Length, which nobody reads.
         let _ = OutgoingBody::finish(body, None);
         return;
     }
