@@ -37,6 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
   trellis up                                   # NATS, a host and the reconciler; Ctrl-C stops all
   trellis up --deploy manifests/hello.yaml     # ...and deploy an app once ready
   trellis up --detach && trellis get hosts     # in the background; stop with `trellis down`
+  trellis up --allow-mount ./site --allow-mount /var/lib/app:rw   # directories components may mount
   trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS
   TRELLIS_NATS_CREDS=lattice.creds trellis up --nats-url tls://nats.example:4222
   trellis up --leaf-listen 0.0.0.0:7422        # a hub that edge sites join
@@ -601,6 +602,8 @@ async fn bring_up_and_watch(
     if !args.no_file_load {
         cmd.arg("--allow-file-load");
     }
+    // Only `up`'s own flags decide what may be mounted, not a variable left in the shell.
+    cmd.env_remove("TRELLIS_ALLOW_MOUNTS");
     for root in mount_roots(args)? {
         cmd.arg("--allow-mount").arg(root);
     }
