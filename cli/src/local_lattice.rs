@@ -1454,4 +1454,39 @@ mod tests {
         let err = choose_nats_port(Some(port)).unwrap_err().to_string();
         assert!(err.contains("--nats-port"), "{err}");
     }
+
+    /// `trellis up` with `flags`, parsed as the command line would be.
+    fn up_args(flags: &[&str]) -> UpArgs {
+        #[derive(clap::Parser)]
+        struct Up {
+            #[command(flatten)]
+            args: UpArgs,
+        }
+        let argv = std::iter::once("up").chain(flags.iter().copied());
+        <Up as clap::Parser>::try_parse_from(argv)
+            .expect("valid flags")
+            .args
+    }
+
+    #[test]
+    fn mount_roots_default_to_the_working_directory_only_on_an_authenticated_own_nats() {
+        let cwd = std::env::current_dir().unwrap().into_os_string();
+        assert_eq!(mount_roots(&up_args(&[])).unwrap(), vec![cwd.clone()]);
+        assert!(mount_roots(&up_args(&["--insecure"])).unwrap().is_empty());
+        assert!(mount_roots(&up_args(&["--nats-url", "nats://x:4222"]))
+            .unwrap()
+            .is_empty());
+        assert!(mount_roots(&up_args(&["--no-mounts"])).unwrap().is_empty());
+        let explicit = mount_roots(&up_args(&[
+            "--insecure",
+            "--allow-mount",
+            "site",
+            "--allow-mount",
+            "/data:rw",
+        ]))
+        .unwrap();
+        let mut site = cwd;
+        site.push("/site");
+        assert_eq!(explicit, vec![site, "/data:rw".into()]);
+    }
 }
