@@ -72,8 +72,9 @@ async fn first_ok(addr: &str, path: &str) -> Reply {
     .await
 }
 
-/// A manifest serving `site` (mounted at /site) with static-files on `address`.
-fn site_manifest(name: &str, site: &Path, address: &str) -> String {
+/// A manifest serving `site`, mounted at `mount_at` (which the component is told through its
+/// `site_root` config), with static-files on `address`.
+fn site_manifest(name: &str, site: &Path, mount_at: &str, address: &str) -> String {
     format!(
         r#"apiVersion: core.oam.dev/v1beta1
 kind: Application
@@ -88,7 +89,8 @@ spec:
         config:
           - name: {name}-mounts
             properties:
-              mounts: /site={site}
+              mounts: {mount_at}={site}
+              site_root: {mount_at}
       traits:
         - type: spreadscaler
           properties:
@@ -263,10 +265,15 @@ async fn a_mounted_folder_is_served_with_validators_and_ranges() {
         );
     }
 
-    // A folder from the allow-list with more kinds of files, and a large one.
+    // A folder from the allow-list with more kinds of files and a large one, mounted at the
+    // guest path the component's `site_root` config names.
     let other = format!("127.0.0.1:{}", free_port());
     let manifest = dir.join("files.yaml");
-    std::fs::write(&manifest, site_manifest("files", &allowed, &other)).unwrap();
+    std::fs::write(
+        &manifest,
+        site_manifest("files", &allowed, "/public", &other),
+    )
+    .unwrap();
     let (ok, out, err) =
         trellis_cli(dir, &["app", "deploy", &manifest.display().to_string()]).await;
     assert!(ok, "{out}\n{err}");
@@ -308,7 +315,11 @@ async fn a_mounted_folder_is_served_with_validators_and_ranges() {
     // the directory; the host goes on serving the others.
     let refused_addr = format!("127.0.0.1:{}", free_port());
     let manifest = dir.join("refused.yaml");
-    std::fs::write(&manifest, site_manifest("refused", &outside, &refused_addr)).unwrap();
+    std::fs::write(
+        &manifest,
+        site_manifest("refused", &outside, "/site", &refused_addr),
+    )
+    .unwrap();
     let (ok, out, err) = trellis_cli(
         dir,
         &[

@@ -1,6 +1,8 @@
 //! `static-files`: serves the files of a directory the host mounts at `/site` over
 //! `wasi:http`.
 //!
+//! - The directory served is `/site`, or the guest path in the config key `site_root` (read
+//!   through `wasi:config/store`), e.g. when the manifest mounts the folder elsewhere.
 //! - `GET` and `HEAD` only (anything else: 405 with `Allow: GET, HEAD`).
 //! - The URL path, percent-decoded, names a file under `/site`; a path with a `..` or `.`
 //!   segment (also when encoded, `%2e%2e`), a backslash or a NUL is refused with 400, so a
@@ -26,10 +28,19 @@ use wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
+mod config {
+    wit_bindgen::generate!({
+        path: "../../wit/deps/wasi-config",
+        world: "wasi:config/imports",
+    });
+}
+
 wasi::http::proxy::export!(StaticFiles);
 
-/// The guest directory served: where the manifest mounts the site.
-const ROOT: &str = "/site";
+/// The guest directory served by default: where the manifest mounts the site.
+const DEFAULT_ROOT: &str = "/site";
+/// Config key naming another guest directory to serve.
+const ROOT_KEY: &str = "site_root";
 /// Bytes read from a file and written to the response at a time.
 const CHUNK: usize = 64 * 1024;
 
@@ -60,7 +71,7 @@ impl wasi::exports::http::incoming_handler::Guest for StaticFiles {
             Ok(relative) => relative,
             Err(reason) => return send_text(response_out, 400, &[], &format!("{reason}\n")),
         };
-        let mut file_path = Path::new(ROOT).join(&relative);
+        let mut file_path = site_root().join(&relative);
         let mut metadata = match std::fs::metadata(&file_path) {
             Ok(metadata) => metadata,
             Err(_) => return send_text(response_out, 404, &[], "not found\n"),
@@ -87,6 +98,15 @@ impl wasi::exports::http::incoming_handler::Guest for StaticFiles {
         let headers = RequestHeaders(request.headers());
         serve_file(&file_path, &metadata, &headers, head, response_out);
     }
+}
+
+/// The guest directory to serve: config `site_root` when it is an absolute path, else `/site`.
+fn site_root() -> PathBuf {
+    config::wasi::config::store::get(ROOT_KEY)
+        .ok()
+        .flatten()
+        .filter(|root| root.starts_with('/'))
+        .map_or_else(|| PathBuf::from(DEFAULT_ROOT), PathBuf::from)
 }
 
 /// The request's headers, read by name.
