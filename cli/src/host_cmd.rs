@@ -13,6 +13,7 @@ use trellis_host::{HostConfig, HostHandle};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   trellis host --nats-url nats://127.0.0.1:4222 --allow-file-load
+  trellis host --allow-mount /srv/sites --allow-mount /var/lib/uploads:rw   # directory mounts
   trellis host --lattice edge --label region=eu-west --label arch=arm64
   TRELLIS_LABEL_zone=a trellis host          # labels from the environment too
   trellis host --allowed-insecure registry.local:5000 --registry-mirror ghcr.io=registry.local:5000
@@ -39,6 +40,18 @@ pub struct HostArgs {
     /// Allow loading components from local paths and `file://` URLs.
     #[arg(long, env = "TRELLIS_ALLOW_FILE_LOAD")]
     pub allow_file_load: bool,
+    /// Let components mount DIR, or a directory under it, through their `mounts` config
+    /// (repeatable; see docs/static-files.md). Mounts are read-only unless the root is given
+    /// as `DIR:rw` and the component asks for `:rw`. Without this flag no component gets a
+    /// directory.
+    #[arg(
+        long = "allow-mount",
+        env = "TRELLIS_ALLOW_MOUNTS",
+        value_delimiter = ',',
+        value_name = "DIR[:rw]",
+        value_parser = trellis_host::runtime::MountRoot::parse
+    )]
+    pub allow_mounts: Vec<trellis_host::runtime::MountRoot>,
     /// Grant the contents of file PATH to every component on this host as the
     /// `wasmcloud:secrets` secret NAME (repeatable, `NAME=PATH`). Secrets a manifest references
     /// come from secrets backends instead (--secrets-topic). Values are never logged.
@@ -209,6 +222,7 @@ pub async fn run(args: HostArgs) -> anyhow::Result<()> {
         host_seed,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
         allow_file_load: args.allow_file_load,
+        mount_roots: args.allow_mounts.clone(),
         max_component_bytes: args.max_component_size_mb * 1024 * 1024,
         cache_dir: args.cache_dir.clone(),
         colocation: !args.disable_colocation,

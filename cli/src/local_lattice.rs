@@ -37,6 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
   trellis up                                   # NATS, a host and the reconciler; Ctrl-C stops all
   trellis up --deploy manifests/hello.yaml     # ...and deploy an app once ready
   trellis up --detach && trellis get hosts     # in the background; stop with `trellis down`
+  trellis up --allow-mount ./site --allow-mount /var/lib/app:rw   # directories components may mount
   trellis up --nats-url nats://10.0.0.2:4222 --label zone=edge   # join an existing NATS
   TRELLIS_NATS_CREDS=lattice.creds trellis up --nats-url tls://nats.example:4222
   trellis up --leaf-listen 0.0.0.0:7422        # a hub that edge sites join
@@ -83,6 +84,14 @@ pub struct UpArgs {
     /// Refuse file:// component references (allowed by default on a local lattice)
     #[arg(long)]
     pub no_file_load: bool,
+    /// Let components mount DIR or a directory under it (repeatable; `DIR:rw` allows
+    /// writable mounts) [default: the working directory, read-only, when `up` starts its own
+    /// authenticated NATS; nothing otherwise]
+    #[arg(long = "allow-mount", value_name = "DIR[:rw]", value_parser = trellis_host::runtime::MountRoot::parse, conflicts_with = "no_mounts")]
+    pub allow_mounts: Vec<trellis_host::runtime::MountRoot>,
+    /// Let no component mount a directory
+    #[arg(long)]
+    pub no_mounts: bool,
     /// Do not run the built-in nats-kv secrets backend
     #[arg(long)]
     pub no_secrets: bool,
@@ -105,6 +114,34 @@ pub struct UpArgs {
     /// Do not serve the web dashboard
     #[arg(long)]
     pub no_ui: bool,
+}
+
+/// The `--allow-mount` values `up` gives its host, as absolute paths (the host may resolve
+/// them from another directory). Without `--allow-mount`, the working directory, read-only,
+/// when `up` starts its own NATS with authentication (only this user holds the keys that can
+/// deploy); nothing when that NATS is open (`--insecure`) or shared (`--nats-url`).
+fn mount_roots(args: &UpArgs) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    if args.no_mounts {
+        return Ok(Vec::new());
+    }
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    if args.allow_mounts.is_empty() {
+        if args.insecure || args.nats_url.is_some() {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![cwd.into_os_string()]);
+    }
+    Ok(args
+        .allow_mounts
+        .iter()
+        .map(|root| {
+            let mut path = cwd.join(&root.path).into_os_string();
+            if root.writable {
+                path.push(":rw");
+            }
+            path
+        })
+        .collect())
 }
 
 /// Flags of `trellis down`.
@@ -565,6 +602,11 @@ async fn bring_up_and_watch(
     if !args.no_file_load {
         cmd.arg("--allow-file-load");
     }
+    // Only `up`'s own flags decide what may be mounted, not a variable left in the shell.
+    cmd.env_remove("TRELLIS_ALLOW_MOUNTS");
+    for root in mount_roots(args)? {
+        cmd.arg("--allow-mount").arg(root);
+    }
     if args.leaf.is_edge() {
         // The lattice's state is the hub's; the host keeps its identity and a snapshot here,
         // so it comes back serving after a restart while the hub is away.
@@ -926,6 +968,14 @@ async fn run_detached(args: UpArgs, data_dir: PathBuf, log_dir: PathBuf) -> anyh
     }
     if args.no_file_load {
         cmd.arg("--no-file-load");
+    }
+    if args.no_mounts {
+        cmd.arg("--no-mounts");
+    } else if !args.allow_mounts.is_empty() {
+        // Absolute, so they mean the same whatever directory the child runs in.
+        for root in mount_roots(&args)? {
+            cmd.arg("--allow-mount").arg(root);
+        }
     }
     if args.no_secrets {
         cmd.arg("--no-secrets");
@@ -1403,5 +1453,40 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let err = choose_nats_port(Some(port)).unwrap_err().to_string();
         assert!(err.contains("--nats-port"), "{err}");
+    }
+
+    /// `trellis up` with `flags`, parsed as the command line would be.
+    fn up_args(flags: &[&str]) -> UpArgs {
+        #[derive(clap::Parser)]
+        struct Up {
+            #[command(flatten)]
+            args: UpArgs,
+        }
+        let argv = std::iter::once("up").chain(flags.iter().copied());
+        <Up as clap::Parser>::try_parse_from(argv)
+            .expect("valid flags")
+            .args
+    }
+
+    #[test]
+    fn mount_roots_default_to_the_working_directory_only_on_an_authenticated_own_nats() {
+        let cwd = std::env::current_dir().unwrap().into_os_string();
+        assert_eq!(mount_roots(&up_args(&[])).unwrap(), vec![cwd.clone()]);
+        assert!(mount_roots(&up_args(&["--insecure"])).unwrap().is_empty());
+        assert!(mount_roots(&up_args(&["--nats-url", "nats://x:4222"]))
+            .unwrap()
+            .is_empty());
+        assert!(mount_roots(&up_args(&["--no-mounts"])).unwrap().is_empty());
+        let explicit = mount_roots(&up_args(&[
+            "--insecure",
+            "--allow-mount",
+            "site",
+            "--allow-mount",
+            "/data:rw",
+        ]))
+        .unwrap();
+        let mut site = cwd;
+        site.push("/site");
+        assert_eq!(explicit, vec![site, "/data:rw".into()]);
     }
 }

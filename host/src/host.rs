@@ -57,6 +57,9 @@ pub struct HostConfig {
     pub heartbeat_interval: Duration,
     /// Whether `file://` refs and plain paths may be loaded.
     pub allow_file_load: bool,
+    /// Directories components may mount through their `mounts` config (`--allow-mount`);
+    /// empty: components get no directories.
+    pub mount_roots: Vec<crate::runtime::MountRoot>,
     /// The largest component file loaded, in bytes (default
     /// [`crate::runtime::DEFAULT_MAX_COMPONENT_BYTES`]).
     pub max_component_bytes: u64,
@@ -124,6 +127,7 @@ impl std::fmt::Debug for HostConfig {
             .field("labels", &self.labels)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("allow_file_load", &self.allow_file_load)
+            .field("mount_roots", &self.mount_roots)
             .field("max_component_bytes", &self.max_component_bytes)
             .field("cache_dir", &self.cache_dir)
             .field("providers", &self.provider_launcher.is_some())
@@ -157,6 +161,7 @@ impl Default for HostConfig {
             host_seed: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             allow_file_load: false,
+            mount_roots: Vec::new(),
             max_component_bytes: crate::runtime::DEFAULT_MAX_COMPONENT_BYTES,
             cache_dir: None,
             provider_launcher: None,
@@ -409,6 +414,7 @@ impl HostHandle {
             max_component_bytes: Some(config.max_component_bytes),
             capabilities: config.capabilities.clone(),
             claims_policy: config.claims_policy.clone(),
+            mount_roots: config.mount_roots.clone(),
             ..Default::default()
         })
         .context("cannot start the WebAssembly runtime")?;

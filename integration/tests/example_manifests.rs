@@ -72,6 +72,18 @@ async fn every_example_manifest_deploys_and_serves() {
     let body = eventually("hello to serve", || http_ok("127.0.0.1:8080", "/")).await;
     assert!(body.contains("Hello from Trellis!"), "{body}");
 
+    // static site: `trellis up` lets components mount from its working directory (here the
+    // repository root), read-only, so the example's folder mounts as the manifest says.
+    let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/static-site.yaml"]).await;
+    assert!(ok, "{out}\n{err}");
+    let page = eventually("the static site to serve", || {
+        http_ok("127.0.0.1:8083", "/")
+    })
+    .await;
+    assert!(page.contains("Served by Trellis"), "{page}");
+    let css = http_ok("127.0.0.1:8083", "/css/site.css").await;
+    assert!(css.is_some_and(|css| css.contains("font-family")));
+
     // key-value counter
     let (ok, out, err) = trellis_cli(dir, &["app", "deploy", "manifests/kv-counter.yaml"]).await;
     assert!(ok, "{out}\n{err}");

@@ -15,6 +15,10 @@
 //! - `/fetch?target=HOST:PORT/PATH` makes an outgoing `GET http://HOST:PORT/PATH` and answers
 //!   200 `upstream status N\n`, or 502 `outgoing request failed: ERROR\n` (e.g. when the host
 //!   denies the destination)
+//! - `/fs-read?PATH` reads the file PATH (e.g. in a directory the host mounted) and answers
+//!   200 with its contents, or 403 `ERROR\n` when it cannot be read
+//! - `/fs-write?PATH` creates (or truncates) the file PATH and writes `written\n` to it;
+//!   answers 200 `written\n`, or 403 `ERROR\n` when that is refused (a read-only mount)
 //! - anything else: 404
 
 use std::io::Write as _;
@@ -67,6 +71,20 @@ impl wasi::exports::http::incoming_handler::Guest for HttpHello {
                         502,
                         format!("outgoing request failed: {error}\n").as_bytes(),
                     ),
+                }
+            }
+            "/fs-read" => {
+                let target = path_with_query.split_once('?').map_or("", |(_, t)| t);
+                match std::fs::read(target) {
+                    Ok(contents) => respond(response_out, 200, &contents),
+                    Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
+                }
+            }
+            "/fs-write" => {
+                let target = path_with_query.split_once('?').map_or("", |(_, t)| t);
+                match std::fs::write(target, b"written\n") {
+                    Ok(()) => respond(response_out, 200, b"written\n"),
+                    Err(error) => respond(response_out, 403, format!("{error}\n").as_bytes()),
                 }
             }
             _ => respond(response_out, 404, b"not found\n"),
@@ -129,7 +147,11 @@ fn count(request: IncomingRequest, response_out: ResponseOutparam) {
     };
     drop(input);
     match failure {
-        None => respond(response_out, 200, format!("read {total} bytes\n").as_bytes()),
+        None => respond(
+            response_out,
+            200,
+            format!("read {total} bytes\n").as_bytes(),
+        ),
         Some(error) => respond(
             response_out,
             400,

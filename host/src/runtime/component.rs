@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
 use hyper::body::Body;
 use tokio::sync::oneshot;
@@ -170,6 +170,8 @@ pub struct PreparedComponent {
     pub(crate) limits: ComponentLimits,
     pub(crate) config: Arc<HashMap<String, String>>,
     pub(crate) allowed_hosts: Arc<AllowedHosts>,
+    /// Directories preopened in every instance (granted from the `mounts` config).
+    pub(crate) mounts: Arc<Vec<super::mounts::Mount>>,
     pub(crate) instance_pre: InstancePre<InstanceState>,
     pub(crate) proxy_pre: Option<ProxyPre<InstanceState>>,
     pub(crate) gate: Arc<InstanceGate>,
@@ -328,6 +330,7 @@ impl PreparedComponent {
             limits: self.limits.clone(),
             flags,
             failures: self.failures.clone(),
+            mounts: self.mounts.clone(),
             _permit: permit,
         })
     }
@@ -434,10 +437,12 @@ impl PreparedComponent {
     }
 
     fn build_store(&self, flags: &InvocationFlags) -> anyhow::Result<Store<InstanceState>> {
-        let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(self.id.clone(), GuestStream::Stdout))
-            .stderr(GuestLog::new(self.id.clone(), GuestStream::Stderr))
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestLog::new(self.id.clone(), GuestStream::Stdout))
+            .stderr(GuestLog::new(self.id.clone(), GuestStream::Stderr));
+        super::mounts::preopen(&mut wasi, &self.mounts)
+            .with_context(|| format!("component {} cannot get its mounts", self.id))?;
+        let wasi = wasi.build();
         let context = InstanceContext {
             component_id: self.id.clone(),
             config: self.config.clone(),
@@ -654,6 +659,7 @@ pub struct Invocation {
     limits: ComponentLimits,
     flags: Arc<InvocationFlags>,
     failures: Arc<FailureLog>,
+    mounts: Arc<Vec<super::mounts::Mount>>,
     _permit: InstancePermit,
 }
 
@@ -661,24 +667,28 @@ impl Invocation {
     /// Gives the instance, before the first call into it, the command-line world of a CGI
     /// program (Wagi): `args`, the environment `env`, `stdin` as its standard input, and
     /// `stdout` as its standard output (the caller keeps a clone to read it). Standard error
-    /// still goes to the host's log, tagged with the component id.
+    /// still goes to the host's log, tagged with the component id. The component's mounts
+    /// stay preopened; fails only when one of them can no longer be opened.
     pub fn set_command_io(
         &mut self,
         args: &[String],
         env: &[(String, String)],
         stdin: wasmtime_wasi::p2::pipe::MemoryInputPipe,
         stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
-    ) {
-        self.store.data_mut().wasi = WasiCtx::builder()
-            .args(args)
+    ) -> anyhow::Result<()> {
+        let mut wasi = WasiCtx::builder();
+        wasi.args(args)
             .envs(env)
             .stdin(stdin)
             .stdout(stdout)
             .stderr(GuestLog::new(
                 self.component_id.clone(),
                 GuestStream::Stderr,
-            ))
-            .build();
+            ));
+        super::mounts::preopen(&mut wasi, &self.mounts)
+            .with_context(|| format!("component {} cannot get its mounts", self.component_id))?;
+        self.store.data_mut().wasi = wasi.build();
+        Ok(())
     }
 
     /// Classifies an error returned by a call into this instance (deadline, memory, trap...)

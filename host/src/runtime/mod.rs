@@ -51,7 +51,9 @@
 //!   fingerprint, written atomically, in [`RuntimeConfig::cache_dir`] (default
 //!   [`default_cache_dir`]). A restart does not recompile.
 //! - **WASI 0.2**: cli (guest stdout/stderr go to the host's logs, tagged with `component_id`),
-//!   clocks, random, io; filesystem without preopens, empty environment, no sockets;
+//!   clocks, random, io; filesystem with only the directories the component's `mounts` config
+//!   asks for and [`RuntimeConfig::mount_roots`] allows (read-only unless both say `rw`;
+//!   see [`MOUNTS_KEY`]), empty environment, no sockets;
 //!   `wasi:http` incoming handler, and outgoing HTTP only to the hosts in the component's
 //!   `allowed_hosts` config (`host`, `host:port`, or `*`; others get `HTTP-request-denied`),
 //!   unless a capability takes outgoing HTTP over with an [`OutgoingHttpHandler`] (the
@@ -81,6 +83,7 @@ mod guest_log;
 mod http_body;
 mod limits;
 mod loader;
+mod mounts;
 mod outgoing;
 mod state;
 mod throttle;
@@ -110,6 +113,7 @@ pub use loader::{
     classify_image_ref, read_component_file, ComponentLoader, DefaultLoader, ImageRefKind,
     DEFAULT_MAX_COMPONENT_BYTES,
 };
+pub use mounts::{parse_mounts, Mount, MountRequest, MountRoot, MOUNTS_KEY};
 pub use outgoing::{
     AllowedHosts, OutgoingHttpHandler, OutgoingHttpSender, OutgoingIo, OutgoingResponse,
     ALLOWED_HOSTS_KEY,
@@ -143,6 +147,8 @@ pub struct RuntimeConfig {
     /// Which signed (or unsigned) components are admitted; embedded claims are always
     /// verified before a component is compiled.
     pub claims_policy: crate::security::ClaimsPolicy,
+    /// Directories components may mount (the host's `--allow-mount`); empty: no mounts.
+    pub mount_roots: Vec<MountRoot>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -155,6 +161,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("custom_loader", &self.loader.is_some())
             .field("oci", &self.oci)
             .field("claims_policy", &self.claims_policy)
+            .field("mount_roots", &self.mount_roots)
             .field(
                 "capabilities",
                 &self
@@ -206,6 +213,7 @@ struct RuntimeInner {
     loader: Arc<dyn ComponentLoader>,
     capabilities: Vec<Arc<dyn Capability>>,
     claims_policy: crate::security::ClaimsPolicy,
+    mount_roots: Vec<MountRoot>,
     pool_slots: Option<u32>,
     /// Caps the instances made ahead of their call, across every component.
     spares: Arc<concurrency::SpareBudget>,
@@ -304,6 +312,7 @@ impl Runtime {
                 linker,
                 cache,
                 claims_policy: config.claims_policy.clone(),
+                mount_roots: config.mount_roots.clone(),
                 cache_dir,
                 loader,
                 capabilities: config.capabilities,
@@ -340,9 +349,17 @@ impl Runtime {
 
     /// Loads, compiles (or reads from the disk cache), links and pre-instantiates a component.
     /// Fails with a clear error if the ref cannot be loaded, the bytes are not a component,
-    /// or it imports something this host does not provide.
+    /// it imports something this host does not provide, or it asks for a directory mount
+    /// ([`MOUNTS_KEY`]) this host does not allow.
     pub async fn prepare(&self, spec: ComponentSpec) -> anyhow::Result<Arc<PreparedComponent>> {
         let inner = self.inner.clone();
+        // Mounts first: a component asking for a directory it may not have is refused before
+        // anything is loaded.
+        let mounts = Arc::new(mounts::from_config(
+            &spec.id,
+            &spec.config,
+            &inner.mount_roots,
+        )?);
         let bytes =
             inner.loader.load(&spec.image_ref).await.with_context(|| {
                 format!("loading component {} from {}", spec.id, spec.image_ref)
@@ -427,6 +444,7 @@ impl Runtime {
             limits: spec.limits,
             config: Arc::new(spec.config),
             allowed_hosts,
+            mounts,
             instance_pre,
             proxy_pre,
             gate,

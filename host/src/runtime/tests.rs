@@ -1168,3 +1168,89 @@ async fn a_component_that_cannot_be_instantiated_is_caught_when_prepared_and_che
     roomy.check_instantiation().await.expect("instantiates");
     assert_hello(&roomy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_are_read_only_by_default_and_cannot_be_escaped() {
+    let wasm = hello_wasm();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let base = tempfile::tempdir().expect("tempdir");
+    let allowed = base.path().join("allowed");
+    let site = allowed.join("site");
+    std::fs::create_dir_all(&site).expect("mkdir");
+    std::fs::write(site.join("a.txt"), "hello").expect("write");
+    std::fs::write(base.path().join("secret.txt"), "secret").expect("write");
+    std::os::unix::fs::symlink(base.path().join("secret.txt"), site.join("escape"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(base.path(), site.join("up")).expect("symlink");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        allow_file_load: true,
+        pool_slots: Some(8),
+        mount_roots: vec![MountRoot {
+            path: allowed.clone(),
+            writable: true,
+        }],
+        ..Default::default()
+    })
+    .expect("runtime");
+    let mut read_only = spec("ro", &wasm, 1, &[]);
+    read_only.config.insert(
+        MOUNTS_KEY.into(),
+        format!("/site=file://{}", site.display()),
+    );
+    let component = runtime.prepare(read_only).await.expect("prepare");
+
+    let (status, body) = call(&component, "/fs-read?/site/a.txt", "")
+        .await
+        .expect("read");
+    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+    let (status, body) = call(&component, "/fs-write?/site/new.txt", "")
+        .await
+        .expect("write attempt");
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(!site.join("new.txt").exists());
+    let (status, body) = call(&component, "/fs-write?/site/a.txt", "")
+        .await
+        .expect("overwrite attempt");
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(std::fs::read(site.join("a.txt")).expect("read"), b"hello");
+    for escape in ["/site/../secret.txt", "/site/escape", "/site/up/secret.txt"] {
+        let (status, body) = call(&component, &format!("/fs-read?{escape}"), "")
+            .await
+            .expect("escape attempt");
+        assert_eq!(status, 403, "{escape}: {}", String::from_utf8_lossy(&body));
+        assert_ne!(&body[..], b"secret", "{escape} escaped the mount");
+    }
+    // Nothing outside the mounts exists for the guest.
+    let outside = format!("/fs-read?{}", base.path().join("secret.txt").display());
+    let (status, _) = call(&component, &outside, "").await.expect("outside");
+    assert_eq!(status, 403);
+
+    // Writable when asked (`:rw`) under a root that allows it.
+    let mut writable = spec("rw", &wasm, 1, &[]);
+    writable
+        .config
+        .insert(MOUNTS_KEY.into(), format!("/data={}:rw", site.display()));
+    let component = runtime.prepare(writable).await.expect("prepare rw");
+    let (status, body) = call(&component, "/fs-write?/data/new.txt", "")
+        .await
+        .expect("write");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        std::fs::read(site.join("new.txt")).expect("written on the host"),
+        b"written\n"
+    );
+
+    // Outside the allowed roots: refused when prepared, saying why.
+    let mut refused = spec("etc", &wasm, 1, &[]);
+    refused.config.insert(MOUNTS_KEY.into(), "/etc=/etc".into());
+    let error = runtime
+        .prepare(refused)
+        .await
+        .expect_err("a mount outside the roots")
+        .to_string();
+    assert!(
+        error.contains("outside the directories this host allows"),
+        "{error}"
+    );
+}

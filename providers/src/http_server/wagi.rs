@@ -143,7 +143,11 @@ where
         Ok(invocation) => invocation,
         Err(error) => return text_response(error.status_code(), format!("{error}")),
     };
-    invocation.set_command_io(&args, &env, MemoryInputPipe::new(body), stdout.clone());
+    if let Err(error) =
+        invocation.set_command_io(&args, &env, MemoryInputPipe::new(body), stdout.clone())
+    {
+        return text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"));
+    }
     let command = match wasmtime_wasi::p2::bindings::Command::new(
         &mut invocation.store,
         &invocation.instance,
